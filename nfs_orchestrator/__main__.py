@@ -1,0 +1,3 @@
+from nfs_orchestrator.cli import main
+
+main()

@@ -1,0 +1,198 @@
+"""Strict loading of frozen dataclasses from plain mappings (YAML/JSON), and dotted overrides.
+
+What this is: the one place that turns untrusted dicts into typed, frozen specs. Unknown keys, wrong
+types and missing required keys fail with the key's dotted path and, where one is close, a
+suggestion. What it is not: a validator of meaning; each dataclass checks its own values in
+``__post_init__`` (raising ``SpecError``), and this module adds the path to the message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
+
+import yaml
+
+from nfs_orchestrator.errors import SpecError
+
+T = TypeVar("T")
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Reads a YAML mapping; a missing file, bad YAML or a non-mapping is a one-line SpecError."""
+    p = Path(path)
+    if not p.is_file():
+        raise SpecError(f"{p}: no such file")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise SpecError(f"{p}:{where}: invalid YAML: {problem}") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"{p}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def suggest(word: str, choices: typing.Iterable[str]) -> str:
+    """' (did you mean 'x'?)' when a choice is close to ``word``, else ''."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def from_mapping(cls: type[T], data: Any, path: str = "") -> T:
+    """Builds the frozen dataclass ``cls`` from ``data``, strictly.
+
+    Args:
+        cls: a dataclass type whose fields carry type hints.
+        data: a mapping (usually from YAML or JSON).
+        path: dotted path of ``data`` inside the file, for messages.
+    """
+    return _convert(cls, data, path)
+
+
+def _convert(tp: Any, value: Any, path: str) -> Any:
+    where = path or "<top>"
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, Mapping):
+            raise SpecError(f"{where}: expected a mapping, got {_tname(value)}")
+        hints = get_type_hints(tp)
+        fields = {f.name: f for f in dataclasses.fields(tp) if f.init}
+        unknown = [k for k in value if k not in fields]
+        if unknown:
+            k = unknown[0]
+            raise SpecError(f"{_join(path, str(k))}: unknown key{suggest(str(k), fields)}")
+        kwargs = {}
+        for name, f in fields.items():
+            if name in value:
+                kwargs[name] = _convert(hints[name], value[name], _join(path, name))
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise SpecError(f"{_join(path, name)}: required key is missing")
+        try:
+            return tp(**kwargs)
+        except SpecError as e:
+            msg = str(e)
+            raise SpecError(msg if msg.startswith(where) else f"{where}: {msg}") from None
+    if origin in (typing.Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(arg, value, path)
+            except SpecError as e:
+                errors.append(str(e))
+        raise SpecError(errors[0] if len(errors) == 1 else f"{where}: unexpected value {value!r}")
+    if origin is Literal:
+        choices = get_args(tp)
+        if value not in choices:
+            hint = suggest(str(value), [str(c) for c in choices])
+            raise SpecError(f"{where}: {value!r} is not one of {list(choices)}{hint}")
+        return value
+    if origin is tuple:
+        args = get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise SpecError(f"{where}: expected a list, got {_tname(value)}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+        if len(args) != len(value):
+            raise SpecError(f"{where}: expected {len(args)} items, got {len(value)}")
+        return tuple(_convert(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if origin in (dict, Mapping) or tp is dict:
+        if not isinstance(value, Mapping):
+            raise SpecError(f"{where}: expected a mapping, got {_tname(value)}")
+        args = get_args(tp) or (str, Any)
+        return {
+            _convert(args[0], k, where): _convert(args[1], v, _join(path, str(k)))
+            for k, v in value.items()
+        }
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise SpecError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise SpecError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise SpecError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise SpecError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"strict loader does not handle type {tp!r} at {where}")
+
+
+def to_plain(obj: Any) -> Any:
+    """Dataclasses, tuples and mappings → plain JSON-able dicts and lists (field order kept)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_plain(v) for v in obj]
+    if isinstance(obj, Mapping):
+        return {str(k): to_plain(v) for k, v in obj.items()}
+    return obj
+
+
+def canonical_json(obj: Any) -> str:
+    """Sorted keys, no spaces: the byte string every fingerprint is computed over."""
+    return json.dumps(to_plain(obj), sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def fingerprint(obj: Any) -> str:
+    """sha256 hex digest of ``canonical_json(obj)``."""
+    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()
+
+
+def apply_overrides(data: dict[str, Any], overrides: typing.Iterable[str]) -> dict[str, Any]:
+    """Applies dotted ``key=value`` overrides (values parsed as YAML) to a copy of ``data``.
+
+    ``budget.num_trials=4`` sets ``data["budget"]["num_trials"] = 4``. A key must already exist
+    in the file or be a field the spec knows; the spec loader reports unknown ones with their path.
+    """
+    out = json.loads(json.dumps(data))
+    for item in overrides:
+        if "=" not in item:
+            raise SpecError(f"--set {item!r}: expected KEY=VALUE, e.g. budget.num_trials=4")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise SpecError(f"--set {key}: cannot parse value {raw!r}") from None
+        parts = key.strip().split(".")
+        node = out
+        for i, part in enumerate(parts[:-1]):
+            nxt = node.get(part)
+            if nxt is None:
+                nxt = node[part] = {}
+            if not isinstance(nxt, dict):
+                raise SpecError(f"--set {key}: {'.'.join(parts[: i + 1])} is not a mapping")
+            node = nxt
+        node[parts[-1]] = value
+    return out
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _tname(value: Any) -> str:
+    return type(value).__name__
