@@ -40,7 +40,9 @@ def resolve_ref(ref: str, kind: str) -> Path:
     if candidate.is_file():
         return candidate
     known = sorted(q.stem for q in (spaces_root() / kind).glob("*.yaml"))
-    raise SpecError(f"{ref}: no such {kind[:-1]} file or name{suggest(name, known)}; known: {known}")
+    raise SpecError(
+        f"{ref}: no such {kind[:-1]} file or name{suggest(name, known)}; known: {known}"
+    )
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ into *parts*, each with its own fabric.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -90,8 +91,9 @@ class FabricSpace:
     def __post_init__(self) -> None:
         bad = [o for o in self.ops if o not in OP_NAMES]
         if bad:
-            raise SpecError(f"ops: unknown op {bad[0]!r}{suggest(bad[0], OP_NAMES)}; known: "
-                            f"{list(OP_NAMES)}")
+            raise SpecError(
+                f"ops: unknown op {bad[0]!r}{suggest(bad[0], OP_NAMES)}; known: {list(OP_NAMES)}"
+            )
         if len(set(self.ops)) != len(self.ops) or not self.ops:
             raise SpecError("ops: must be a non-empty list without repeats")
         if self.ops == ("zero",):
@@ -246,6 +248,396 @@ class DataSpec:
     @classmethod
     def from_dict(cls, data: Any, path: str = "") -> DataSpec:
         return from_mapping(cls, data, path)
+
+
+# --------------------------------------------------------------------------------------------
+# Backbone and inner search
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """The shared backbone: a name from nn.backbones and where its weights come from."""
+
+    name: str = "tiny"
+    weights: str | None = None  # a LOCAL state-dict file; nothing is ever downloaded
+    random_init: bool = False  # must be set explicitly to start from random weights
+
+    def __post_init__(self) -> None:
+        if self.name not in BACKBONE_NAMES:
+            raise SpecError(
+                f"name: unknown backbone {self.name!r}{suggest(self.name, BACKBONE_NAMES)}; "
+                f"known: {list(BACKBONE_NAMES)}"
+            )
+        if self.weights is None and not self.random_init:
+            raise SpecError(
+                "weights: no weights file given; set backbone.weights to a local file or "
+                "backbone.random_init: true"
+            )
+
+
+@dataclass(frozen=True)
+class OptimSpec:
+    """One optimizer group. Adam by default, as the reference code."""
+
+    name: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9  # sgd only
+    betas: tuple[float, float] = (0.9, 0.999)  # adam/adamw only
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0 or self.weight_decay < 0:
+            raise SpecError(
+                f"lr must be > 0 and weight_decay ≥ 0 (got {self.lr}, {self.weight_decay})"
+            )
+
+
+@dataclass(frozen=True)
+class ScheduleSpec:
+    """Learning-rate schedule of the weights, a pure function of training progress.
+
+    ``multistep`` multiplies by ``gamma`` at each milestone, given as fractions of the run
+    (the reference: epochs 90/120/150 of 200 → [0.45, 0.6, 0.75], gamma 0.25).
+    """
+
+    kind: Literal["constant", "multistep", "cosine"] = "constant"
+    milestones: tuple[float, ...] = (0.45, 0.6, 0.75)
+    gamma: float = 0.25
+    min_lr_ratio: float = 0.0  # cosine floor as a fraction of the base lr
+
+    def __post_init__(self) -> None:
+        if any(not 0 < m < 1 for m in self.milestones) or list(self.milestones) != sorted(
+            self.milestones
+        ):
+            raise SpecError("milestones: increasing fractions of the run, each in (0, 1)")
+
+
+@dataclass(frozen=True)
+class TemperatureSpec:
+    """Softmax temperature of alpha/beta, annealed linearly from start to end over the run.
+    T = 1 throughout reproduces the reference (plain softmax)."""
+
+    start: float = 1.0
+    end: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.start <= 0 or self.end <= 0:
+            raise SpecError("temperature start and end must be > 0")
+
+
+SEARCH_MODES = ("first_order", "sync", "second_order", "random", "none")
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    """The inner, differentiable search of one trial (PoseNFS §3.1; DESIGN decision 4).
+
+    Modes: ``first_order`` DARTS bilevel on an image-disjoint 2:1 split of train (default);
+    ``sync`` the reference's joint optimisation of weights and alpha/beta on all of train;
+    ``second_order`` DARTS unrolled (a functional virtual step, never a shared module);
+    ``random`` alpha/beta drawn once from N(0, 1) and frozen; ``none`` alpha/beta frozen at 0.
+    """
+
+    mode: Literal["first_order", "sync", "second_order", "random", "none"] = "first_order"
+    epochs: int = 10
+    batch_size: int = 16  # per step, over all workers (kept constant when workers change)
+    weight_optimizer: OptimSpec = field(default_factory=OptimSpec)
+    arch_optimizer: OptimSpec = field(
+        default_factory=lambda: OptimSpec(lr=3e-2, weight_decay=1e-2)  # reference arch_lr/wd
+    )
+    lr_schedule: ScheduleSpec = field(default_factory=ScheduleSpec)
+    temperature: TemperatureSpec = field(default_factory=TemperatureSpec)
+    search_alpha: bool = True  # False really freezes alpha (not in any optimizer)
+    search_beta: bool = True
+    arch_start_epoch: int = 0  # epochs of weight-only warm-up before alpha/beta move
+    split: tuple[int, int] = (2, 1)  # weight : arch images in first/second order modes
+    steps_per_epoch: int | None = None  # cap for smoke runs; None = one pass over the data
+    val_every: int = 1  # validate every N epochs (and always at the last)
+    loader_workers: int = 0
+    random_arch_seed: int = 2  # seed of the 'random' baseline's alpha/beta draw (reference: 2)
+    grad_clip: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.val_every < 1:
+            raise SpecError("epochs, batch_size and val_every must be ≥ 1")
+        if min(self.split) < 1:
+            raise SpecError(f"split: {list(self.split)} must be two positive integers")
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            raise SpecError("steps_per_epoch must be ≥ 1 or null")
+        if not 0 <= self.arch_start_epoch <= self.epochs:
+            raise SpecError("arch_start_epoch must be in [0, epochs]")
+
+    @property
+    def searches_arch(self) -> bool:
+        """Whether alpha/beta receive gradient updates at all in this mode."""
+        return self.mode in ("first_order", "sync", "second_order") and (
+            self.search_alpha or self.search_beta
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# The trial: one concrete supernet search (what a Train worker receives)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """A fully resolved inner search: no distributions, no file references left.
+
+    Built by ``CampaignSpec.trial(params)`` from the campaign and the outer choices Optuna made;
+    it is the only input of ``search.loop.run_search``.
+    """
+
+    name: str
+    seed: int
+    data: DataSpec
+    backbone: BackboneSpec
+    fabric: FabricSpace
+    grouping: PartGrouping
+    search: SearchSpec
+    params: dict[str, Any] = field(default_factory=dict)  # the outer choices, for tracking
+
+    def __post_init__(self) -> None:
+        check_compatible(self.fabric, self.grouping, self.backbone, self.data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_plain(self)
+
+    @classmethod
+    def from_dict(cls, data: Any, path: str = "") -> TrialSpec:
+        return from_mapping(cls, data, path)
+
+    def fingerprint(self) -> str:
+        return fingerprint(self)
+
+
+def check_compatible(
+    fabric: FabricSpace, grouping: PartGrouping, backbone: BackboneSpec, data: DataSpec
+) -> None:
+    """Cross-spec checks that no single spec can make on its own."""
+    w, h = data.input_size
+    coarsest = fabric.scales[-1]
+    if w % coarsest or h % coarsest:
+        raise SpecError(
+            f"data.input_size {w}x{h} is not divisible by the fabric's coarsest stride {coarsest}"
+        )
+    if data.dataset == "mpii" and grouping.schema.name != "mpii16":
+        raise SpecError(f"grouping {grouping.name} is for {grouping.schema.name}, data is MPII")
+    if data.dataset in ("coco", "synthetic") and grouping.schema.name != "coco17":
+        raise SpecError(f"grouping {grouping.name} is for {grouping.schema.name}, data is COCO")
+
+
+# --------------------------------------------------------------------------------------------
+# The campaign: outer (black-box) search over trials
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OuterParam:
+    """One outer search dimension for Optuna, keyed in ``CampaignSpec.outer`` by the dotted path
+    of the trial field it sets (``fabric.depth``, ``search.arch_optimizer.lr``, ``grouping``).
+
+    ``when`` makes it conditional: suggested only when every named parameter has that value;
+    otherwise the campaign's base value stays.
+    """
+
+    type: Literal["int", "float", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: tuple[Any, ...] | None = None  # categorical; lists allowed (e.g. op sets)
+    when: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.type == "categorical":
+            if not self.choices:
+                raise SpecError("choices: required and non-empty for a categorical parameter")
+            if self.low is not None or self.high is not None:
+                raise SpecError("low/high: not used by a categorical parameter")
+        else:
+            if self.low is None or self.high is None or self.low > self.high:
+                raise SpecError(f"low/high: required with low ≤ high for a {self.type} parameter")
+            if self.choices is not None:
+                raise SpecError(f"choices: not used by a {self.type} parameter")
+            if self.log and self.low <= 0:
+                raise SpecError("log: needs low > 0")
+            if self.type == "int" and (self.low != int(self.low) or self.high != int(self.high)):
+                raise SpecError("low/high: an int parameter needs integer bounds")
+
+
+@dataclass(frozen=True)
+class Objective:
+    """A metric the campaign optimises: val_ap, val_pckh, val_loss, macs or params."""
+
+    metric: str = "val_ap"
+    mode: Literal["max", "min"] = "max"
+
+
+@dataclass(frozen=True)
+class AshaSpec:
+    """ASHA early stopping over epochs (single-objective campaigns only)."""
+
+    enabled: bool = True
+    grace_period: int = 1
+    reduction_factor: int = 2
+
+
+@dataclass(frozen=True)
+class BudgetSpec:
+    num_trials: int = 4
+    max_concurrent: int = 1
+    asha: AshaSpec = field(default_factory=AshaSpec)
+    trial_retries: int = 1  # Tune-level retries of a failed trial (it resumes from checkpoint)
+    worker_retries: int = 1  # Train-level restarts of the worker group within a trial
+
+    def __post_init__(self) -> None:
+        if self.num_trials < 1 or self.max_concurrent < 1:
+            raise SpecError("num_trials and max_concurrent must be ≥ 1")
+
+
+@dataclass(frozen=True)
+class ResourceSpec:
+    """Where trials run. Fractional CPUs are fine (a 2-core machine runs 2 workers at 0.5)."""
+
+    workers_per_trial: int = 1
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    trial_cpus: float = 0.25  # the Tune trial (driver) actor itself
+    backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto: nccl with GPUs, else gloo
+    checkpoints_to_keep: int = 2
+
+    def __post_init__(self) -> None:
+        if self.workers_per_trial < 1 or self.cpus_per_worker <= 0 or self.gpus_per_worker < 0:
+            raise SpecError("workers_per_trial ≥ 1, cpus_per_worker > 0, gpus_per_worker ≥ 0")
+
+
+@dataclass(frozen=True)
+class StorageSpec:
+    """Where state lives. Empty values default under the root folder (``--root``)."""
+
+    ray_storage: str | None = None  # Ray storage_path (shared: NFS/S3/GCS for multi-node)
+    mlflow_uri: str | None = None  # default sqlite:///<root>/mlflow.db
+    optuna_storage: str | None = None  # optional Optuna RDB URL
+
+
+@dataclass(frozen=True)
+class CampaignSpec:
+    """A campaign: a base trial plus the outer domains Optuna explores, objective and budget.
+
+    ``fabric`` and ``grouping`` are references into ``search_spaces/``; at load time every
+    reference the campaign can use (base and categorical choices) is resolved into ``catalog``,
+    so that workers never read spec files and the fingerprint covers what actually runs.
+    """
+
+    name: str
+    data: DataSpec
+    backbone: BackboneSpec
+    fabric: str
+    grouping: str
+    search: SearchSpec = field(default_factory=SearchSpec)
+    outer: dict[str, OuterParam] = field(default_factory=dict)
+    objectives: tuple[Objective, ...] = (Objective(),)
+    budget: BudgetSpec = field(default_factory=BudgetSpec)
+    resources: ResourceSpec = field(default_factory=ResourceSpec)
+    storage: StorageSpec = field(default_factory=StorageSpec)
+    seed: int = 0
+    catalog: dict[str, Any] = field(default_factory=dict)  # ref -> resolved spec dict
+
+    def __post_init__(self) -> None:
+        if not self.name.replace("-", "").replace("_", "").isalnum():
+            raise SpecError(f"name: {self.name!r} may hold only letters, digits, '-' and '_'")
+        if not self.objectives:
+            raise SpecError("objectives: at least one")
+        for key, param in self.outer.items():
+            head = key.split(".")[0]
+            if head not in ("fabric", "grouping", "search", "data", "backbone", "seed"):
+                raise SpecError(
+                    f"outer.{key}: must set a trial field (fabric.*, grouping, "
+                    f"search.*, data.*, backbone.*, seed)"
+                )
+            for cond in param.when or {}:
+                if cond not in self.outer:
+                    raise SpecError(f"outer.{key}.when: {cond!r} is not an outer parameter")
+        if self.catalog:  # already resolved: every trial the space allows must be valid
+            self.trial({})
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
+
+    @property
+    def campaign_id(self) -> str:
+        """``<name>-<fingerprint[:8]>``: the same spec always gets the same id."""
+        return f"{self.name}-{self.fingerprint()[:8]}"
+
+    def fingerprint(self) -> str:
+        """Over what the campaign computes; where it runs (resources, storage) is left out."""
+        body = to_plain(self)
+        for key in ("resources", "storage"):
+            body.pop(key)
+        body["budget"].pop("max_concurrent")
+        return fingerprint(body)
+
+    def trial(self, params: dict[str, Any], name: str = "") -> TrialSpec:
+        """The concrete TrialSpec for outer choices ``params`` (dotted keys → values)."""
+        for key in params:
+            if key not in self.outer:
+                raise SpecError(f"trial parameter {key!r} is not in the campaign's outer space")
+        base: dict[str, Any] = {
+            "name": name or self.name,
+            "seed": self.seed,
+            "data": to_plain(self.data),
+            "backbone": to_plain(self.backbone),
+            "search": to_plain(self.search),
+        }
+        for kind in ("fabric", "grouping"):  # file references first, then fields inside them
+            ref = params.get(kind, getattr(self, kind))
+            if ref not in self.catalog:
+                raise SpecError(f"{kind}: {ref!r} was not resolved when the campaign loaded")
+            base[kind] = json.loads(json.dumps(self.catalog[ref]))
+        for key, value in params.items():
+            if key in ("fabric", "grouping"):
+                continue
+            node, parts = base, key.split(".")
+            for part in parts[:-1]:
+                node = node[part]
+            node[parts[-1]] = list(value) if isinstance(value, tuple) else value
+        base["params"] = dict(params)
+        return TrialSpec.from_dict(base, path=f"trial{params}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_plain(self)
+
+    @classmethod
+    def from_dict(cls, data: Any, path: str = "") -> CampaignSpec:
+        return from_mapping(cls, data, path)
+
+
+def load_campaign(path: str | Path, overrides: tuple[str, ...] = ()) -> CampaignSpec:
+    """Reads a campaign YAML, applies ``--set`` overrides, resolves references, validates."""
+    p = Path(path)
+    data = apply_overrides(read_yaml(p), overrides)
+    data.setdefault("name", p.stem)
+    try:
+        unresolved = CampaignSpec.from_dict({**data, "catalog": {}})
+        catalog: dict[str, Any] = {}
+        refs = {"fabric": {unresolved.fabric}, "grouping": {unresolved.grouping}}
+        for key, param in unresolved.outer.items():
+            if key in refs:
+                if param.type != "categorical" or not all(
+                    isinstance(c, str) for c in param.choices or ()
+                ):
+                    raise SpecError(f"outer.{key}: must be categorical over file references")
+                refs[key].update(param.choices or ())
+        for ref in sorted(refs["fabric"]):
+            catalog[ref] = load_fabric(ref).to_dict()
+        for ref in sorted(refs["grouping"]):
+            catalog[ref] = load_grouping(ref).to_dict()
+        return CampaignSpec.from_dict({**data, "catalog": catalog})
+    except SpecError as e:
+        raise SpecError(f"{p}: {e}") from None
 
 
 def replace(spec: Any, **changes: Any) -> Any:
