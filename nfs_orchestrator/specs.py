@@ -341,7 +341,10 @@ class SearchSpec:
 
     mode: Literal["first_order", "sync", "second_order", "random", "none"] = "first_order"
     epochs: int = 10
-    batch_size: int = 16  # per step, over all workers (kept constant when workers change)
+    batch_size: int = 16  # images per optimizer step over all workers, whatever their number
+    micro_batch: int | None = None  # images per worker per forward; None = batch / workers.
+    # batch = workers × micro_batch × accumulation: when the worker count changes (elastic
+    # training), accumulation absorbs it and alpha/beta see the same effective batch.
     weight_optimizer: OptimSpec = field(default_factory=OptimSpec)
     arch_optimizer: OptimSpec = field(
         default_factory=lambda: OptimSpec(lr=3e-2, weight_decay=1e-2)  # reference arch_lr/wd
@@ -363,6 +366,8 @@ class SearchSpec:
             raise SpecError("epochs, batch_size and val_every must be ≥ 1")
         if min(self.split) < 1:
             raise SpecError(f"split: {list(self.split)} must be two positive integers")
+        if self.micro_batch is not None and not 1 <= self.micro_batch <= self.batch_size:
+            raise SpecError("micro_batch must be in [1, batch_size] or null")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             raise SpecError("steps_per_epoch must be ≥ 1 or null")
         if not 0 <= self.arch_start_epoch <= self.epochs:

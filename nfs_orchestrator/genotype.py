@@ -1,0 +1,255 @@
+"""The genotype: the discrete architecture derived from a supernet's α and β.
+
+Derivation rule (recorded in every genotype as ``rule``; PoseNFS has none, see POSENFS-SPEC §4, §9):
+1. Ops: on every edge, keep the candidate with the largest α, never ``zero`` (DARTS). With α
+   shared per part every cell of that part gets the same ops.
+2. Inputs: per cell keep the input slot (parallel / above / below) with the largest β
+   (``argmax``), or every slot whose softmax(β) ≥ ``beta_threshold`` (``threshold``; at least the
+   strongest one).
+3. Cells: keep the fabric's output cell, then walk back layer by layer keeping every cell that a
+   kept cell reads through a kept slot. Everything else is dropped from the derived network.
+
+``Genotype`` is a frozen value with ``schema_version``, canonical JSON (sorted keys) and a sha256
+``fingerprint`` over its identity fields only (space, grouping, backbone, rule, parts): the
+softmax weights at derivation time and the measured size are kept beside them but never change
+the fingerprint. Reading an unknown schema version or a malformed file is a ``SpecError``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from nfs_orchestrator.errors import SpecError
+from nfs_orchestrator.keypoints import PartGrouping
+from nfs_orchestrator.nn.cell import SLOTS
+from nfs_orchestrator.nn.fabric import fabric_sites
+from nfs_orchestrator.specs import DerivationRule, FabricSpace
+from nfs_orchestrator.strict import canonical_json, fingerprint, from_mapping, to_plain
+
+if TYPE_CHECKING:
+    from nfs_orchestrator.nn.supernet import PoseSupernet
+
+SCHEMA_VERSION = 1
+IDENTITY_FIELDS = ("schema_version", "space", "grouping", "backbone", "rule", "parts")
+
+
+@dataclass(frozen=True)
+class CellGene:
+    """A kept cell at (scale, depth): its kept input slots and the op of each edge."""
+
+    scale: int
+    depth: int
+    inputs: tuple[str, ...]  # subset of ("parallel", "above", "below")
+    ops: tuple[str, ...]  # one per edge, in edge order
+
+
+@dataclass(frozen=True)
+class PartGene:
+    name: str
+    keypoints: tuple[str, ...]
+    cells: tuple[CellGene, ...]  # kept cells, layer by layer, rows in order
+
+
+@dataclass(frozen=True)
+class Genotype:
+    schema_version: int
+    space: FabricSpace
+    grouping: PartGrouping
+    backbone: str
+    rule: DerivationRule
+    parts: tuple[PartGene, ...]
+    input_size: tuple[int, int] | None = None  # (W, H) at which params/macs were measured
+    params: int | None = None  # of the derived network (backbone included)
+    macs: int | None = None
+    arch_weights: dict[str, Any] = field(default_factory=dict)  # softmax α/β per part, rounded
+
+    def __post_init__(self) -> None:
+        if self.schema_version != SCHEMA_VERSION:
+            raise SpecError(
+                f"genotype schema_version {self.schema_version} is not supported "
+                f"(this posenfs reads {SCHEMA_VERSION})"
+            )
+        names = [p.name for p in self.parts]
+        if names != [p.name for p in self.grouping.parts]:
+            raise SpecError(f"genotype parts {names} do not match grouping {self.grouping.name}")
+        sites = {(s.scale, s.depth) for layer in fabric_sites(self.space) for s in layer}
+        for part in self.parts:
+            if not part.cells:
+                raise SpecError(f"genotype part {part.name}: no cells")
+            for cell in part.cells:
+                if (cell.scale, cell.depth) not in sites:
+                    raise SpecError(
+                        f"genotype part {part.name}: no cell at (scale {cell.scale}, depth "
+                        f"{cell.depth}) in space {self.space.name}"
+                    )
+                if not cell.inputs or any(s not in SLOTS for s in cell.inputs):
+                    raise SpecError(f"genotype part {part.name}: bad inputs {cell.inputs}")
+                bad = [o for o in cell.ops if o not in self.space.ops or o == "zero"]
+                if bad or len(cell.ops) != self.space.num_edges:
+                    raise SpecError(
+                        f"genotype part {part.name}: ops {list(cell.ops)} do not fit space "
+                        f"{self.space.name} (ops {list(self.space.ops)}, "
+                        f"{self.space.num_edges} edge(s), never zero)"
+                    )
+
+    def identity(self) -> dict[str, Any]:
+        body = to_plain(self)
+        return {k: body[k] for k in IDENTITY_FIELDS}
+
+    def fingerprint(self) -> str:
+        """sha256 of the canonical JSON of the identity fields."""
+        return fingerprint(self.identity())
+
+    def to_json(self) -> str:
+        """Canonical JSON of the whole genotype (identity and measurements), sorted keys."""
+        body = to_plain(self)
+        body["fingerprint"] = self.fingerprint()
+        return json.dumps(json.loads(canonical_json(body)), sort_keys=True, indent=1) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "genotype") -> Genotype:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise SpecError(f"{source}: not valid JSON ({e.msg} at line {e.lineno})") from None
+        if not isinstance(data, dict):
+            raise SpecError(f"{source}: expected a JSON object")
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise SpecError(
+                f"{source}: genotype schema_version {version!r} is not supported "
+                f"(this posenfs reads {SCHEMA_VERSION})"
+            )
+        stored = data.pop("fingerprint", None)
+        try:
+            genotype = from_mapping(cls, data)
+        except SpecError as e:
+            raise SpecError(f"{source}: {e}") from None
+        if stored is not None and stored != genotype.fingerprint():
+            raise SpecError(
+                f"{source}: stored fingerprint {stored[:12]}… does not match its content "
+                f"({genotype.fingerprint()[:12]}…): the file was edited or corrupted"
+            )
+        return genotype
+
+    def with_size(self, input_size: tuple[int, int], params: int, macs: int) -> Genotype:
+        return replace(self, input_size=tuple(input_size), params=int(params), macs=int(macs))
+
+
+def read_genotype(source: str | Path) -> Genotype:
+    """Reads a genotype JSON file."""
+    path = Path(source)
+    if not path.is_file():
+        raise SpecError(f"{path}: no such genotype file")
+    return Genotype.from_json(path.read_text(), source=str(path))
+
+
+def derive_genotype(
+    supernet: PoseSupernet, *, input_size: tuple[int, int] | None = None, backbone: str = ""
+) -> Genotype:
+    """The genotype of ``supernet``'s current α/β by the space's derivation rule (module doc)."""
+    space, rule = supernet.space, supernet.space.derivation
+    layers = fabric_sites(space)
+    sites = [s for layer in layers for s in layer]
+    parts, weights = [], {}
+    for part in supernet.grouping.parts:
+        fabric = supernet.parts[part.name]
+        with torch.no_grad():
+            alpha = torch.softmax(fabric.alpha.detach().float().cpu(), dim=-1)
+            beta = torch.softmax(fabric.beta.detach().float().cpu(), dim=-1)
+        chosen: dict[tuple[int, int], tuple[tuple[str, ...], tuple[str, ...]]] = {}
+        for index, site in enumerate(sites):
+            a = alpha if alpha.dim() == 2 else alpha[index]  # (k, |O|)
+            ops = tuple(_best_nonzero_op(row, space.ops) for row in a)
+            chosen[(site.scale, site.depth)] = (_kept_slots(beta[index], rule), ops)
+        kept = _reachable(layers, chosen)
+        cells = tuple(
+            CellGene(s.scale, s.depth, *chosen[(s.scale, s.depth)])
+            for s in sites
+            if (s.scale, s.depth) in kept
+        )
+        parts.append(PartGene(part.name, part.keypoints, cells))
+        weights[part.name] = {
+            "alpha": _rounded(alpha),
+            "beta": _rounded(beta),
+        }
+    genotype = Genotype(
+        schema_version=SCHEMA_VERSION,
+        space=space,
+        grouping=supernet.grouping,
+        backbone=backbone,
+        rule=rule,
+        parts=tuple(parts),
+        arch_weights=weights,
+    )
+    if input_size is not None:
+        from nfs_orchestrator.nn.counting import measure_genotype
+
+        genotype = measure_genotype(genotype, supernet.backbone, input_size)
+    return genotype
+
+
+def _best_nonzero_op(weights: torch.Tensor, ops: tuple[str, ...]) -> str:
+    order = sorted(range(len(ops)), key=lambda i: (-float(weights[i]), i))  # ties: first listed
+    return next(ops[i] for i in order if ops[i] != "zero")
+
+
+def _kept_slots(weights: torch.Tensor, rule: DerivationRule) -> tuple[str, ...]:
+    best = max(range(len(SLOTS)), key=lambda s: (float(weights[s]), -s))
+    if rule.inputs == "argmax":
+        return (SLOTS[best],)
+    return tuple(
+        SLOTS[s] for s in range(len(SLOTS)) if s == best or float(weights[s]) >= rule.beta_threshold
+    )
+
+
+def _reachable(layers, chosen) -> set[tuple[int, int]]:
+    """Cells on a kept path to the output cell (the single cell of the last layer)."""
+    out = layers[-1][0]
+    kept = {(out.scale, out.depth)}
+    for t in range(len(layers) - 1, 0, -1):
+        for site in layers[t]:
+            if (site.scale, site.depth) not in kept:
+                continue
+            for slot in chosen[(site.scale, site.depth)][0]:
+                src = site.sources[SLOTS.index(slot)]
+                kept.add((src, layers[t - 1][0].depth))
+    return kept
+
+
+def _rounded(t: torch.Tensor) -> list:
+    return [[round(float(v), 6) for v in row] for row in t.reshape(-1, t.shape[-1])]
+
+
+def format_genotype(genotype: Genotype) -> str:
+    """A readable table: per part, each kept cell with its stride, inputs and ops."""
+    strides = genotype.space.scales
+    lines = [
+        f"genotype {genotype.fingerprint()[:12]}  space {genotype.space.name}  "
+        f"grouping {genotype.grouping.name}  backbone {genotype.backbone or '-'}",
+        f"rule: ops {genotype.rule.ops}, inputs {genotype.rule.inputs}",
+    ]
+    if genotype.params is not None:
+        w, h = genotype.input_size or (0, 0)
+        lines.append(
+            f"derived network at {w}x{h}: {genotype.params:,} params, "
+            f"{genotype.macs:,} MACs ({(genotype.macs or 0) / 1e9:.2f} G)"
+        )
+    total = genotype.space.num_cells
+    for part in genotype.parts:
+        lines.append("")
+        lines.append(
+            f"part {part.name} ({', '.join(part.keypoints)}): {len(part.cells)}/{total} cells kept"
+        )
+        lines.append(f"  {'cell (scale, depth)':<22}{'stride':>7}  {'inputs':<24}ops")
+        for c in part.cells:
+            lines.append(
+                f"  {f'({c.scale}, {c.depth})':<22}{strides[c.scale]:>7}  "
+                f"{', '.join(c.inputs):<24}{', '.join(c.ops)}"
+            )
+    return "\n".join(lines)

@@ -1,0 +1,63 @@
+"""The derived (discrete) pose network a genotype describes: what ``posenfs retrain`` trains.
+
+    images (B, 3, H, W) → backbone → one ``DerivedFabric`` per part → merge → (B, K, H/4, W/4)
+
+Only the kept cells, inputs and ops exist as modules: a derived network has strictly fewer
+parameters and MACs than its supernet whenever the genotype dropped anything (and it always drops
+the unchosen ops of every edge). There is no α or β.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from nfs_orchestrator.genotype import Genotype
+from nfs_orchestrator.nn.fabric import DerivedFabric, fabric_sites
+from nfs_orchestrator.nn.supernet import merge_parts
+
+
+class DerivedPoseNet(nn.Module):
+    """Backbone + the derived fabric of every part of ``genotype``."""
+
+    def __init__(self, genotype: Genotype, backbone: nn.Module) -> None:
+        super().__init__()
+        self.genotype = genotype
+        self.backbone = backbone
+        sites = {(s.scale, s.depth): s for layer in fabric_sites(genotype.space) for s in layer}
+        self.parts = nn.ModuleDict(
+            {
+                part.name: DerivedFabric(
+                    genotype.space,
+                    backbone.channels,
+                    len(part.keypoints),
+                    [(sites[(c.scale, c.depth)], c.inputs, c.ops) for c in part.cells],
+                )
+                for part in genotype.parts
+            }
+        )
+        grouping = genotype.grouping
+        for i, p in enumerate(grouping.parts):
+            self.register_buffer(
+                f"index_{i}", torch.tensor(grouping.indices(p), dtype=torch.long), persistent=False
+            )
+
+    @classmethod
+    def from_genotype(
+        cls, genotype: Genotype, backbone: nn.Module | None = None, *, weights: str | None = None
+    ) -> DerivedPoseNet:
+        """Builds the network; the backbone is ``genotype.backbone`` built from local ``weights``
+        (random init only when ``weights`` is None and no backbone module is given)."""
+        if backbone is None:
+            from nfs_orchestrator.nn.backbones import build_backbone
+
+            backbone = build_backbone(
+                genotype.backbone or "tiny", weights, random_init=weights is None
+            )
+        return cls(genotype, backbone)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        pyramid = self.backbone(images)
+        maps = [fabric(pyramid) for fabric in self.parts.values()]
+        index = [getattr(self, f"index_{i}") for i in range(len(self.parts))]
+        return merge_parts(maps, self.genotype.grouping, index)  # (B, K, H/4, W/4)

@@ -1,0 +1,102 @@
+"""The PoseNFS supernet: one shared backbone, one searchable fabric per body part, merged heatmaps.
+
+    images (B, 3, H, W) → backbone pyramid → P part fabrics → (P × (B, K_p, H/4, W/4))
+                        → merge by the grouping → (B, K, H/4, W/4)
+
+Merging scatters each part's maps into its keypoints' channels; keypoints predicted by several
+parts (P = 8) are summed (the reference) or averaged (``merge: mean``). α and β are registered
+``nn.Parameter``s of each part (``parts.<name>.alpha``/``beta``), so they checkpoint, move and
+synchronise like weights, but ``weight_parameters()`` and ``arch_parameters()`` keep them apart
+for their own optimizer groups.
+
+What this is not: the search loop (``search/``) or the derived network (``nn/derived.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import nn
+
+from nfs_orchestrator.keypoints import PartGrouping
+from nfs_orchestrator.nn.fabric import SearchFabric
+from nfs_orchestrator.specs import FabricSpace
+
+
+def merge_parts(
+    part_maps: Sequence[torch.Tensor], grouping: PartGrouping, channel_index: Sequence[torch.Tensor]
+) -> torch.Tensor:
+    """Scatters part heatmaps into the K keypoint channels by the grouping's merge rule.
+
+    Args:
+        part_maps: per part (B, K_p, h, w), in grouping order.
+        channel_index: per part, a long tensor of its keypoints' schema indices.
+    Returns:
+        (B, K, h, w)
+    """
+    b, _, h, w = part_maps[0].shape
+    out = part_maps[0].new_zeros(b, grouping.num_keypoints, h, w)
+    for maps, idx in zip(part_maps, channel_index):
+        out = out.index_add(1, idx.to(out.device), maps)
+    if grouping.merge == "mean":
+        cover = torch.tensor(grouping.coverage(), dtype=out.dtype, device=out.device)
+        out = out / cover.view(1, -1, 1, 1)
+    return out
+
+
+class PoseSupernet(nn.Module):
+    """Backbone + one ``SearchFabric`` per part of ``grouping``.
+
+    Args:
+        space: the fabric search space (shared by all parts; each part has its own α, β, weights).
+        grouping: the part grouping.
+        backbone: a module returning a list of 4 maps at strides 4…32, with ``channels``.
+    """
+
+    def __init__(self, space: FabricSpace, grouping: PartGrouping, backbone: nn.Module) -> None:
+        super().__init__()
+        self.space = space
+        self.grouping = grouping
+        self.backbone = backbone
+        self.parts = nn.ModuleDict(
+            {
+                p.name: SearchFabric(space, backbone.channels, len(p.keypoints))
+                for p in grouping.parts
+            }
+        )
+        for i, p in enumerate(grouping.parts):
+            self.register_buffer(
+                f"index_{i}", torch.tensor(grouping.indices(p), dtype=torch.long), persistent=False
+            )
+        self.temperature = 1.0  # softmax temperature of α/β, set by the search loop's schedule
+
+    def channel_index(self) -> list[torch.Tensor]:
+        return [getattr(self, f"index_{i}") for i in range(len(self.parts))]
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        pyramid = self.backbone(images)  # 4 × (B, c_l, H/2^(l+2), W/2^(l+2))
+        maps = [fabric(pyramid, self.temperature) for fabric in self.parts.values()]
+        return merge_parts(maps, self.grouping, self.channel_index())  # (B, K, H/4, W/4)
+
+    def arch_parameters(self) -> Iterator[nn.Parameter]:
+        """α then β of each part, in grouping order."""
+        for fabric in self.parts.values():
+            yield fabric.alpha
+            yield fabric.beta
+
+    def named_arch_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        for name, fabric in self.parts.items():
+            yield f"{name}.alpha", fabric.alpha
+            yield f"{name}.beta", fabric.beta
+
+    def weight_parameters(self) -> Iterator[nn.Parameter]:
+        """Every parameter that is not α or β."""
+        arch = {id(p) for p in self.arch_parameters()}
+        return (p for p in self.parameters() if id(p) not in arch)
+
+    def genotype(self, input_size: tuple[int, int] | None = None, backbone: str = ""):
+        """The discrete architecture these α/β derive (see ``genotype.derive_genotype``)."""
+        from nfs_orchestrator.genotype import derive_genotype
+
+        return derive_genotype(self, input_size=input_size, backbone=backbone)

@@ -1,0 +1,144 @@
+"""One optimisation step of the supernet, for each search mode (PoseNFS §3.1, DARTS).
+
+- ``weight_step``: the weights on a batch (every mode).
+- ``joint_step``: ``sync`` mode, the reference's single-level step: one backward into weights and
+  α/β, each optimizer steps its own group.
+- ``arch_step_first_order``: α/β on an arch-validation batch, the weights held fixed.
+- ``arch_step_second_order``: DARTS' unrolled step. The virtual weights w' = w - η·∇w L_train
+  live only in a dict fed to ``torch.func.functional_call``: the real module (backbone included)
+  is never written to, and the batch-norm statistics of the virtual passes go to copies. The
+  Hessian-vector product uses DARTS' central difference with r = 0.01 / ‖∇w' L_val‖.
+
+Every step takes a list of micro-batches (gradient accumulation) and averages gradients over
+ranks through the runtime, so α/β are identical on every rank after every step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from nfs_orchestrator.nn.losses import joints_mse
+from nfs_orchestrator.runtime import Runtime
+
+Batch = dict[str, torch.Tensor]
+
+
+def batch_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
+    pred = model(batch["image"])  # (B, K, H/4, W/4)
+    return joints_mse(pred, batch["heatmaps"], batch["target_weight"])
+
+
+def _accumulate(model: nn.Module, batches: Sequence[Batch], inputs: list[nn.Parameter]) -> float:
+    """Backward of the mean loss over micro-batches into ``inputs`` only; returns the loss."""
+    total = 0.0
+    for batch in batches:
+        loss = batch_loss(model, batch) / len(batches)
+        loss.backward(inputs=inputs)
+        total += float(loss.detach())
+    return total
+
+
+def weight_step(
+    model: nn.Module,
+    batches: Sequence[Batch],
+    weights: list[nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+    runtime: Runtime,
+    grad_clip: float | None = None,
+) -> float:
+    optimizer.zero_grad(set_to_none=True)
+    loss = _accumulate(model, batches, weights)
+    runtime.sync_gradients(weights)
+    if grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(weights, grad_clip)
+    optimizer.step()
+    return loss
+
+
+def joint_step(
+    model: nn.Module,
+    batches: Sequence[Batch],
+    weights: list[nn.Parameter],
+    arch: list[nn.Parameter],
+    w_optimizer: torch.optim.Optimizer,
+    a_optimizer: torch.optim.Optimizer | None,
+    runtime: Runtime,
+    grad_clip: float | None = None,
+) -> float:
+    w_optimizer.zero_grad(set_to_none=True)
+    if a_optimizer is not None:
+        a_optimizer.zero_grad(set_to_none=True)
+    loss = _accumulate(model, batches, weights + arch)
+    runtime.sync_gradients(weights + arch)
+    if grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(weights, grad_clip)
+    w_optimizer.step()
+    if a_optimizer is not None:
+        a_optimizer.step()
+    return loss
+
+
+def arch_step_first_order(
+    model: nn.Module,
+    batches: Sequence[Batch],
+    arch: list[nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+    runtime: Runtime,
+) -> float:
+    optimizer.zero_grad(set_to_none=True)
+    loss = _accumulate(model, batches, arch)
+    runtime.sync_gradients(arch)
+    optimizer.step()
+    return loss
+
+
+def arch_step_second_order(
+    model: nn.Module,
+    train_batches: Sequence[Batch],
+    val_batches: Sequence[Batch],
+    arch: list[nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+    runtime: Runtime,
+    eta: float,
+    weight_decay: float,
+) -> float:
+    """DARTS second-order α/β step; ``eta``/``weight_decay`` are the weight optimizer's."""
+    arch_ids = {id(p) for p in arch}
+    names = [n for n, p in model.named_parameters() if id(p) not in arch_ids and p.requires_grad]
+    params = dict(model.named_parameters())
+    w = {n: params[n] for n in names}
+    a = {n: p for n, p in model.named_parameters() if id(p) in arch_ids}
+
+    def loss_with(weights: dict[str, torch.Tensor], batches: Sequence[Batch]) -> torch.Tensor:
+        buffers = {n: b.clone() for n, b in model.named_buffers()}  # virtual passes: copies
+        call: Callable = lambda x: functional_call(model, {**weights, **a, **buffers}, (x,))  # noqa: E731
+        return sum(
+            joints_mse(call(b["image"]), b["heatmaps"], b["target_weight"]) for b in batches
+        ) / len(batches)
+
+    # virtual step w' = w - η (∇w L_train + λ w)
+    g_train = torch.autograd.grad(loss_with(w, train_batches), list(w.values()))
+    w_virtual = {
+        n: (p - eta * (g + weight_decay * p)).detach().requires_grad_(True)
+        for (n, p), g in zip(w.items(), g_train)
+    }
+    val_loss = loss_with(w_virtual, val_batches)
+    grads = torch.autograd.grad(val_loss, list(a.values()) + list(w_virtual.values()))
+    d_arch, d_w = grads[: len(a)], grads[len(a) :]
+    # finite-difference Hessian-vector product ∇²_{α,w} L_train · d_w
+    r = 0.01 / torch.sqrt(sum((g * g).sum() for g in d_w)).clamp_min(1e-12)
+    with torch.no_grad():
+        w_plus = {n: p + r * g for (n, p), g in zip(w.items(), d_w)}
+        w_minus = {n: p - r * g for (n, p), g in zip(w.items(), d_w)}
+    g_plus = torch.autograd.grad(loss_with(w_plus, train_batches), list(a.values()))
+    g_minus = torch.autograd.grad(loss_with(w_minus, train_batches), list(a.values()))
+    optimizer.zero_grad(set_to_none=True)
+    for p, da, gp, gm in zip(a.values(), d_arch, g_plus, g_minus):
+        p.grad = da - eta * (gp - gm) / (2 * r)
+    runtime.sync_gradients(arch)
+    optimizer.step()
+    return float(val_loss.detach())

@@ -1,0 +1,401 @@
+"""The inner, differentiable search of one trial: one straight-line epoch loop, pure PyTorch.
+
+    build data and supernet → resume from the runtime's latest checkpoint, if any →
+    for each epoch:
+        weight steps (and α/β steps, by mode) over the epoch's batches
+        validate (COCO AP / MPII PCKh and the heatmap loss) on rank 0, broadcast
+        derive the genotype on rank 0, broadcast
+        write the checkpoint (rank 0) and report metrics + artifacts through the runtime
+
+Determinism: every epoch starts by seeding torch/numpy/random from (trial seed, epoch), and the
+epoch's sample order is a function of the same, so checkpoint → restore → continue on CPU is
+bit-identical to an uninterrupted run. Schedules are pure functions of progress.
+
+Batches: ``search.batch_size`` images per optimizer step in total; each of the W workers runs
+``micro_batch`` images per forward, accumulating ``batch / (W · micro_batch)`` micro-batches, so
+the effective batch (and with it the α/β dynamics) does not change with the number of workers.
+
+What this is not: Ray, MLflow or Optuna code. The loop sees the world only through ``Runtime``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from nfs_orchestrator.errors import SpecError
+from nfs_orchestrator.genotype import Genotype
+from nfs_orchestrator.nn.losses import joints_mse
+from nfs_orchestrator.nn.supernet import PoseSupernet
+from nfs_orchestrator.runtime import Runtime
+from nfs_orchestrator.search import bilevel
+from nfs_orchestrator.search.schedules import lr_factor, temperature
+from nfs_orchestrator.specs import PARAMETER_FREE_OPS, OptimSpec, SearchSpec, TrialSpec
+
+STATE_FILE = "state.pt"
+
+
+def run_search(trial: TrialSpec, runtime: Runtime) -> dict[str, float]:
+    """Runs (or resumes) the search of ``trial``; returns the last epoch's metrics."""
+    from nfs_orchestrator.data import build_dataset, evaluate_model, split_image_disjoint
+    from nfs_orchestrator.nn.backbones import build_backbone
+
+    search = trial.search
+    schema = trial.grouping.schema
+    device = runtime.device
+    micro, accumulation = batch_plan(search, runtime.world_size)
+
+    seed_everything(trial.seed)
+    train_set = build_dataset(trial.data, schema, "train", train=True)
+    val_set = build_dataset(trial.data, schema, "val", train=False)
+    backbone = build_backbone(
+        trial.backbone.name, trial.backbone.weights, random_init=trial.backbone.random_init
+    )
+    model = PoseSupernet(trial.fabric, trial.grouping, backbone).to(device)
+    init_arch(model, search)
+    runtime.broadcast_parameters(model)
+    weights = [p for p in model.weight_parameters() if p.requires_grad]
+    arch = [p for p in model.arch_parameters() if p.requires_grad]
+    w_opt = make_optimizer(search.weight_optimizer, weights)
+    a_opt = make_optimizer(search.arch_optimizer, arch) if arch else None
+
+    bilevel_mode = search.mode in ("first_order", "second_order")
+    if bilevel_mode:
+        weight_idx, arch_idx = split_image_disjoint(train_set, search.split, trial.seed)
+    else:
+        weight_idx, arch_idx = list(range(len(train_set))), []
+    if len(weight_idx) < micro * runtime.world_size or (bilevel_mode and not arch_idx):
+        raise SpecError(
+            f"trial {trial.name}: {len(train_set)} training instances are too few for "
+            f"batch {search.batch_size} on {runtime.world_size} worker(s) in mode {search.mode}"
+        )
+
+    start_epoch, history = 0, []
+    if (ckpt := runtime.latest_checkpoint()) is not None:
+        state = torch.load(Path(ckpt) / STATE_FILE, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        w_opt.load_state_dict(state["weight_optimizer"])
+        if a_opt is not None:
+            a_opt.load_state_dict(state["arch_optimizer"])
+        start_epoch, history = state["epoch"] + 1, state["history"]
+
+    metrics: dict[str, float] = {}
+    for epoch in range(start_epoch, search.epochs):
+        started = time.monotonic()
+        progress = epoch / search.epochs
+        seed_everything(trial.seed * 100_003 + epoch)
+        set_lr(w_opt, search.weight_optimizer.lr * lr_factor(search.lr_schedule, progress))
+        model.temperature = temperature(search.temperature, progress)
+        arch_active = a_opt is not None and epoch >= search.arch_start_epoch
+        eta = w_opt.param_groups[0]["lr"]
+
+        model.train()
+        w_batches = epoch_batches(
+            train_set, weight_idx, micro, accumulation, search, runtime, seed=trial.seed + epoch
+        )
+        a_batches = cycle_batches(
+            train_set, arch_idx, micro, accumulation, search, runtime, seed=trial.seed + epoch + 1
+        )
+        train_losses, arch_losses = [], []
+        for step_batches in w_batches:
+            step_batches = to_device(step_batches, device)
+            if arch_active and bilevel_mode:
+                val_batches = to_device(next(a_batches), device)
+                if search.mode == "first_order":
+                    arch_losses.append(
+                        bilevel.arch_step_first_order(model, val_batches, arch, a_opt, runtime)
+                    )
+                else:
+                    arch_losses.append(
+                        bilevel.arch_step_second_order(
+                            model,
+                            step_batches,
+                            val_batches,
+                            arch,
+                            a_opt,
+                            runtime,
+                            eta,
+                            search.weight_optimizer.weight_decay,
+                        )
+                    )
+            if search.mode == "sync" and arch_active:
+                train_losses.append(
+                    bilevel.joint_step(
+                        model, step_batches, weights, arch, w_opt, a_opt, runtime, search.grad_clip
+                    )
+                )
+            else:
+                train_losses.append(
+                    bilevel.weight_step(
+                        model, step_batches, weights, w_opt, runtime, search.grad_clip
+                    )
+                )
+
+        last = epoch == search.epochs - 1
+        metrics = runtime.all_reduce_mean(
+            {"train_loss": mean(train_losses), "arch_loss": mean(arch_losses)}
+        )
+        if (epoch + 1) % search.val_every == 0 or last:
+            val = (
+                validate(model, val_set, trial, device, evaluate_model) if runtime.rank == 0 else {}
+            )
+            metrics.update(runtime.broadcast_object(val))
+        genotype: Genotype = runtime.broadcast_object(
+            model.genotype(trial.data.input_size, trial.backbone.name)
+            if runtime.rank == 0
+            else None
+        )
+        history.append(arch_snapshot(model))
+        metrics.update(arch_metrics(model, genotype))
+        metrics.update(
+            epoch=epoch,
+            epochs=search.epochs,
+            start_epoch=start_epoch,
+            epoch_time_s=time.monotonic() - started,
+            temperature=model.temperature,
+            lr=eta,
+        )
+        with tempfile.TemporaryDirectory(prefix="posenfs-ckpt-") as tmp:
+            ckpt_dir = None
+            artifacts: dict[str, str | bytes] = {}
+            if runtime.rank == 0:
+                ckpt_dir = Path(tmp)
+                torch.save(
+                    {
+                        "model": model.state_dict(),
+                        "weight_optimizer": w_opt.state_dict(),
+                        "arch_optimizer": a_opt.state_dict() if a_opt is not None else None,
+                        "epoch": epoch,
+                        "history": history,
+                        "trial": trial.to_dict(),
+                    },
+                    ckpt_dir / STATE_FILE,
+                )
+                (ckpt_dir / "genotype.json").write_text(genotype.to_json())
+                artifacts = render_artifacts(genotype, history)
+            runtime.report(metrics, ckpt_dir, artifacts)
+        if runtime.should_stop():
+            break
+    return metrics
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def batch_plan(search: SearchSpec, world_size: int) -> tuple[int, int]:
+    """(micro_batch per worker, accumulation steps) for ``search.batch_size`` images per step."""
+    micro = search.micro_batch or max(1, search.batch_size // world_size)
+    if search.batch_size % (world_size * micro):
+        raise SpecError(
+            f"search.batch_size {search.batch_size} is not a multiple of workers × micro_batch "
+            f"= {world_size} × {micro}; change batch_size or set search.micro_batch"
+        )
+    return micro, search.batch_size // (world_size * micro)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def init_arch(model: PoseSupernet, search: SearchSpec) -> None:
+    """α/β start at zero (uniform); ``random`` draws them once from N(0, 1); frozen ones get
+    ``requires_grad = False`` and so sit in no optimizer (the reference kept training them)."""
+    if search.mode == "random":
+        g = torch.Generator().manual_seed(search.random_arch_seed)
+        with torch.no_grad():
+            for p in model.arch_parameters():
+                p.copy_(torch.randn(p.shape, generator=g))
+    for fabric in model.parts.values():
+        fabric.alpha.requires_grad_(search.searches_arch and search.search_alpha)
+        fabric.beta.requires_grad_(search.searches_arch and search.search_beta)
+
+
+def make_optimizer(spec: OptimSpec, params: Sequence[nn.Parameter]) -> torch.optim.Optimizer:
+    if spec.name == "sgd":
+        return torch.optim.SGD(
+            params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay
+        )
+    cls = torch.optim.AdamW if spec.name == "adamw" else torch.optim.Adam
+    return cls(params, lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def _loader(dataset: Dataset, batches: list[list[int]], workers: int) -> DataLoader:
+    from nfs_orchestrator.data import worker_init
+
+    return DataLoader(
+        dataset,
+        batch_sampler=batches,
+        num_workers=workers,
+        worker_init_fn=worker_init if workers else None,
+    )
+
+
+def epoch_batches(
+    dataset: Dataset,
+    indices: Sequence[int],
+    micro: int,
+    accumulation: int,
+    search: SearchSpec,
+    runtime: Runtime,
+    seed: int,
+) -> Iterator[list[dict[str, Any]]]:
+    """This rank's micro-batches for one epoch, grouped per optimizer step.
+
+    The permutation is a function of ``seed``; rank r takes every W-th micro-batch, so ranks see
+    disjoint images and together cover ``batch_size`` images per step. Incomplete steps are
+    dropped (every rank takes the same number of steps: collectives stay in lock-step).
+    """
+    order = torch.randperm(len(indices), generator=torch.Generator().manual_seed(seed)).tolist()
+    per_step = micro * runtime.world_size * accumulation
+    steps = len(order) // per_step
+    if search.steps_per_epoch is not None:
+        steps = min(steps, search.steps_per_epoch)
+    micro_batches = []
+    for s in range(steps):
+        chunk = order[s * per_step : (s + 1) * per_step]
+        for a in range(accumulation):
+            start = (a * runtime.world_size + runtime.rank) * micro
+            micro_batches.append([indices[i] for i in chunk[start : start + micro]])
+    it = iter(_loader(dataset, micro_batches, search.loader_workers))
+    for _ in range(steps):
+        yield [next(it) for _ in range(accumulation)]
+
+
+def cycle_batches(
+    dataset: Dataset,
+    indices: Sequence[int],
+    micro: int,
+    accumulation: int,
+    search: SearchSpec,
+    runtime: Runtime,
+    seed: int,
+) -> Iterator[list[dict[str, Any]]]:
+    """Endless arch-validation steps: epochs of ``epoch_batches`` over ``indices``, reseeded."""
+    if not indices:
+        return iter(())
+    capped = dataclasses.replace(search, steps_per_epoch=None)
+
+    def gen() -> Iterator[list[dict[str, Any]]]:
+        k = 0
+        while True:
+            yield from epoch_batches(
+                dataset, indices, micro, accumulation, capped, runtime, seed * 7919 + k
+            )
+            k += 1
+
+    return gen()
+
+
+def to_device(batches: list[dict[str, Any]], device: torch.device) -> list[dict[str, Any]]:
+    return [
+        {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in b.items()}
+        for b in batches
+    ]
+
+
+def mean(values: Sequence[float]) -> float:
+    return float(sum(values) / len(values)) if values else float("nan")
+
+
+def validate(
+    model: PoseSupernet, val_set: Dataset, trial: TrialSpec, device: torch.device, evaluate_model
+) -> dict[str, float]:
+    """Heatmap loss and the dataset's metric on the validation split (rank 0)."""
+    model.eval()
+    losses = []
+    with torch.no_grad():
+        loader = DataLoader(val_set, batch_size=32, num_workers=trial.search.loader_workers)
+        for batch in loader:
+            pred = model(batch["image"].to(device))
+            losses.append(
+                float(
+                    joints_mse(
+                        pred, batch["heatmaps"].to(device), batch["target_weight"].to(device)
+                    )
+                )
+            )
+    with tempfile.TemporaryDirectory(prefix="posenfs-val-") as work:
+        stats = evaluate_model(
+            model,
+            val_set,
+            trial.data,
+            trial.grouping.schema,
+            device=device,
+            batch_size=32,
+            work_dir=work,
+        )
+    model.train()
+    out = {"val_loss": mean(losses)}
+    if trial.data.dataset == "mpii":
+        out["val_pckh"] = float(stats["Mean"])
+    else:
+        out["val_ap"] = float(stats["AP"])
+        out["val_ap50"] = float(stats["AP50"])
+    return out
+
+
+def arch_snapshot(model: PoseSupernet) -> dict[str, dict[str, list[list[float]]]]:
+    """softmax(α), softmax(β) per part, for the trajectory plot and the checkpoint."""
+    snap = {}
+    with torch.no_grad():
+        for name, fabric in model.parts.items():
+            a = torch.softmax(fabric.alpha.float().cpu(), -1)
+            b = torch.softmax(fabric.beta.float().cpu(), -1)
+            snap[name] = {
+                "alpha": a.reshape(-1, a.shape[-1]).tolist(),
+                "beta": b.tolist(),
+            }
+    return snap
+
+
+def arch_metrics(model: PoseSupernet, genotype: Genotype) -> dict[str, float]:
+    """α/β entropies (nats, mean over edges/cells), share of parameter-free ops in the genotype,
+    and the derived network's size."""
+    alpha_h, beta_h = [], []
+    with torch.no_grad():
+        for fabric in model.parts.values():
+            a = torch.softmax(fabric.alpha.float(), -1)
+            b = torch.softmax(fabric.beta.float(), -1)
+            alpha_h.append(float(-(a * a.clamp_min(1e-12).log()).sum(-1).mean()))
+            beta_h.append(float(-(b * b.clamp_min(1e-12).log()).sum(-1).mean()))
+    ops = [op for part in genotype.parts for cell in part.cells for op in cell.ops]
+    free = sum(op in PARAMETER_FREE_OPS for op in ops) / max(1, len(ops))
+    cells = sum(len(part.cells) for part in genotype.parts)
+    return {
+        "alpha_entropy": mean(alpha_h),
+        "beta_entropy": mean(beta_h),
+        "param_free_share": free,
+        "cells_kept": float(cells),
+        "macs": float(genotype.macs or 0),
+        "params": float(genotype.params or 0),
+    }
+
+
+def render_artifacts(genotype: Genotype, history: list[dict]) -> dict[str, str | bytes]:
+    """genotype.json, the fabric drawing and the α/β trajectory plot, as file contents."""
+    from nfs_orchestrator.drawing import draw_arch_trajectory, draw_genotype
+
+    out: dict[str, str | bytes] = {"genotype.json": genotype.to_json()}
+    with tempfile.TemporaryDirectory() as tmp:
+        out["fabric.png"] = Path(draw_genotype(genotype, Path(tmp) / "fabric.png")).read_bytes()
+        out["arch_trajectory.png"] = Path(
+            draw_arch_trajectory(history, genotype, Path(tmp) / "arch.png")
+        ).read_bytes()
+    return out
