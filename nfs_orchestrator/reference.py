@@ -5,8 +5,8 @@ Key families of the reference (POSENFS-SPEC §1–2) and where they go here:
     backbone.*                                         → backbone.* (same layouts)
     reduce.<p>.<level>.*                               → parts.<part p>.adapters.convs.<level>.*
     <part>_part.alphas / .betas                        → parts.<part>.alpha / .beta
-    <part>_part.cell_<layer>_<scale>.propress_list.<slot>.operation.<j>.*   (finer input)
-                                                       → parts.<part>.cells.s<scale>_d<layer>.resample.<slot>.<j>.*
+    <part>_part.cell_<layer>_<scale>.X                 → parts.<part>.cells.s<scale>_d<layer>.Y:
+    ….propress_list.<slot>.operation.<j>.* (finer)     → ….resample.<slot>.<j>.*
     ….propress_list.<slot>.conv_1x1.* / .bn.*          → ….resample.<slot>.conv.* / .bn.*
     ….cell_arch.<edge>.ops.<i>.operation.<j>.*         → ….edges.<edge>.ops.<op name i>.<j>.*
     ….cell_arch.<edge>.ops.<i>.<j>.*  (pooling + BN)   → ….edges.<edge>.ops.<op name i>.<j>.*
