@@ -90,19 +90,27 @@ def draw_genotype(genotype: Genotype, path: str | Path) -> Path:
         ax.set_yticklabels([f"stride {s}" for s in space.scales], fontsize=7)
         ax.set_xlabel("depth", fontsize=8)
     handles = [plt.Line2D([], [], color=c, lw=2, label=s) for s, c in SLOT_COLORS.items()]
-    fig.legend(handles=handles, loc="lower right", fontsize=8, title="kept input", ncol=3)
+    fig.legend(handles=handles, loc="lower center", fontsize=8, title="kept input", ncol=3)
     size = ""
     if genotype.macs is not None:
-        size = f" — {genotype.params / 1e6:.2f}M params, {genotype.macs / 1e9:.2f} GMACs"
+        size = f" — {genotype.params / 1e6:.2f}M params, {human(genotype.macs)}MACs"
     fig.suptitle(
         f"genotype {genotype.fingerprint()[:12]} · {space.name} · {genotype.grouping.name}{size}",
         fontsize=10,
     )
-    fig.tight_layout(rect=(0, 0.05, 1, 0.95))
+    fig.tight_layout(rect=(0, 0.12, 1, 0.95))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def human(n: float) -> str:
+    """1.2e9 → '1.20 G', 3.4e6 → '3.40 M'."""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n:.0f} "
 
 
 def draw_arch_trajectory(history: Sequence[dict], genotype: Genotype, path: str | Path) -> Path:

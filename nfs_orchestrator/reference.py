@@ -213,3 +213,57 @@ def check_against_reference(
     err = float((ours - ref).abs().max())
     scale = float(ref.abs().max())
     return {"max_abs_err": err, "max_abs_ref": scale, "ok": err <= 1e-4 * max(1.0, scale)}
+
+
+def import_reference(
+    checkpoint: str | Path,
+    space: FabricSpace,
+    grouping: PartGrouping,
+    backbone: str,
+    input_size: tuple[int, int],
+    output: str | Path,
+    check: bool = False,
+) -> dict[str, Any]:
+    """Converts a reference checkpoint into a posenfs supernet checkpoint at ``output``, with
+    its genotype beside it (``<output stem>.genotype.json``).
+
+    Returns ``{"dropped": [...], "output", "genotype", "check": {...} | None}``; ``check`` runs
+    the converted model on the file's ``input`` and compares with its ``output``.
+    """
+    from nfs_orchestrator.model_io import save_model
+    from nfs_orchestrator.nn.backbones import build_backbone
+    from nfs_orchestrator.nn.supernet import PoseSupernet
+    from nfs_orchestrator.specs import check_compatible
+
+    dataset = "mpii" if grouping.schema.name == "mpii16" else "coco"
+    check_compatible(space, grouping, dataset, input_size)
+    data = load_reference_file(checkpoint)
+    model = PoseSupernet(space, grouping, build_backbone(backbone, random_init=True))
+    report = convert_state_dict(
+        data["state_dict"], space, grouping, model.state_dict(), source=str(checkpoint)
+    )
+    model.load_state_dict(report.state_dict)
+    genotype = model.genotype(input_size, backbone)
+    out = save_model(
+        output,
+        model,
+        kind="supernet",
+        space=space,
+        grouping=grouping,
+        backbone=backbone,
+        input_size=input_size,
+        genotype=genotype,
+    )
+    genotype_path = out.with_name(f"{out.stem}.genotype.json")
+    genotype_path.write_text(genotype.to_json())
+    result: dict[str, Any] = {
+        "dropped": report.dropped,
+        "output": str(out),
+        "genotype": str(genotype_path),
+        "check": None,
+    }
+    if check:
+        if "input" not in data or "output" not in data:
+            raise InputError(f"{checkpoint}: --check needs 'input' and 'output' tensors in it")
+        result["check"] = check_against_reference(model, data["input"], data["output"], grouping)
+    return result

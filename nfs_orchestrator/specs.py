@@ -404,7 +404,7 @@ class TrialSpec:
     params: dict[str, Any] = field(default_factory=dict)  # the outer choices, for tracking
 
     def __post_init__(self) -> None:
-        check_compatible(self.fabric, self.grouping, self.backbone, self.data)
+        check_compatible(self.fabric, self.grouping, self.data.dataset, self.data.input_size)
 
     def to_dict(self) -> dict[str, Any]:
         return to_plain(self)
@@ -418,19 +418,20 @@ class TrialSpec:
 
 
 def check_compatible(
-    fabric: FabricSpace, grouping: PartGrouping, backbone: BackboneSpec, data: DataSpec
+    fabric: FabricSpace, grouping: PartGrouping, dataset: str, input_size: tuple[int, int]
 ) -> None:
     """Cross-spec checks that no single spec can make on its own."""
-    w, h = data.input_size
+    w, h = input_size
     coarsest = fabric.scales[-1]
     if w % coarsest or h % coarsest:
         raise SpecError(
-            f"data.input_size {w}x{h} is not divisible by the fabric's coarsest stride {coarsest}"
+            f"input size {w}x{h} is not divisible by the fabric's coarsest stride {coarsest}"
         )
-    if data.dataset == "mpii" and grouping.schema.name != "mpii16":
-        raise SpecError(f"grouping {grouping.name} is for {grouping.schema.name}, data is MPII")
-    if data.dataset in ("coco", "synthetic") and grouping.schema.name != "coco17":
-        raise SpecError(f"grouping {grouping.name} is for {grouping.schema.name}, data is COCO")
+    want = "mpii16" if dataset == "mpii" else "coco17"
+    if grouping.schema.name != want:
+        raise SpecError(
+            f"grouping {grouping.name} is for {grouping.schema.name}, the data is {dataset}"
+        )
 
 
 # --------------------------------------------------------------------------------------------

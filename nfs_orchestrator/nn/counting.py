@@ -45,14 +45,10 @@ def supernet_summary(
     """``{"params", "arch_params", "macs"}`` of the supernet as it runs (random weights)."""
     from nfs_orchestrator.nn.backbones import build_backbone
     from nfs_orchestrator.nn.supernet import PoseSupernet
-    from nfs_orchestrator.specs import BackboneSpec, DataSpec, check_compatible
+    from nfs_orchestrator.specs import check_compatible
 
-    check_compatible(
-        space,
-        grouping,
-        BackboneSpec(name=backbone, random_init=True),
-        DataSpec(dataset="synthetic", input_size=input_size),
-    )
+    dataset = "mpii" if grouping.schema.name == "mpii16" else "coco"
+    check_compatible(space, grouping, dataset, input_size)
     net = PoseSupernet(space, grouping, build_backbone(backbone, random_init=True))
     return {
         "params": count_params(net),

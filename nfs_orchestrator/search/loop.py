@@ -142,9 +142,10 @@ def run_search(trial: TrialSpec, runtime: Runtime) -> dict[str, float]:
                 )
 
         last = epoch == search.epochs - 1
-        metrics = runtime.all_reduce_mean(
-            {"train_loss": mean(train_losses), "arch_loss": mean(arch_losses)}
-        )
+        losses = {"train_loss": mean(train_losses)}
+        if arch_losses:  # every rank takes the same steps, so every rank has the same keys
+            losses["arch_loss"] = mean(arch_losses)
+        metrics = runtime.all_reduce_mean(losses)
         if (epoch + 1) % search.val_every == 0 or last:
             val = (
                 validate(model, val_set, trial, device, evaluate_model) if runtime.rank == 0 else {}

@@ -1,0 +1,119 @@
+"""Spec strictness: unknown keys, wrong types and impossible values fail at load with the path."""
+
+from __future__ import annotations
+
+import pytest
+
+from nfs_orchestrator.errors import SpecError
+from nfs_orchestrator.keypoints import spaces_root
+from nfs_orchestrator.specs import (
+    OP_NAMES,
+    CampaignSpec,
+    FabricSpace,
+    SearchSpec,
+    load_campaign,
+    load_fabric,
+)
+from nfs_orchestrator.strict import apply_overrides
+
+
+def test_unknown_key_names_path_and_suggests():
+    with pytest.raises(SpecError, match=r"search\.epoch: unknown key \(did you mean 'epochs'\?\)"):
+        CampaignSpec.from_dict(
+            {
+                "name": "c",
+                "data": {"dataset": "synthetic"},
+                "backbone": {"random_init": True},
+                "fabric": "tiny",
+                "grouping": "coco-p3",
+                "search": {"epoch": 3},
+            }
+        )
+
+
+def test_wrong_type_names_path():
+    with pytest.raises(SpecError, match=r"depth: expected an integer, got 'six'"):
+        FabricSpace.from_dict({"name": "x", "depth": "six"})
+    with pytest.raises(SpecError, match=r"search\.batch_size: expected an integer"):
+        CampaignSpec.from_dict(
+            {
+                "name": "c",
+                "data": {"dataset": "synthetic"},
+                "backbone": {"random_init": True},
+                "fabric": "tiny",
+                "grouping": "coco-p3",
+                "search": {"batch_size": 1.5},
+            }
+        )
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"ops": ["zero", "conv_7x7"]}, "unknown op 'conv_7x7'"),
+        ({"scales": [4, 16]}, "consecutive strides"),
+        ({"cut": 6}, "cut: 6 must be in"),
+        ({"input_nodes": 2}, "only 1 is supported"),
+        ({"ops": ["zero"]}, "leaves nothing"),
+    ],
+)
+def test_impossible_fabric_values(change, message):
+    with pytest.raises(SpecError, match=message):
+        FabricSpace.from_dict({"name": "x", **change})
+
+
+def test_every_shipped_fabric_loads():
+    names = sorted(p.stem for p in (spaces_root() / "fabrics").glob("*.yaml"))
+    assert {"tiny", "hrnet-w32_cnf5_mpii-256x256", "resnet50_cnf3_coco-256x192"} <= set(names)
+    for name in names:
+        space = load_fabric(name)
+        assert space.layer_sizes()[-1] == 1
+
+
+def test_geometry_matches_the_paper():
+    # depth 6 cut 3 and depth 7 cut 4 both give the 3-2-1 triangle of six cells (§1.2)
+    assert load_fabric("hrnet-w32_cnf5_mpii-256x256").layer_sizes() == [3, 2, 1]
+    assert load_fabric("resnet50_cnf3_coco-256x192").layer_sizes() == [3, 2, 1]
+    assert FabricSpace(name="x", depth=7, cut=3).layer_sizes() == [4, 3, 2, 1]
+    assert FabricSpace(name="x", hidden_nodes=3).num_edges == 6  # N·I + N(N-1)/2
+
+
+def test_overrides_are_dotted_and_typed():
+    out = apply_overrides({"budget": {"num_trials": 2}}, ["budget.num_trials=4", "seed=3"])
+    assert out == {"budget": {"num_trials": 4}, "seed": 3}
+    with pytest.raises(SpecError, match="expected KEY=VALUE"):
+        apply_overrides({}, ["budget.num_trials"])
+
+
+def test_op_names_equal_the_op_table():
+    from nfs_orchestrator.nn.ops import OPS
+
+    assert tuple(OPS) == OP_NAMES
+
+
+def test_search_spec_rejects_bad_batches():
+    with pytest.raises(SpecError, match="micro_batch"):
+        SearchSpec(batch_size=4, micro_batch=8)
+
+
+def test_campaign_fingerprint_ignores_where_it_runs(tmp_path):
+    text = (spaces_root().parent / "experiments" / "smoke.yaml").read_text()
+    path = tmp_path / "smoke.yaml"
+    path.write_text(text)
+    a = load_campaign(path)
+    b = load_campaign(path, ("resources.cpus_per_worker=0.25", "budget.max_concurrent=3"))
+    c = load_campaign(path, ("seed=7",))
+    assert a.campaign_id == b.campaign_id
+    assert a.campaign_id != c.campaign_id
+    assert a.campaign_id.startswith("smoke-")
+
+
+def test_campaign_trial_applies_outer_choices(tmp_path):
+    path = spaces_root().parent / "experiments" / "smoke.yaml"
+    campaign = load_campaign(path)
+    grouping_param = campaign.outer["grouping"]
+    for choice in grouping_param.choices:
+        trial = campaign.trial({"grouping": choice})
+        assert trial.grouping.name == campaign.catalog[choice]["name"]
+    with pytest.raises(SpecError, match="not in the campaign's outer space"):
+        campaign.trial({"fabric.depth": 5})
