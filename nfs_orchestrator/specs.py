@@ -646,6 +646,68 @@ def load_campaign(path: str | Path, overrides: tuple[str, ...] = ()) -> Campaign
         raise SpecError(f"{p}: {e}") from None
 
 
+# --------------------------------------------------------------------------------------------
+# Retraining a derived network
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RetrainSpec:
+    """Training the derived network of a genotype (``posenfs retrain``).
+
+    The genotype comes from the command line (registry alias, run artifact or file), never from
+    this file; ``init_weights`` optionally starts from a posenfs checkpoint (e.g. an imported
+    reference model), copying every weight the derived network shares with it.
+    """
+
+    name: str
+    data: DataSpec
+    backbone: BackboneSpec
+    epochs: int = 10
+    batch_size: int = 16
+    micro_batch: int | None = None
+    optimizer: OptimSpec = field(default_factory=OptimSpec)
+    lr_schedule: ScheduleSpec = field(default_factory=ScheduleSpec)
+    val_every: int = 1
+    steps_per_epoch: int | None = None
+    loader_workers: int = 0
+    init_weights: str | None = None
+    grad_clip: float | None = None
+    seed: int = 0
+    model_name: str | None = None  # registered model; default posenfs-<dataset>-retrained
+    resources: ResourceSpec = field(default_factory=ResourceSpec)
+    storage: StorageSpec = field(default_factory=StorageSpec)
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.val_every < 1:
+            raise SpecError("epochs, batch_size and val_every must be ≥ 1")
+        if self.micro_batch is not None and not 1 <= self.micro_batch <= self.batch_size:
+            raise SpecError("micro_batch must be in [1, batch_size] or null")
+
+    def fingerprint(self) -> str:
+        body = to_plain(self)
+        for key in ("resources", "storage"):
+            body.pop(key)
+        return fingerprint(body)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_plain(self)
+
+    @classmethod
+    def from_dict(cls, data: Any, path: str = "") -> RetrainSpec:
+        return from_mapping(cls, data, path)
+
+
+def load_retrain(path: str | Path, overrides: tuple[str, ...] = ()) -> RetrainSpec:
+    p = Path(path)
+    data = apply_overrides(read_yaml(p), overrides)
+    data.setdefault("name", p.stem)
+    try:
+        return RetrainSpec.from_dict(data)
+    except SpecError as e:
+        raise SpecError(f"{p}: {e}") from None
+
+
 def replace(spec: Any, **changes: Any) -> Any:
     """``dataclasses.replace`` that re-runs validation (specs are never mutated)."""
     return dataclasses.replace(spec, **changes)

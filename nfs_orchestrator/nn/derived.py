@@ -61,3 +61,44 @@ class DerivedPoseNet(nn.Module):
         maps = [fabric(pyramid) for fabric in self.parts.values()]
         index = [getattr(self, f"index_{i}") for i in range(len(self.parts))]
         return merge_parts(maps, self.genotype.grouping, index)  # (B, K, H/4, W/4)
+
+
+def derived_state_from_supernet(
+    supernet_state: dict[str, torch.Tensor], genotype: Genotype
+) -> dict[str, torch.Tensor]:
+    """The weights a derived network shares with a supernet, under the derived network's keys.
+
+    Backbone, adapters, heads and output convs keep their keys; a kept input slot's resampling
+    moves to its position among the kept slots; an edge keeps only its chosen op's weights.
+    α and β have no place in a derived network.
+    """
+    from nfs_orchestrator.nn.cell import SLOTS
+
+    out: dict[str, torch.Tensor] = {}
+    cells = {
+        (part.name, f"s{c.scale}_d{c.depth}"): c for part in genotype.parts for c in part.cells
+    }
+    for key, value in supernet_state.items():
+        parts = key.split(".")
+        if parts[0] != "parts":
+            out[key] = value
+            continue
+        part, module = parts[1], parts[2]
+        if module in ("adapters", "head"):
+            out[key] = value
+            continue
+        if module != "cells" or (part, parts[3]) not in cells:
+            continue  # alpha, beta, or a dropped cell
+        cell, rest = cells[(part, parts[3])], parts[4:]
+        prefix = f"parts.{part}.cells.{parts[3]}"
+        if rest[0] == "out":
+            out[key] = value
+        elif rest[0] == "resample":
+            slot = SLOTS[int(rest[1])]
+            if slot in cell.inputs:
+                out[".".join([prefix, "resample", str(cell.inputs.index(slot)), *rest[2:]])] = value
+        elif rest[0] == "edges" and rest[2] == "ops":
+            edge, op = int(rest[1]), rest[3]
+            if cell.ops[edge] == op:
+                out[".".join([prefix, "edges", str(edge), *rest[4:]])] = value
+    return out

@@ -20,40 +20,43 @@ What this is not: Ray, MLflow or Optuna code. The loop sees the world only throu
 
 from __future__ import annotations
 
-import dataclasses
-import random
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
-from torch import nn
-from torch.utils.data import DataLoader, Dataset
 
 from nfs_orchestrator.errors import SpecError
 from nfs_orchestrator.genotype import Genotype
-from nfs_orchestrator.nn.losses import joints_mse
 from nfs_orchestrator.nn.supernet import PoseSupernet
 from nfs_orchestrator.runtime import Runtime
 from nfs_orchestrator.search import bilevel
 from nfs_orchestrator.search.schedules import lr_factor, temperature
-from nfs_orchestrator.specs import PARAMETER_FREE_OPS, OptimSpec, SearchSpec, TrialSpec
+from nfs_orchestrator.specs import PARAMETER_FREE_OPS, SearchSpec, TrialSpec
+from nfs_orchestrator.training import (
+    batch_plan,
+    cycle_batches,
+    epoch_batches,
+    make_optimizer,
+    mean,
+    seed_everything,
+    set_lr,
+    to_device,
+    validate,
+)
 
 STATE_FILE = "state.pt"
 
 
 def run_search(trial: TrialSpec, runtime: Runtime) -> dict[str, float]:
     """Runs (or resumes) the search of ``trial``; returns the last epoch's metrics."""
-    from nfs_orchestrator.data import build_dataset, evaluate_model, split_image_disjoint
+    from nfs_orchestrator.data import build_dataset, split_image_disjoint
     from nfs_orchestrator.nn.backbones import build_backbone
 
     search = trial.search
     schema = trial.grouping.schema
     device = runtime.device
-    micro, accumulation = batch_plan(search, runtime.world_size)
+    micro, accumulation = batch_plan(search.batch_size, search.micro_batch, runtime.world_size)
 
     seed_everything(trial.seed)
     train_set = build_dataset(trial.data, schema, "train", train=True)
@@ -100,11 +103,19 @@ def run_search(trial: TrialSpec, runtime: Runtime) -> dict[str, float]:
         eta = w_opt.param_groups[0]["lr"]
 
         model.train()
+        workers = search.loader_workers
         w_batches = epoch_batches(
-            train_set, weight_idx, micro, accumulation, search, runtime, seed=trial.seed + epoch
+            train_set,
+            weight_idx,
+            micro,
+            accumulation,
+            runtime,
+            trial.seed + epoch,
+            search.steps_per_epoch,
+            workers,
         )
         a_batches = cycle_batches(
-            train_set, arch_idx, micro, accumulation, search, runtime, seed=trial.seed + epoch + 1
+            train_set, arch_idx, micro, accumulation, runtime, trial.seed + epoch + 1, workers
         )
         train_losses, arch_losses = [], []
         for step_batches in w_batches:
@@ -148,7 +159,9 @@ def run_search(trial: TrialSpec, runtime: Runtime) -> dict[str, float]:
         metrics = runtime.all_reduce_mean(losses)
         if (epoch + 1) % search.val_every == 0 or last:
             val = (
-                validate(model, val_set, trial, device, evaluate_model) if runtime.rank == 0 else {}
+                validate(model, val_set, trial.data, schema, device, search.loader_workers)
+                if runtime.rank == 0
+                else {}
             )
             metrics.update(runtime.broadcast_object(val))
         genotype: Genotype = runtime.broadcast_object(
@@ -193,23 +206,6 @@ def run_search(trial: TrialSpec, runtime: Runtime) -> dict[str, float]:
 # --------------------------------------------------------------------------------------------
 
 
-def batch_plan(search: SearchSpec, world_size: int) -> tuple[int, int]:
-    """(micro_batch per worker, accumulation steps) for ``search.batch_size`` images per step."""
-    micro = search.micro_batch or max(1, search.batch_size // world_size)
-    if search.batch_size % (world_size * micro):
-        raise SpecError(
-            f"search.batch_size {search.batch_size} is not a multiple of workers × micro_batch "
-            f"= {world_size} × {micro}; change batch_size or set search.micro_batch"
-        )
-    return micro, search.batch_size // (world_size * micro)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 def init_arch(model: PoseSupernet, search: SearchSpec) -> None:
     """α/β start at zero (uniform); ``random`` draws them once from N(0, 1); frozen ones get
     ``requires_grad = False`` and so sit in no optimizer (the reference kept training them)."""
@@ -221,135 +217,6 @@ def init_arch(model: PoseSupernet, search: SearchSpec) -> None:
     for fabric in model.parts.values():
         fabric.alpha.requires_grad_(search.searches_arch and search.search_alpha)
         fabric.beta.requires_grad_(search.searches_arch and search.search_beta)
-
-
-def make_optimizer(spec: OptimSpec, params: Sequence[nn.Parameter]) -> torch.optim.Optimizer:
-    if spec.name == "sgd":
-        return torch.optim.SGD(
-            params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay
-        )
-    cls = torch.optim.AdamW if spec.name == "adamw" else torch.optim.Adam
-    return cls(params, lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay)
-
-
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-
-
-def _loader(dataset: Dataset, batches: list[list[int]], workers: int) -> DataLoader:
-    from nfs_orchestrator.data import worker_init
-
-    return DataLoader(
-        dataset,
-        batch_sampler=batches,
-        num_workers=workers,
-        worker_init_fn=worker_init if workers else None,
-    )
-
-
-def epoch_batches(
-    dataset: Dataset,
-    indices: Sequence[int],
-    micro: int,
-    accumulation: int,
-    search: SearchSpec,
-    runtime: Runtime,
-    seed: int,
-) -> Iterator[list[dict[str, Any]]]:
-    """This rank's micro-batches for one epoch, grouped per optimizer step.
-
-    The permutation is a function of ``seed``; rank r takes every W-th micro-batch, so ranks see
-    disjoint images and together cover ``batch_size`` images per step. Incomplete steps are
-    dropped (every rank takes the same number of steps: collectives stay in lock-step).
-    """
-    order = torch.randperm(len(indices), generator=torch.Generator().manual_seed(seed)).tolist()
-    per_step = micro * runtime.world_size * accumulation
-    steps = len(order) // per_step
-    if search.steps_per_epoch is not None:
-        steps = min(steps, search.steps_per_epoch)
-    micro_batches = []
-    for s in range(steps):
-        chunk = order[s * per_step : (s + 1) * per_step]
-        for a in range(accumulation):
-            start = (a * runtime.world_size + runtime.rank) * micro
-            micro_batches.append([indices[i] for i in chunk[start : start + micro]])
-    it = iter(_loader(dataset, micro_batches, search.loader_workers))
-    for _ in range(steps):
-        yield [next(it) for _ in range(accumulation)]
-
-
-def cycle_batches(
-    dataset: Dataset,
-    indices: Sequence[int],
-    micro: int,
-    accumulation: int,
-    search: SearchSpec,
-    runtime: Runtime,
-    seed: int,
-) -> Iterator[list[dict[str, Any]]]:
-    """Endless arch-validation steps: epochs of ``epoch_batches`` over ``indices``, reseeded."""
-    if not indices:
-        return iter(())
-    capped = dataclasses.replace(search, steps_per_epoch=None)
-
-    def gen() -> Iterator[list[dict[str, Any]]]:
-        k = 0
-        while True:
-            yield from epoch_batches(
-                dataset, indices, micro, accumulation, capped, runtime, seed * 7919 + k
-            )
-            k += 1
-
-    return gen()
-
-
-def to_device(batches: list[dict[str, Any]], device: torch.device) -> list[dict[str, Any]]:
-    return [
-        {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in b.items()}
-        for b in batches
-    ]
-
-
-def mean(values: Sequence[float]) -> float:
-    return float(sum(values) / len(values)) if values else float("nan")
-
-
-def validate(
-    model: PoseSupernet, val_set: Dataset, trial: TrialSpec, device: torch.device, evaluate_model
-) -> dict[str, float]:
-    """Heatmap loss and the dataset's metric on the validation split (rank 0)."""
-    model.eval()
-    losses = []
-    with torch.no_grad():
-        loader = DataLoader(val_set, batch_size=32, num_workers=trial.search.loader_workers)
-        for batch in loader:
-            pred = model(batch["image"].to(device))
-            losses.append(
-                float(
-                    joints_mse(
-                        pred, batch["heatmaps"].to(device), batch["target_weight"].to(device)
-                    )
-                )
-            )
-    with tempfile.TemporaryDirectory(prefix="posenfs-val-") as work:
-        stats = evaluate_model(
-            model,
-            val_set,
-            trial.data,
-            trial.grouping.schema,
-            device=device,
-            batch_size=32,
-            work_dir=work,
-        )
-    model.train()
-    out = {"val_loss": mean(losses)}
-    if trial.data.dataset == "mpii":
-        out["val_pckh"] = float(stats["Mean"])
-    else:
-        out["val_ap"] = float(stats["AP"])
-        out["val_ap50"] = float(stats["AP50"])
-    return out
 
 
 def arch_snapshot(model: PoseSupernet) -> dict[str, dict[str, list[list[float]]]]:

@@ -1,0 +1,160 @@
+"""Pieces shared by the search loop and the retrain loop: batching, seeding, optimizers,
+validation. Pure PyTorch; no loop lives here.
+
+Batches: ``batch_size`` images per optimizer step over all workers; each of the W workers runs
+``micro`` images per forward and accumulates ``batch_size / (W · micro)`` micro-batches, so the
+effective batch does not change with the number of workers (elastic training).
+"""
+
+from __future__ import annotations
+
+import random
+import tempfile
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from nfs_orchestrator.errors import SpecError
+from nfs_orchestrator.nn.losses import joints_mse
+from nfs_orchestrator.runtime import Runtime
+from nfs_orchestrator.specs import DataSpec, OptimSpec
+
+
+def batch_plan(batch_size: int, micro_batch: int | None, world_size: int) -> tuple[int, int]:
+    """(micro_batch per worker, accumulation steps) for ``batch_size`` images per step."""
+    micro = micro_batch or max(1, batch_size // world_size)
+    if batch_size % (world_size * micro):
+        raise SpecError(
+            f"batch_size {batch_size} is not a multiple of workers × micro_batch "
+            f"= {world_size} × {micro}; change batch_size or set micro_batch"
+        )
+    return micro, batch_size // (world_size * micro)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def make_optimizer(spec: OptimSpec, params: Sequence[nn.Parameter]) -> torch.optim.Optimizer:
+    if spec.name == "sgd":
+        return torch.optim.SGD(
+            params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay
+        )
+    cls = torch.optim.AdamW if spec.name == "adamw" else torch.optim.Adam
+    return cls(params, lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def _loader(dataset: Dataset, batches: list[list[int]], workers: int) -> DataLoader:
+    from nfs_orchestrator.data import worker_init
+
+    return DataLoader(
+        dataset,
+        batch_sampler=batches,
+        num_workers=workers,
+        worker_init_fn=worker_init if workers else None,
+        persistent_workers=False,
+    )
+
+
+def epoch_batches(
+    dataset: Dataset,
+    indices: Sequence[int],
+    micro: int,
+    accumulation: int,
+    runtime: Runtime,
+    seed: int,
+    max_steps: int | None = None,
+    workers: int = 0,
+) -> Iterator[list[dict[str, Any]]]:
+    """This rank's micro-batches for one epoch, grouped per optimizer step.
+
+    The permutation is a function of ``seed``; rank r takes every W-th micro-batch, so ranks see
+    disjoint images and together cover ``batch_size`` images per step. Incomplete steps are
+    dropped (every rank takes the same number of steps: collectives stay in lock-step).
+    """
+    order = torch.randperm(len(indices), generator=torch.Generator().manual_seed(seed)).tolist()
+    per_step = micro * runtime.world_size * accumulation
+    steps = len(order) // per_step
+    if max_steps is not None:
+        steps = min(steps, max_steps)
+    micro_batches = []
+    for s in range(steps):
+        chunk = order[s * per_step : (s + 1) * per_step]
+        for a in range(accumulation):
+            start = (a * runtime.world_size + runtime.rank) * micro
+            micro_batches.append([indices[i] for i in chunk[start : start + micro]])
+    it = iter(_loader(dataset, micro_batches, workers))
+    for _ in range(steps):
+        yield [next(it) for _ in range(accumulation)]
+
+
+def cycle_batches(
+    dataset: Dataset,
+    indices: Sequence[int],
+    micro: int,
+    accumulation: int,
+    runtime: Runtime,
+    seed: int,
+    workers: int = 0,
+) -> Iterator[list[dict[str, Any]]]:
+    """Endless steps over ``indices``: one reseeded ``epoch_batches`` pass after another."""
+    k = 0
+    while indices:
+        yield from epoch_batches(
+            dataset, indices, micro, accumulation, runtime, seed * 7919 + k, workers=workers
+        )
+        k += 1
+
+
+def to_device(batches: list[dict[str, Any]], device: torch.device) -> list[dict[str, Any]]:
+    return [
+        {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in b.items()}
+        for b in batches
+    ]
+
+
+def mean(values: Sequence[float]) -> float:
+    return float(sum(values) / len(values)) if values else float("nan")
+
+
+def validate(
+    model: nn.Module,
+    val_set: Dataset,
+    data: DataSpec,
+    schema,
+    device: torch.device,
+    workers: int = 0,
+) -> dict[str, float]:
+    """Heatmap loss and the dataset's metric (COCO AP / MPII PCKh) on the validation split."""
+    from nfs_orchestrator.data import evaluate_model
+
+    model.eval()
+    losses = []
+    with torch.no_grad():
+        for batch in DataLoader(val_set, batch_size=32, num_workers=workers):
+            pred = model(batch["image"].to(device))
+            target = batch["heatmaps"].to(device)
+            losses.append(float(joints_mse(pred, target, batch["target_weight"].to(device))))
+        with tempfile.TemporaryDirectory(prefix="posenfs-val-") as work:
+            stats = evaluate_model(
+                model, val_set, data, schema, device=device, batch_size=32, work_dir=work
+            )
+    model.train()
+    out = {"val_loss": mean(losses)}
+    if data.dataset == "mpii":
+        out["val_pckh"] = float(stats["Mean"])
+    else:
+        out["val_ap"] = float(stats["AP"])
+        out["val_ap50"] = float(stats["AP50"])
+    return out
