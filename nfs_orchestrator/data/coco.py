@@ -1,0 +1,207 @@
+"""COCO person keypoints: read ``person_keypoints_*.json`` (and person detections) into an index.
+
+What this is: validation of the COCO annotation layout with one-line ``InputError`` messages,
+the reference's instance selection (area > 0, ≥ 1 labelled keypoint, not crowd; box enlarged
+to cover the labelled keypoints + 5 px, clipped to the image), detector boxes for validation
+(category 1, score ≥ threshold), and the cached Parquet index of either.
+What it is not: the torch dataset (``dataset.py``) or COCO scoring (``evaluation.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nfs_orchestrator.data.index import AnnotationIndex, Instances, cached_index
+from nfs_orchestrator.errors import InputError
+
+PERSON_CATEGORY = 1
+RECTIFY_MARGIN = 5  # px added around the labelled keypoints (reference bbox_rectify)
+
+
+def read_json(path: str | Path) -> Any:
+    """Reads a json file; a missing or malformed file is a one-line ``InputError``."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{p}: no such file")
+    try:
+        with open(p, "rb") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise InputError(
+            f"{p}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}"
+        ) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"{p}: cannot read: {e}") from None
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def validate_coco(data: Any, path: Path) -> tuple[dict[int, dict], int]:
+    """Checks the keypoint layout; returns images by id and the number of keypoints K.
+
+    Raises ``InputError`` naming the file and the first bad record.
+    """
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a COCO json object, got {type(data).__name__}")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            raise InputError(f"{path}: missing list {key!r} (not a COCO annotation file)")
+    images: dict[int, dict] = {}
+    for i, img in enumerate(data["images"]):
+        if not isinstance(img, dict):
+            raise InputError(f"{path}: images record {i}: not an object")
+        for key in ("id", "width", "height"):
+            if not isinstance(img.get(key), int):
+                raise InputError(f"{path}: images record {i}: {key!r} missing or not an integer")
+        if not isinstance(img.get("file_name"), str):
+            raise InputError(f"{path}: images record {i}: 'file_name' missing or not a string")
+        images[img["id"]] = img
+    k = _num_keypoints(data, path)
+    for i, ann in enumerate(data["annotations"]):
+        where = f"{path}: annotations record {i}"
+        if not isinstance(ann, dict):
+            raise InputError(f"{where}: not an object")
+        if ann.get("image_id") not in images:
+            raise InputError(f"{where}: image_id {ann.get('image_id')!r} is not in 'images'")
+        kps = ann.get("keypoints")
+        if not isinstance(kps, list) or len(kps) != 3 * k or not all(map(_number, kps)):
+            raise InputError(f"{where}: 'keypoints' must be {3 * k} numbers (x, y, v) * {k}")
+        bbox = ann.get("bbox")
+        if not isinstance(bbox, list) or len(bbox) != 4 or not all(map(_number, bbox)):
+            raise InputError(f"{where}: 'bbox' must be 4 numbers [x, y, w, h]")
+        if not _number(ann.get("area", 0)) or not isinstance(ann.get("id"), int):
+            raise InputError(f"{where}: 'area' must be a number and 'id' an integer")
+    return images, k
+
+
+def _num_keypoints(data: dict, path: Path) -> int:
+    for cat in data["categories"]:
+        if isinstance(cat, dict) and cat.get("id") == PERSON_CATEGORY:
+            names = cat.get("keypoints")
+            if isinstance(names, list) and names:
+                return len(names)
+    for ann in data["annotations"]:
+        if isinstance(ann, dict) and isinstance(ann.get("keypoints"), list):
+            return len(ann["keypoints"]) // 3
+    raise InputError(f"{path}: no person category with 'keypoints' and no annotations")
+
+
+def rectify_box(
+    box: list[float], joints: np.ndarray, width: int, height: int, margin: int = RECTIFY_MARGIN
+) -> list[float]:
+    """Enlarges box (x, y, w, h) to cover the labelled joints (K, 3) plus ``margin`` px,
+    clipped to the image (the reference's ``bbox_rectify``, integer-truncated like it)."""
+    labelled = joints[joints[:, 2] > 0]
+    if len(labelled) == 0:
+        return list(box)
+    x0 = min(labelled[:, 0].min(), box[0])
+    y0 = min(labelled[:, 1].min(), box[1])
+    x1 = max(labelled[:, 0].max(), box[0] + box[2])
+    y1 = max(labelled[:, 1].max(), box[1] + box[3])
+    x0, y0 = max(0, int(x0 - margin)), max(0, int(y0 - margin))
+    x1, y1 = min(width, int(x1 + margin)), min(height, int(y1 + margin))
+    return [float(x0), float(y0), float(x1 - x0), float(y1 - y0)]
+
+
+def coco_gt_instances(data: dict, path: Path) -> Instances:
+    """Instances with ground-truth boxes: area > 0, ≥ 1 labelled keypoint, not crowd; box
+    rectified; ordered by (image_id, annotation id)."""
+    images, k = validate_coco(data, path)
+    records = []
+    for ann in data["annotations"]:
+        joints = np.asarray(ann["keypoints"], dtype=np.float64).reshape(k, 3)
+        if ann.get("iscrowd", 0) or ann.get("area", 0) <= 0 or not (joints[:, 2] > 0).any():
+            continue
+        img = images[ann["image_id"]]
+        box = rectify_box(ann["bbox"], joints, img["width"], img["height"])
+        if box[2] <= 0 or box[3] <= 0:
+            continue
+        records.append(
+            {
+                "image_id": ann["image_id"],
+                "file_name": img["file_name"],
+                "width": img["width"],
+                "height": img["height"],
+                "box": box,
+                "score": 1.0,
+                "area": float(ann["area"]),
+                "ann_id": ann["id"],
+                "joints": joints,
+            }
+        )
+    records.sort(key=lambda r: (r["image_id"], r["ann_id"]))
+    return Instances.from_records(records, k)
+
+
+def coco_det_instances(
+    data: dict, path: Path, dets: Any, det_path: Path, threshold: float
+) -> Instances:
+    """Instances from a person-detector results file (list of ``image_id, bbox, score,
+    category_id``): category 1 only, score ≥ ``threshold``, positive size; ordered by image
+    id then descending score. Joints are unknown (all zero)."""
+    images, k = validate_coco(data, path)
+    if not isinstance(dets, list):
+        raise InputError(f"{det_path}: expected a list of detections, got {type(dets).__name__}")
+    records = []
+    for i, det in enumerate(dets):
+        where = f"{det_path}: record {i}"
+        if not isinstance(det, dict):
+            raise InputError(f"{where}: not an object")
+        bbox, score = det.get("bbox"), det.get("score")
+        if not isinstance(bbox, list) or len(bbox) != 4 or not all(map(_number, bbox)):
+            raise InputError(f"{where}: 'bbox' must be 4 numbers [x, y, w, h]")
+        if not _number(score):
+            raise InputError(f"{where}: 'score' must be a finite number")
+        if det.get("category_id", PERSON_CATEGORY) != PERSON_CATEGORY or score < threshold:
+            continue
+        if det.get("image_id") not in images:
+            raise InputError(f"{where}: image_id {det.get('image_id')!r} is not in the annotations")
+        if bbox[2] <= 0 or bbox[3] <= 0:
+            continue
+        img = images[det["image_id"]]
+        records.append(
+            {
+                "image_id": det["image_id"],
+                "file_name": img["file_name"],
+                "width": img["width"],
+                "height": img["height"],
+                "box": [float(v) for v in bbox],
+                "score": float(score),
+                "area": float(bbox[2] * bbox[3]),
+                "ann_id": -1,
+                "joints": np.zeros((k, 3)),
+            }
+        )
+    records.sort(key=lambda r: (r["image_id"], -r["score"]))
+    return Instances.from_records(records, k)
+
+
+def load_coco_index(
+    annotations: str | Path,
+    *,
+    detections: str | Path | None = None,
+    det_score_threshold: float = 0.0,
+    cache_dir: str | Path | None = None,
+) -> AnnotationIndex:
+    """The cached index of a COCO keypoint file: ground-truth instances, or detector boxes when
+    ``detections`` is given. Built once; rebuilt when a source file changes."""
+    ann = Path(annotations)
+    if detections is None:
+        return cached_index(
+            [ann], "gt", {}, lambda: coco_gt_instances(read_json(ann), ann), cache_dir=cache_dir
+        )
+    det = Path(detections)
+    options = {"det_score_threshold": float(det_score_threshold)}
+
+    def build() -> Instances:
+        return coco_det_instances(read_json(ann), ann, read_json(det), det, det_score_threshold)
+
+    variant = f"det-{det.stem}"
+    return cached_index([ann, det], variant, options, build, cache_dir=cache_dir)
