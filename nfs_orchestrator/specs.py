@@ -708,6 +708,17 @@ def load_retrain(path: str | Path, overrides: tuple[str, ...] = ()) -> RetrainSp
         raise SpecError(f"{p}: {e}") from None
 
 
+def data_spec_from_file(path: str | Path, overrides: tuple[str, ...] = ()) -> DataSpec:
+    """The ``data`` section of a campaign or retrain YAML (or a file holding only a DataSpec)."""
+    p = Path(path)
+    data = apply_overrides(read_yaml(p), overrides)
+    body = data.get("data", data)
+    try:
+        return DataSpec.from_dict(body, path="data" if "data" in data else "")
+    except SpecError as e:
+        raise SpecError(f"{p}: {e}") from None
+
+
 def replace(spec: Any, **changes: Any) -> Any:
     """``dataclasses.replace`` that re-runs validation (specs are never mutated)."""
     return dataclasses.replace(spec, **changes)

@@ -158,3 +158,15 @@ def validate(
         out["val_ap"] = float(stats["AP"])
         out["val_ap50"] = float(stats["AP50"])
     return out
+
+
+def evaluate_on(model: nn.Module, data: DataSpec, device: str = "cpu") -> dict[str, float]:
+    """The dataset's official stats (COCO ten stats / MPII PCKh) of ``model`` on ``data``'s
+    validation split; the schema is the model's grouping's."""
+    from nfs_orchestrator.data import build_dataset, evaluate_model
+
+    schema = model.genotype.grouping.schema if hasattr(model, "genotype") else model.grouping.schema
+    val_set = build_dataset(data, schema, "val", train=False)
+    model = model.to(device).eval()
+    with tempfile.TemporaryDirectory(prefix="posenfs-eval-") as work:
+        return evaluate_model(model, val_set, data, schema, device=device, work_dir=work)

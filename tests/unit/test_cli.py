@@ -1,0 +1,133 @@
+"""The command line: the core commands work, and every bad input is one line on stderr with exit
+status 2 and no traceback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import scipy.io as sio
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+GOLDEN = Path(__file__).resolve().parent.parent / "golden" / "genotype_tiny_coco-p3.json"
+
+
+def posenfs(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "nfs_orchestrator", *args], capture_output=True, text=True, cwd=cwd
+    )
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, fragment: str) -> None:
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert fragment in lines[0], lines[0]
+
+
+def test_space_summary_json_counts_what_runs():
+    proc = posenfs(
+        "space",
+        "summary",
+        "tiny",
+        "--grouping",
+        "coco-p3",
+        "--backbone",
+        "tiny",
+        "--input",
+        "64x64",
+        "--json",
+    )
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary == {"params": 325251, "arch_params": 66, "macs": 11359232}
+
+
+def test_genotype_show_and_draw(tmp_path):
+    proc = posenfs("genotype", "show", str(GOLDEN))
+    assert proc.returncode == 0 and "part upper_limb" in proc.stdout
+    for name in ("fabric.svg", "fabric.png"):
+        proc = posenfs("genotype", "draw", str(GOLDEN), "-o", str(tmp_path / name))
+        assert proc.returncode == 0, proc.stderr
+        assert (tmp_path / name).stat().st_size > 2000
+
+
+def test_evaluate_commands_on_fixtures(tmp_path):
+    gt = json.loads((FIXTURES / "coco" / "test_coco.json").read_text())
+    dt = [
+        {"image_id": a["image_id"], "category_id": 1, "keypoints": a["keypoints"], "score": 1.0}
+        for a in gt["annotations"]
+        if a["num_keypoints"] > 0
+    ]
+    (tmp_path / "dt.json").write_text(json.dumps(dt))
+    proc = posenfs(
+        "evaluate",
+        "coco",
+        "--annotations",
+        str(FIXTURES / "coco" / "test_coco.json"),
+        "--predictions",
+        str(tmp_path / "dt.json"),
+        "--json",
+        str(tmp_path / "s.json"),
+    )
+    assert proc.returncode == 0, proc.stderr
+    stats = json.loads((tmp_path / "s.json").read_text())
+    assert list(stats) == ["AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl"]
+    assert stats["AP"] == 1.0
+    mat = sio.loadmat(FIXTURES / "mpii" / "gt_valid.mat")
+    sio.savemat(tmp_path / "pred.mat", {"preds": mat["pos_gt_src"].transpose(2, 0, 1) - 1})
+    proc = posenfs(
+        "evaluate",
+        "mpii",
+        "--annotations",
+        str(FIXTURES / "mpii" / "gt_valid.mat"),
+        "--predictions",
+        str(tmp_path / "pred.mat"),
+        "--json",
+        str(tmp_path / "m.json"),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "m.json").read_text())["Mean"] == 100.0
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["genotype", "show", "missing.json"], "missing.json: no such genotype file"),
+        (["space", "summary", "nope", "--grouping", "coco-p3"], "no such fabric"),
+        (
+            ["space", "summary", "tiny", "--grouping", "coco-p3", "--input", "65x64"],
+            "not divisible by the fabric's coarsest stride 32",
+        ),
+        (["space", "summary", "tiny", "--grouping", "mpii-p9"], "no such grouping"),
+        (["evaluate", "coco", "--annotations", "gt.json", "--predictions", "dt.json"], "gt.json"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(args, fragment, tmp_path):
+    assert_one_line_error(posenfs(*args, cwd=tmp_path), fragment)
+
+
+def test_bad_spec_files_are_one_line(tmp_path):
+    (tmp_path / "bad.yaml").write_text("name: x\nops: [zero, skip\n")
+    assert_one_line_error(
+        posenfs("space", "summary", str(tmp_path / "bad.yaml"), "--grouping", "coco-p3"),
+        "invalid YAML",
+    )
+    (tmp_path / "ops.yaml").write_text("name: x\nops: [zero, conv_7x7]\n")
+    assert_one_line_error(
+        posenfs("space", "summary", str(tmp_path / "ops.yaml"), "--grouping", "coco-p3"),
+        "unknown op 'conv_7x7'",
+    )
+    (tmp_path / "g.yaml").write_text("name: g\nschema: coco17\nparts:\n  face: [nose]\n")
+    assert_one_line_error(
+        posenfs("space", "summary", "tiny", "--grouping", str(tmp_path / "g.yaml")),
+        "not covered by any part",
+    )
+
+
+def test_debug_shows_the_traceback():
+    proc = posenfs("--debug", "genotype", "show", "missing.json")
+    assert proc.returncode != 0 and "Traceback" in proc.stderr
