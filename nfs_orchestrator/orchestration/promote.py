@@ -1,0 +1,237 @@
+"""Promotion: pick a campaign's winning trial by a rule and register its genotype in MLflow.
+
+Selection (``parse_rule``/``select_trial``) is pure and works on ledger rows:
+
+- ``best:<metric>`` — the trial with the best value of ``<metric>`` (a ledger column: ``best``,
+  ``val_ap``, ``val_pckh``, ``val_loss``, ``macs``, ``params``). Direction: ``min`` for
+  ``val_loss``, ``macs`` and ``params``, else ``max``; ``best:<metric>:min|max`` overrides it.
+- ``pareto:<metric>@<constraint>`` — the best ``<metric>`` among trials meeting the constraint,
+  e.g. ``pareto:val_ap@macs<=5e9``.
+
+Only trials that finished or were early-stopped and derived a genotype are candidates; a trial
+without the metric is left out (and named if nothing is left). Ties go to fewer MACs, then the
+smaller trial id, so the same ledger always promotes the same trial.
+
+Registration (``promote``): the genotype is read back from the trial's MLflow run and its
+fingerprint checked against the ledger; a model version is created whose artifacts hold the
+genotype, the resolved search space and grouping, tagged with campaign, trial run and
+fingerprint; the alias is set, and who held it before is recorded as a version tag and in the
+registered model's alias history (MLflow keeps none). Promoting the same genotype again from the
+same run reuses its version.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import operator
+import re
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nfs_orchestrator.errors import PosenfsError
+from nfs_orchestrator.genotype import Genotype
+from nfs_orchestrator.orchestration import tracking
+
+MIN_METRICS = ("val_loss", "macs", "params")
+DONE = ("FINISHED", "EARLY_STOPPED")
+_OPS = {"<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt}
+
+TAG_SOURCE_RUN = "nfs.source_run_id"
+TAG_PREVIOUS = "nfs.previous_alias_holder"
+TAG_RULE = "nfs.promotion_rule"
+ARTIFACT_DIR = "promotion"
+
+
+class PromoteError(PosenfsError):
+    """Nothing to promote, or the stored genotype does not match the ledger."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    kind: str  # "best" | "pareto"
+    metric: str
+    mode: str  # "max" | "min"
+    constraint: tuple[str, str, float] | None = None  # (metric, op, value)
+    text: str = ""
+
+
+def parse_rule(text: str) -> Rule:
+    m = re.fullmatch(r"(best|pareto):([A-Za-z0-9_]+)(?::(max|min))?(?:@(.+))?", text.strip())
+    if not m:
+        raise PromoteError(
+            f"--rule {text!r}: expected best:<metric>[:max|min] or "
+            f"pareto:<metric>@<metric><=|<|>=|><value>, e.g. pareto:val_ap@macs<=5e9"
+        )
+    kind, metric, mode, cons = m.groups()
+    mode = mode or ("min" if metric in MIN_METRICS else "max")
+    constraint = None
+    if kind == "pareto":
+        c = re.fullmatch(r"([A-Za-z0-9_]+)\s*(<=|<|>=|>)\s*([-+0-9.eE]+)", cons or "")
+        if not c:
+            raise PromoteError(
+                f"--rule {text!r}: a pareto rule needs a constraint, e.g. @macs<=5e9"
+            )
+        constraint = (c[1], c[2], float(c[3]))
+    elif cons:
+        raise PromoteError(f"--rule {text!r}: only pareto rules take a constraint")
+    return Rule(kind, metric, mode, constraint, text)
+
+
+def _value(row: dict[str, Any], metric: str) -> float | None:
+    v = row.get(metric)
+    if v is None and metric not in row:
+        final = json.loads(row.get("final_json") or "{}")
+        v = final.get(metric)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        return None
+    return float(v)
+
+
+def select_trial(
+    rows: list[dict[str, Any]], rule: Rule, trial_id: str | None = None
+) -> dict[str, Any]:
+    """The ledger row to promote (see the module docstring for the rule)."""
+    if trial_id is not None:
+        match = [r for r in rows if r["trial_id"] == trial_id]
+        if not match:
+            raise PromoteError(f"trial {trial_id} is not in the campaign ledger")
+        if not match[0].get("genotype_fp"):
+            raise PromoteError(f"trial {trial_id} has not derived a genotype yet")
+        return match[0]
+    done = [r for r in rows if r.get("status") in DONE and r.get("genotype_fp")]
+    if not done:
+        raise PromoteError("no finished trial with a genotype in the campaign ledger")
+    scored = [r for r in done if _value(r, rule.metric) is not None]
+    if not scored:
+        raise PromoteError(f"no finished trial reported {rule.metric!r}")
+    if rule.constraint is not None:
+        name, op, bound = rule.constraint
+        scored = [r for r in scored if (v := _value(r, name)) is not None and _OPS[op](v, bound)]
+        if not scored:
+            raise PromoteError(f"no finished trial meets {name} {op} {bound:g}")
+    sign = -1.0 if rule.mode == "max" else 1.0
+    return min(
+        scored,
+        key=lambda r: (sign * _value(r, rule.metric), _value(r, "macs") or 0.0, r["trial_id"]),
+    )
+
+
+@dataclass(frozen=True)
+class Promotion:
+    model_name: str
+    version: str
+    alias: str
+    trial_id: str
+    run_id: str
+    genotype_fp: str
+    metric: str
+    value: float | None
+    previous: str | None  # version that held the alias before, if another one did
+    created: bool  # False when this promotion already existed
+
+
+def promote(
+    record: Any,  # status.CampaignRecord
+    rows: list[dict[str, Any]],
+    rule: Rule,
+    *,
+    trial_id: str | None = None,
+    alias: str = "champion",
+    model_name: str | None = None,
+) -> Promotion:
+    """Registers the selected trial's genotype as a model version and points ``alias`` at it."""
+    from mlflow.exceptions import MlflowException
+
+    row = select_trial(rows, rule, trial_id)
+    run_id = row.get("run_id")
+    if not run_id:
+        raise PromoteError(f"trial {row['trial_id']} has no MLflow run in the ledger")
+    c = tracking.client(record.tracking_uri)
+    with tempfile.TemporaryDirectory(prefix="posenfs-promote-") as tmp:
+        try:
+            path = c.download_artifacts(run_id, tracking.GENOTYPE_ARTIFACT, tmp)
+        except MlflowException as e:
+            raise PromoteError(f"run {run_id}: cannot read genotype.json ({e})") from None
+        text = Path(path).read_text()
+    genotype = Genotype.from_json(text, source=f"runs:/{run_id}/genotype.json")
+    fp = genotype.fingerprint()
+    if fp != row["genotype_fp"]:
+        raise PromoteError(
+            f"run {run_id}: genotype.json has fingerprint {fp[:12]}, the ledger says "
+            f"{row['genotype_fp'][:12]}: the run moved on since the ledger was written"
+        )
+    name = model_name or f"posenfs-{record.spec.data.dataset}-genotypes"
+    try:
+        c.get_registered_model(name)
+    except MlflowException:
+        c.create_registered_model(
+            name, description="Genotypes promoted from posenfs campaigns (genotype.json)."
+        )
+    existing = c.search_model_versions(
+        f"name='{name}' and tags.`{tracking.TAG_GENOTYPE}`='{fp}' "
+        f"and tags.`{TAG_SOURCE_RUN}`='{run_id}'"
+    )
+    created = not existing
+    if existing:
+        version = str(existing[0].version)
+    else:
+        _log_promotion_artifacts(c, run_id, genotype, text)
+        tags = {
+            tracking.TAG_CAMPAIGN: record.campaign_id,
+            tracking.TAG_TRIAL: row["trial_id"],
+            TAG_SOURCE_RUN: run_id,
+            tracking.TAG_GENOTYPE: fp,
+            TAG_RULE: rule.text,
+            "nfs.metric": rule.metric,
+            "nfs.value": str(_value(row, rule.metric)),
+            "nfs.grouping": genotype.grouping.name,
+            "nfs.space": genotype.space.name,
+        }
+        mv = c.create_model_version(
+            name, source=f"runs:/{run_id}/{ARTIFACT_DIR}", run_id=run_id, tags=tags
+        )
+        version = str(mv.version)
+    previous = None
+    try:
+        previous = str(c.get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        previous = None
+    if previous != version:
+        c.set_model_version_tag(name, version, TAG_PREVIOUS, previous or "none")
+        c.set_registered_model_alias(name, alias, version)
+        _append_alias_history(c, name, alias, version, previous)
+    return Promotion(
+        name,
+        version,
+        alias,
+        row["trial_id"],
+        run_id,
+        fp,
+        rule.metric,
+        _value(row, rule.metric),
+        previous if previous != version else None,
+        created,
+    )
+
+
+def _log_promotion_artifacts(c: Any, run_id: str, genotype: Genotype, text: str) -> None:
+    """genotype.json, space.json and grouping.json under the run's ``promotion/`` folder."""
+    with tempfile.TemporaryDirectory(prefix="posenfs-promote-") as tmp:
+        folder = Path(tmp) / ARTIFACT_DIR
+        folder.mkdir()
+        (folder / "genotype.json").write_text(text)
+        (folder / "space.json").write_text(json.dumps(genotype.space.to_dict(), indent=1))
+        (folder / "grouping.json").write_text(json.dumps(genotype.grouping.to_dict(), indent=1))
+        c.log_artifacts(run_id, str(folder), ARTIFACT_DIR)
+
+
+def _append_alias_history(c: Any, name: str, alias: str, version: str, previous: str | None):
+    key = f"nfs.alias_history.{alias}"
+    model = c.get_registered_model(name)
+    history = json.loads(model.tags.get(key, "[]"))
+    history.append({"version": version, "previous": previous, "time": int(time.time())})
+    c.set_registered_model_tag(name, key, json.dumps(history[-50:]))
