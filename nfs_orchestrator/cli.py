@@ -106,6 +106,125 @@ def genotype_draw(source: str, output: str) -> None:
     click.echo(f"wrote {path}")
 
 
+@main.group()
+def reference() -> None:
+    """Work with checkpoints of the reference PoseNFS code."""
+
+
+@reference.command("import")
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.option("--fabric", required=True, help="Fabric space file or name.")
+@click.option("--grouping", required=True, help="Grouping file or name.")
+@click.option("--backbone", required=True)
+@click.option("--input", "input_size", required=True, help="WxH of the network input.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False))
+@click.option("--check", is_flag=True, help="Compare with the output stored in CHECKPOINT.")
+def reference_import(checkpoint, fabric, grouping, backbone, input_size, output, check):
+    """Map a reference state dict onto posenfs modules and write a posenfs checkpoint."""
+    from nfs_orchestrator.keypoints import load_grouping
+    from nfs_orchestrator.reference import import_reference
+    from nfs_orchestrator.specs import load_fabric
+
+    result = import_reference(
+        checkpoint,
+        load_fabric(fabric),
+        load_grouping(grouping),
+        backbone,
+        parse_size(input_size),
+        output,
+        check,
+    )
+    if result["dropped"]:
+        families = sorted({_family(k) for k in result["dropped"]})
+        click.echo(
+            f"dropped {len(result['dropped'])} keys the reference never executes: "
+            f"{', '.join(families)}"
+        )
+    click.echo(f"wrote {result['output']} and {result['genotype']}")
+    if check:
+        click.echo(json.dumps(result["check"], sort_keys=True))
+        sys.exit(0 if result["check"]["ok"] else 1)
+
+
+def _family(key: str) -> str:
+    """A dropped key's family for the one-line summary: '<part>.stem.*', 'total_ops', ..."""
+    for marker in (".stem.", ".cell_arch.", "total_ops", "total_params", "features.17"):
+        if marker in key:
+            head = key.split(marker)[0].split(".")[0] if marker.startswith(".") else ""
+            return f"{head}{marker}*" if head else marker
+    return key
+
+
+@main.group()
+def evaluate() -> None:
+    """Score prediction files, or a trained model on a dataset spec."""
+
+
+def _evaluate_files(kind: str, annotations: str, predictions: str, json_out: str | None) -> None:
+    from nfs_orchestrator.evaluation import format_table, run_evaluate_cli
+
+    stats = run_evaluate_cli(kind, annotations, predictions, json_out)
+    click.echo(format_table(kind, stats))
+    if json_out:
+        click.echo(f"wrote {json_out}")
+
+
+@evaluate.command("coco")
+@click.option("--annotations", required=True, help="COCO person_keypoints_*.json ground truth.")
+@click.option("--predictions", required=True, help="Keypoint results json (official format).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the stats.")
+def evaluate_coco_command(annotations: str, predictions: str, json_out: str | None) -> None:
+    """COCO keypoint AP/AR (pycocotools COCOeval, the ten standard stats)."""
+    _evaluate_files("coco", annotations, predictions, json_out)
+
+
+@evaluate.command("mpii")
+@click.option("--annotations", required=True, help="MPII gt_valid.mat.")
+@click.option("--predictions", required=True, help="pred.mat holding preds (N, 16, 2), 0-based.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the stats.")
+def evaluate_mpii_command(annotations: str, predictions: str, json_out: str | None) -> None:
+    """MPII PCKh@0.5 (and Mean@0.1) by the standard protocol."""
+    _evaluate_files("mpii", annotations, predictions, json_out)
+
+
+@evaluate.command("checkpoint")
+@click.option(
+    "--model",
+    "model_ref",
+    required=True,
+    help="A posenfs model file, or models:/NAME@ALIAS / models:/NAME/VERSION.",
+)
+@click.option(
+    "--data",
+    "data_file",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="A retrain or campaign YAML whose data section names the dataset.",
+)
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the stats.")
+@root_option
+def evaluate_checkpoint(model_ref, data_file, overrides, json_out, root) -> None:
+    """Evaluate a trained model on the validation split of a dataset spec."""
+    from nfs_orchestrator.evaluation import format_table, write_json_atomic
+    from nfs_orchestrator.model_io import load_model
+    from nfs_orchestrator.specs import data_spec_from_file
+    from nfs_orchestrator.training import evaluate_on
+
+    path = model_ref
+    if model_ref.startswith("models:/"):
+        from nfs_orchestrator.orchestration.registry import download_model_file
+
+        path = download_model_file(model_ref, root)
+    data = data_spec_from_file(data_file, tuple(overrides))
+    stats = evaluate_on(load_model(path), data)
+    kind = "mpii" if data.dataset == "mpii" else "coco"
+    click.echo(format_table(kind, stats))
+    if json_out:
+        write_json_atomic(json_out, stats)
+        click.echo(f"wrote {json_out}")
+
+
 def parse_size(text: str) -> tuple[int, int]:
     """'256x192' → (256, 192) as (W, H)."""
     try:
@@ -113,6 +232,280 @@ def parse_size(text: str) -> tuple[int, int]:
     except ValueError:
         raise click.BadParameter(f"{text!r}: expected WxH, e.g. 256x192") from None
     return w, h
+
+
+# ------------------------------------------------------------------------------------------
+# campaigns: validate, search, status, resume, compare, ui
+# ------------------------------------------------------------------------------------------
+
+
+def set_option(f):
+    return click.option(
+        "--set",
+        "overrides",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Dotted override of the spec, e.g. budget.num_trials=4 (repeatable).",
+    )(f)
+
+
+def describe_campaign(campaign) -> list[str]:
+    """A few lines saying what a campaign will run."""
+    d, s, b, r = campaign.data, campaign.search, campaign.budget, campaign.resources
+    outer = []
+    for key, p in campaign.outer.items():
+        domain = (
+            "{" + ", ".join(json.dumps(c) for c in p.choices or ()) + "}"
+            if p.type == "categorical"
+            else f"[{p.low:g}, {p.high:g}]{' log' if p.log else ''}"
+        )
+        when = f" when {p.when}" if p.when else ""
+        outer.append(f"{key} ∈ {domain}{when}")
+    asha = "off"
+    if b.asha.enabled and not campaign.multi_objective:
+        asha = f"grace {b.asha.grace_period}, reduction {b.asha.reduction_factor}"
+    return [
+        f"  data        {d.dataset} {d.input_size[0]}x{d.input_size[1]} (root {d.root})",
+        f"  backbone    {campaign.backbone.name} "
+        + ("(random init)" if campaign.backbone.random_init else f"({campaign.backbone.weights})"),
+        f"  fabric      {campaign.fabric}   grouping {campaign.grouping}",
+        f"  search      {s.mode}, {s.epochs} epochs, batch {s.batch_size}"
+        + (f", {s.steps_per_epoch} steps/epoch" if s.steps_per_epoch else ""),
+        f"  outer       {'; '.join(outer) or '(none: repeated trials of the base)'}",
+        "  objectives  " + ", ".join(f"{o.metric} ({o.mode})" for o in campaign.objectives),
+        f"  budget      {b.num_trials} trials, {b.max_concurrent} at once, ASHA {asha}, "
+        f"retries: trial {b.trial_retries}, worker group {b.worker_retries}",
+        f"  resources   {r.workers_per_trial} worker(s) × {r.cpus_per_worker:g} CPU"
+        + (f" + {r.gpus_per_worker:g} GPU" if r.gpus_per_worker else "")
+        + f", driver {r.trial_cpus:g} CPU",
+    ]
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@set_option
+def validate(files: tuple[str, ...], overrides: tuple[str, ...]) -> None:
+    """Check campaign files: resolve every reference and print each campaign's id and plan."""
+    from nfs_orchestrator.orchestration.space import check_space
+    from nfs_orchestrator.specs import load_campaign
+
+    for path in files:
+        campaign = load_campaign(path, overrides)
+        check_space(campaign.outer)
+        click.echo(f"{path}: ok, campaign {campaign.campaign_id}")
+        for line in describe_campaign(campaign):
+            click.echo(line)
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@set_option
+@click.option(
+    "--address",
+    default=None,
+    help="Ray cluster to join (host:port or 'auto'); default: Ray embedded on this machine.",
+)
+@root_option
+@click.option("--dry-run", is_flag=True, help="Print the resolved campaign and stop.")
+def search(
+    file: str, overrides: tuple[str, ...], address: str | None, root: str, dry_run: bool
+) -> None:
+    """Run a NAS campaign (or resume it: the same spec always has the same id)."""
+    from nfs_orchestrator.orchestration.campaign import plan_resources
+    from nfs_orchestrator.orchestration.space import check_space
+    from nfs_orchestrator.specs import load_campaign
+
+    campaign = load_campaign(file, overrides)
+    check_space(campaign.outer)
+    if dry_run:
+        click.echo(json.dumps(campaign.to_dict(), indent=2, sort_keys=True))
+        click.echo(f"campaign id: {campaign.campaign_id}")
+        click.echo(f"trials: {campaign.budget.num_trials}")
+        if address:
+            r = campaign.resources
+            per_trial = r.trial_cpus + r.workers_per_trial * r.cpus_per_worker
+            click.echo(f"resources: {per_trial:g} CPU per trial; concurrency set by {address}")
+        else:
+            click.echo(f"resources: {plan_resources(campaign).describe()}")
+        return
+    _run_campaign(campaign, root, address)
+
+
+@main.command()
+@click.argument("campaign_id")
+@root_option
+@click.option("--address", default=None, help="Ray cluster to join; default: embedded Ray.")
+def resume(campaign_id: str, root: str, address: str | None) -> None:
+    """Continue a stopped, killed or pre-empted campaign where it stopped."""
+    from nfs_orchestrator.orchestration.status import load_record
+
+    record = load_record(root, campaign_id)  # the root given, even if the folder was moved
+    _run_campaign(record.spec, root, address, base_dir=record.base_dir)
+
+
+def _run_campaign(campaign, root: str, address: str | None, base_dir: str | None = None) -> None:
+    from nfs_orchestrator.orchestration.campaign import run_campaign
+
+    result = run_campaign(campaign, root, address, base_dir=base_dir)
+    rows = result.rows
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("FINISHED", "EARLY_STOPPED")}
+    click.echo("")
+    click.echo(
+        f"campaign {result.campaign_id} {result.status}: {len(rows)} trials "
+        f"({counts['FINISHED']} finished, {counts['EARLY_STOPPED']} stopped early by ASHA, "
+        f"{len(result.failed)} failed) in {result.wall_time_s:.0f} s"
+    )
+    primary = campaign.objectives[0]
+    if campaign.multi_objective:
+        click.echo(f"Pareto set over {[o.metric for o in campaign.objectives]}:")
+    shown = result.pareto if campaign.multi_objective else [result.best] if result.best else []
+    for row in shown:
+        if campaign.multi_objective:
+            final = json.loads(row.get("final_json") or "{}")
+            values = ", ".join(f"{k} {final.get(k, float('nan')):.4g}" for k in final)
+            head = f"  trial {row['trial_id']}: {values}"
+        else:
+            head = f"best trial {row['trial_id']}: {primary.metric} {row['best']:.4g}"
+        scales = "-".join(str(v) for v in row["scales"] or [])
+        click.echo(f"{head} (grouping {row['grouping']}, depth {row['depth']}, scales {scales})")
+        click.echo(f"  genotype {row.get('genotype_fp') or '-'}  MLflow run {row.get('run_id')}")
+    click.echo(f"ledger   {result.ledger_path}")
+    click.echo(f"compare  posenfs compare {result.campaign_id} --root {result.record.root}")
+    click.echo(f"MLflow   posenfs ui --root {result.record.root}")
+    if result.status == "interrupted":
+        click.echo(f"resume   posenfs resume {result.campaign_id} --root {result.record.root}")
+        sys.exit(130)
+    if result.failed:
+        sys.exit(1)
+
+
+@main.command("status")
+@click.argument("campaign_id", required=False)
+@root_option
+def status_command(campaign_id: str | None, root: str) -> None:
+    """Campaigns under the root, or one campaign's trials (read from disk; starts nothing)."""
+    from nfs_orchestrator.orchestration import status
+
+    if campaign_id:
+        click.echo(status.format_trials(status.load_record(root, campaign_id)))
+    else:
+        click.echo(status.format_campaigns(status.list_records(root)))
+
+
+@main.command()
+@click.argument("campaign_id")
+@root_option
+def compare(campaign_id: str, root: str) -> None:
+    """Part groupings, depths and scales side by side (+ a plot, logged to MLflow)."""
+    from nfs_orchestrator.orchestration.compare import compare_campaign
+
+    comparison = compare_campaign(root, campaign_id)
+    click.echo(comparison.text())
+    click.echo(f"\nwrote {comparison.plot_path} and {comparison.json_path}")
+
+
+@main.command()
+@root_option
+@click.option("--port", default=5000, show_default=True, type=int)
+def ui(root: str, port: int) -> None:
+    """Serve the MLflow UI of the root's store on 127.0.0.1 (Ctrl-C to stop)."""
+    import signal
+    import subprocess
+    from pathlib import Path
+
+    folder = Path(root).resolve()
+    db = folder / "mlflow.db"
+    if not db.is_file():
+        raise PosenfsError(f"{db}: no MLflow store; run `posenfs search` first or pass --root")
+    uri = f"sqlite:///{db}"
+    command = [
+        sys.executable, "-m", "mlflow", "server",
+        "--backend-store-uri", uri,
+        "--default-artifact-root", (folder / "mlartifacts").as_uri(),
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--workers", "1",  # one local user; 4 workers take a small machine's cores at start
+    ]  # fmt: skip
+    env = {**os.environ}
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")  # GenAI job runner: unused
+    click.echo(f"MLflow UI: http://127.0.0.1:{port}  (store {uri}; Ctrl-C to stop)", err=True)
+    server = subprocess.Popen(command, env=env)
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)  # stop the server with us
+    try:
+        sys.exit(server.wait())
+    except KeyboardInterrupt:
+        server.terminate()
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        sys.exit(0)
+
+
+def _raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+@main.command()
+@click.argument("campaign_id")
+@click.option(
+    "--rule",
+    default="best:val_ap",
+    show_default=True,
+    help="best:<metric>[:max|min] or pareto:<metric>@<metric><=<value>.",
+)
+@click.option("--trial", "trial_id", help="Promote this trial instead of applying the rule.")
+@click.option("--alias", default="champion", show_default=True)
+@click.option("--model-name", help="Registered model name (default posenfs-<dataset>-genotypes).")
+@root_option
+def promote(campaign_id, rule, trial_id, alias, model_name, root) -> None:
+    """Register a campaign's best genotype in the MLflow Model Registry under an alias."""
+    from nfs_orchestrator.orchestration.ledger import read_ledger
+    from nfs_orchestrator.orchestration.promote import parse_rule
+    from nfs_orchestrator.orchestration.promote import promote as do_promote
+    from nfs_orchestrator.orchestration.status import load_record
+
+    record = load_record(root, campaign_id)
+    parsed = parse_rule(rule)
+    p = do_promote(
+        record, read_ledger(record.ledger_path), parsed, trial_id=trial_id, alias=alias,
+        model_name=model_name,
+    )
+    verb = "registered" if p.created else "already registered"
+    was = f" (was version {p.previous})" if p.previous else ""
+    click.echo(
+        f"{verb} {p.model_name} version {p.version} (trial {p.trial_id}, {p.metric}="
+        f"{p.value}, genotype {p.genotype_fp[:12]}); alias @{p.alias} -> version {p.version}{was}"
+    )
+    click.echo(f"retrain it: posenfs retrain FILE --genotype models:/{p.model_name}@{p.alias}")
+
+
+@main.command()
+@click.argument("spec_file", type=click.Path(dir_okay=False))
+@click.option(
+    "--genotype",
+    "genotype_ref",
+    required=True,
+    help="models:/NAME@ALIAS, runs:/RUN/genotype.json or a genotype.json path.",
+)
+@set_option
+@click.option("--address", help="Ray cluster address (default: start Ray here).")
+@root_option
+def retrain(spec_file, genotype_ref, overrides, address, root) -> None:
+    """Train the derived network of a genotype and register the trained model."""
+    from nfs_orchestrator.orchestration.retrain import run_retrain_job
+    from nfs_orchestrator.specs import load_retrain
+
+    spec = load_retrain(spec_file, tuple(overrides))
+    r = run_retrain_job(spec, genotype_ref, root, address)
+    shown = ", ".join(
+        f"{k}={v:.4f}"
+        for k, v in r.metrics.items()
+        if k in ("val_ap", "val_pckh", "val_loss", "train_loss")
+    )
+    click.echo(f"retrained {r.retrain_id}: {shown}")
+    click.echo(f"registered {r.model_name} version {r.version} (MLflow run {r.run_id})")
+    click.echo(f"see it: posenfs ui --root {root}   load it: models:/{r.model_name}/{r.version}")
 
 
 if __name__ == "__main__":  # pragma: no cover

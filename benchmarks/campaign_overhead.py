@@ -1,0 +1,163 @@
+"""Benchmark: what a campaign costs beyond its search loops (start-up, scheduling, checkpoints,
+tracking), on the embedded default.
+
+What this is: a reproducible measurement, not a test. It runs a small campaign (the smoke
+campaign: by default 2 trials × 3 epochs × 8 steps, 2 Train workers per trial, one trial at a
+time) with ``run_campaign`` in this process, and, as the baseline, the same base trial once
+in-process with ``LocalRuntime`` (no Ray, no MLflow; torch threads as a Train worker gets).
+The search loop's own time is the sum of the loop's ``epoch_time_s`` over every reported epoch
+(read back from MLflow); everything else in the campaign's wall time is overhead: Ray start,
+Tune scheduling, actor and worker-group start-up, data and model set-up, checkpoint upload,
+MLflow logging, ledger writes, shutdown. It prints the overhead share, the overhead seconds per
+trial, the campaign's wall time per trial against the baseline's, the detected hardware, and
+last one JSON line with every figure.
+
+Run it in a loopback-only network namespace (Ray binds to the machine's address otherwise):
+    unshare -rn sh -c 'ip link set lo up && .venv/bin/python benchmarks/campaign_overhead.py'
+Options: --trials N --epochs N --steps N --workers N
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from nfs_orchestrator.keypoints import load_grouping
+from nfs_orchestrator.runtime import LocalRuntime
+from nfs_orchestrator.specs import load_campaign
+
+SMOKE = Path(__file__).resolve().parents[1] / "experiments" / "smoke.yaml"
+
+
+def hardware() -> dict:
+    """CPU model, usable cores, memory, GPU and library versions."""
+    import ray
+
+    model = platform.processor() or "unknown"
+    memory_gb = None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+        pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        memory_gb = round(pages / 2**30, 1)
+    except (OSError, ValueError):
+        pass
+    return {
+        "cpu": model,
+        "cores_usable": len(os.sched_getaffinity(0)),
+        "memory_gb": memory_gb,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "torch": torch.__version__,
+        "ray": ray.__version__,
+    }
+
+
+def baseline(campaign, root: Path) -> dict:
+    """The base trial run once in this process with LocalRuntime: wall time and loop time."""
+    from nfs_orchestrator.orchestration.trial import build_trial
+    from nfs_orchestrator.search.loop import run_search
+
+    trial = build_trial(campaign, {}, "baseline", str(root))
+    runtime = LocalRuntime(root / "baseline", verbose=False)
+    torch.set_num_threads(max(1, int(campaign.resources.cpus_per_worker)))  # as a Train worker
+    started = time.monotonic()
+    run_search(trial, runtime)
+    wall = time.monotonic() - started
+    loop = sum(row["epoch_time_s"] for row in runtime.history)
+    return {"wall_s": wall, "loop_s": loop, "epochs": len(runtime.history)}
+
+
+def loop_seconds(result) -> tuple[float, int]:
+    """Sum of epoch_time_s over every epoch every trial reported (from MLflow), and the count."""
+    from nfs_orchestrator.orchestration import tracking
+
+    c = tracking.client(result.record.tracking_uri)
+    total, epochs = 0.0, 0
+    for row in result.rows:
+        history = c.get_metric_history(row["run_id"], "epoch_time_s")
+        total += sum(m.value for m in history)
+        epochs += len(history)
+    return total, epochs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+    with tempfile.TemporaryDirectory(prefix="posenfs-bench-") as tmp:
+        root = Path(tmp)
+        overrides = (
+            f"data.root={root / 'data'}",
+            f"budget.num_trials={args.trials}",
+            f"search.epochs={args.epochs}",
+            f"search.steps_per_epoch={args.steps}",
+            f"resources.workers_per_trial={args.workers}",
+            f"search.batch_size={2 * args.workers}",
+            "budget.max_concurrent=1",
+        )
+        campaign = load_campaign(SMOKE, overrides)
+        load_grouping(campaign.grouping)
+        base = baseline(campaign, root)  # also writes the synthetic data both runs share
+
+        from nfs_orchestrator.orchestration.campaign import run_campaign
+
+        started = time.monotonic()
+        result = run_campaign(campaign, root / "runs", base_dir=root)
+        wall = time.monotonic() - started
+        loop, epochs = loop_seconds(result)
+
+    trials = len(result.rows)
+    overhead = wall - loop
+    figures = {
+        "benchmark": "campaign_overhead",
+        "hardware": hardware(),
+        "config": {
+            "trials": trials,
+            "epochs": args.epochs,
+            "steps_per_epoch": args.steps,
+            "workers_per_trial": args.workers,
+            "status": result.status,
+        },
+        "campaign_wall_s": round(wall, 2),
+        "search_loop_s": round(loop, 2),
+        "epochs_reported": epochs,
+        "overhead_s": round(overhead, 2),
+        "overhead_share": round(overhead / wall, 4),
+        "overhead_s_per_trial": round(overhead / max(trials, 1), 2),
+        "baseline_trial_wall_s": round(base["wall_s"], 2),
+        "baseline_trial_loop_s": round(base["loop_s"], 2),
+        "campaign_s_per_trial_vs_baseline": round(wall / max(trials, 1) / base["wall_s"], 2),
+    }
+    print(f"hardware: {figures['hardware']}")
+    print(
+        f"campaign: {trials} trials × {args.epochs} epochs × {args.steps} steps, "
+        f"{args.workers} workers/trial: {wall:.1f} s wall, {loop:.1f} s in the search loop"
+    )
+    print(
+        f"overhead: {overhead:.1f} s = {100 * overhead / wall:.0f}% of wall time, "
+        f"{overhead / max(trials, 1):.1f} s per trial"
+    )
+    print(
+        f"baseline (one trial in-process, LocalRuntime): {base['wall_s']:.1f} s wall, "
+        f"{base['loop_s']:.1f} s loop; campaign per trial = "
+        f"{figures['campaign_s_per_trial_vs_baseline']}× the baseline"
+    )
+    print(json.dumps(figures, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+"""The campaign ledger: one row per trial, in a fixed Parquet schema.
+
+What this is: ``LEDGER_SCHEMA`` and pure functions that make, update, write and read ledger rows.
+A row describes the trial (grouping, fabric, depth, scales, ops, the outer choices as JSON), how
+far it got (status, epochs run, the epoch it last resumed at), what it scored (best value of the
+primary objective, the final value of every objective, best val_ap/val_pckh/val_loss), what it
+derived (MACs, params, genotype fingerprint) and what it cost (wall time, worker-seconds held).
+The schema is fixed, so ledgers of different campaigns concatenate.
+
+Writes are atomic (temporary file + rename), so a reader (``posenfs status``) never sees half a
+file. What it is not: the code that decides when to write (the Tune callback in ``campaign.py``)
+or the MLflow upload (``tracking.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from nfs_orchestrator.specs import Objective, TrialSpec
+
+LEDGER_SCHEMA = pa.schema(
+    [
+        ("campaign_id", pa.string()),
+        ("trial_id", pa.string()),
+        ("run_id", pa.string()),  # MLflow child run
+        ("status", pa.string()),  # one of STATUSES
+        ("grouping", pa.string()),
+        ("num_parts", pa.int32()),
+        ("fabric", pa.string()),
+        ("depth", pa.int32()),
+        ("scales", pa.list_(pa.int32())),
+        ("ops", pa.list_(pa.string())),
+        ("params_json", pa.string()),  # the outer choices, canonical JSON
+        ("epochs", pa.int32()),  # planned
+        ("epochs_run", pa.int32()),  # epochs reported so far
+        ("start_epoch", pa.int32()),  # the epoch the latest attempt resumed at
+        ("objective", pa.string()),  # metric of the primary objective
+        ("best", pa.float64()),  # its best value over epochs
+        ("best_epoch", pa.int32()),
+        ("final_json", pa.string()),  # latest value of every objective metric, JSON
+        ("val_ap", pa.float64()),  # best over epochs (absent metrics stay null)
+        ("val_pckh", pa.float64()),
+        ("val_loss", pa.float64()),  # lowest over epochs
+        ("macs", pa.int64()),  # of the latest derived network
+        ("params", pa.int64()),
+        ("genotype_fp", pa.string()),  # of the latest genotype
+        ("wall_time_s", pa.float64()),
+        ("worker_seconds", pa.float64()),  # wall time × workers held
+    ]
+)
+
+STATUSES = ("PENDING", "RUNNING", "FINISHED", "EARLY_STOPPED", "FAILED", "KILLED")
+DONE_STATUSES = ("FINISHED", "EARLY_STOPPED", "FAILED")
+LEDGER_NAME = "ledger.parquet"
+
+_BEST_MAX = ("val_ap", "val_pckh")
+_BEST_MIN = ("val_loss",)
+
+
+def new_row(campaign_id: str, trial_id: str, trial: TrialSpec, objective: Objective) -> dict:
+    """A PENDING row describing ``trial`` before it reports anything."""
+    row: dict[str, Any] = {name: None for name in LEDGER_SCHEMA.names}
+    row.update(
+        campaign_id=campaign_id,
+        trial_id=trial_id,
+        status="PENDING",
+        grouping=trial.grouping.name,
+        num_parts=trial.grouping.num_parts,
+        fabric=trial.fabric.name,
+        depth=trial.fabric.depth,
+        scales=list(trial.fabric.scales),
+        ops=list(trial.fabric.ops),
+        params_json=json.dumps(trial.params, sort_keys=True, separators=(",", ":")),
+        epochs=trial.search.epochs,
+        epochs_run=0,
+        objective=objective.metric,
+        wall_time_s=0.0,
+        worker_seconds=0.0,
+    )
+    return row
+
+
+def _finite(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _better(new: float, old: float | None, mode: str) -> bool:
+    return old is None or (new > old if mode == "max" else new < old)
+
+
+def update_with_result(
+    row: Mapping[str, Any], result: Mapping[str, Any], objectives: Sequence[Objective]
+) -> dict:
+    """The row after one reported epoch ``result`` (the metrics of ``runtime.report``).
+
+    Epochs are 0-based in results; ``epochs_run`` counts them. A re-reported epoch (a resume
+    redoing the last one) only updates values, never the count.
+    """
+    out = dict(row)
+    epoch = int(result.get("epoch", -1))
+    out["epochs_run"] = max(int(out.get("epochs_run") or 0), epoch + 1)
+    if "start_epoch" in result:
+        out["start_epoch"] = int(result["start_epoch"])
+    primary = objectives[0]
+    value = _finite(result.get(primary.metric))
+    if value is not None and _better(value, out.get("best"), primary.mode):
+        out["best"], out["best_epoch"] = value, epoch
+    final = json.loads(out["final_json"]) if out.get("final_json") else {}
+    for objective in objectives:
+        v = _finite(result.get(objective.metric))
+        if v is not None:
+            final[objective.metric] = v
+    out["final_json"] = json.dumps(final, sort_keys=True)
+    for name in _BEST_MAX + _BEST_MIN:
+        v = _finite(result.get(name))
+        if v is not None and _better(v, out.get(name), "max" if name in _BEST_MAX else "min"):
+            out[name] = v
+    for name in ("macs", "params"):
+        v = _finite(result.get(name))
+        if v is not None:
+            out[name] = int(v)
+    if isinstance(result.get("genotype_fp"), str) and result["genotype_fp"]:
+        out["genotype_fp"] = result["genotype_fp"]
+    return out
+
+
+def final_values(row: Mapping[str, Any]) -> dict[str, float]:
+    """The latest value of every objective metric of a row (empty before the first report)."""
+    return json.loads(row["final_json"]) if row.get("final_json") else {}
+
+
+def to_table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
+    """Rows (sorted by trial id) as a table of exactly ``LEDGER_SCHEMA``."""
+    ordered = sorted(rows, key=lambda r: str(r["trial_id"]))
+    columns = {name: [r.get(name) for r in ordered] for name in LEDGER_SCHEMA.names}
+    return pa.table(columns, schema=LEDGER_SCHEMA)
+
+
+def write_ledger(rows: Iterable[Mapping[str, Any]], path: str | Path) -> Path:
+    """Writes the ledger atomically: the file is either the old one or the new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(to_table(rows), tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def read_ledger(path: str | Path) -> list[dict]:
+    """The rows of a ledger file (an absent file is an empty ledger)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    return pq.read_table(path, schema=LEDGER_SCHEMA).to_pylist()

@@ -1,0 +1,125 @@
+"""The campaign's Tune callback: keeps the ledger and the trials' MLflow runs in step with Tune.
+
+What this is: ``CampaignCallback``, run by Tune in the campaign process. On every trial start,
+result, completion and error it updates that trial's ledger row (``ledger.update_with_result``)
+and rewrites ``ledger.parquet`` atomically, so ``posenfs status`` is current while the campaign
+runs. When a trial ends it ends the trial's MLflow child run (FINISHED, labelled
+``early_stopped`` when ASHA stopped it, or FAILED with the error) and uploads the ledger to the
+parent run. This matters because a trial stopped by the scheduler is killed: code after its
+``fit()`` never runs, so its run would otherwise stay RUNNING.
+
+The callback holds only plain data until ``setup`` (Tune pickles it with the Tuner and restores it
+on ``Tuner.restore``); ``setup`` reloads the rows from the ledger on disk. What it is not: the
+ledger schema (``ledger.py``) or the MLflow layer (``tracking.py``).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import ray.tune as tune
+
+from nfs_orchestrator.orchestration import space, tracking
+from nfs_orchestrator.orchestration.ledger import new_row, read_ledger, update_with_result
+from nfs_orchestrator.orchestration.ledger import write_ledger as write_rows
+from nfs_orchestrator.specs import CampaignSpec
+
+
+class CampaignCallback(tune.Callback):
+    """Ledger rows and MLflow run statuses per Tune trial (see the module docstring)."""
+
+    def __init__(self, campaign: dict[str, Any], ledger_path: str, target: dict[str, str]):
+        self.campaign_dict = campaign
+        self.ledger_path = ledger_path
+        self.target_dict = target
+
+    # -- state rebuilt in every process that runs the experiment --------------------------
+
+    def setup(self, **info: Any) -> None:
+        self.spec = CampaignSpec.from_dict(self.campaign_dict, path="campaign")
+        self.target = tracking.TrackingTarget.from_dict(self.target_dict)
+        self.rows = {r["trial_id"]: r for r in read_ledger(self.ledger_path)}
+        self.clock: dict[str, tuple[float, float]] = {}  # trial -> (start, wall time before)
+        self.warned = False
+
+    def __getstate__(self) -> dict[str, Any]:
+        keep = ("campaign_dict", "ledger_path", "target_dict")
+        return {k: v for k, v in self.__dict__.items() if k in keep}
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _row(self, trial: Any) -> dict[str, Any]:
+        tid = trial.trial_id
+        if tid not in self.rows:
+            params = space.decode_params(self.spec.outer, trial.config)
+            spec = self.spec.trial(params)
+            self.rows[tid] = new_row(self.spec.campaign_id, tid, spec, self.spec.objectives[0])
+        row = self.rows[tid]
+        if not row.get("run_id"):
+            row["run_id"] = self._safe(
+                tracking.find_trial_run, self.target, row["campaign_id"], tid
+            )
+        return row
+
+    def _tick(self, row: dict[str, Any]) -> None:
+        start, before = self.clock.setdefault(
+            row["trial_id"], (time.monotonic(), row.get("wall_time_s") or 0.0)
+        )
+        row["wall_time_s"] = before + time.monotonic() - start
+        row["worker_seconds"] = row["wall_time_s"] * self.spec.resources.workers_per_trial
+
+    def _write(self) -> None:
+        write_rows(self.rows.values(), self.ledger_path)
+
+    def _safe(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """MLflow calls from the callback: a failure is reported once, never stops Tune."""
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001
+            if not self.warned:
+                print(f"posenfs: MLflow call failed ({e!r}); continuing", file=sys.stderr)
+                self.warned = True
+            return None
+
+    def _end(self, row: dict[str, Any], status: str, label: str, error: str = "") -> None:
+        self._tick(row)
+        row["status"] = label.upper()
+        self.clock.pop(row["trial_id"], None)
+        self._write()
+        if row.get("run_id"):
+            client = tracking.client(self.target.tracking_uri)
+            self._safe(tracking.end_run, client, row["run_id"], status, label=label, error=error)
+        self._safe(tracking.log_ledger, self.target, self.ledger_path)
+
+    # -- Tune events -----------------------------------------------------------------------
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        row = self._row(trial)
+        row["status"] = "RUNNING"
+        self.clock.pop(trial.trial_id, None)
+        self._tick(row)
+        self._write()
+
+    def on_trial_result(
+        self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
+    ) -> None:
+        row = update_with_result(self._row(trial), result, self.spec.objectives)
+        row["status"] = "RUNNING"
+        self.rows[trial.trial_id] = row
+        self._tick(row)
+        self._write()
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        row = self._row(trial)
+        early = (row.get("epochs_run") or 0) < row["epochs"]
+        self._end(row, "FINISHED", "early_stopped" if early else "finished")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        row = self._row(trial)
+        error = ""
+        if trial.error_file and Path(trial.error_file).is_file():
+            error = Path(trial.error_file).read_text()
+        self._end(row, "FAILED", "failed", error=error)

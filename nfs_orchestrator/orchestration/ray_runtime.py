@@ -1,0 +1,174 @@
+"""``RayTrainRuntime``: the core's ``Runtime`` protocol inside a Ray Train worker.
+
+What this is: the only Ray-aware runtime. Rank and world size come from ``ray.train.get_context()``,
+the device from ``ray.train.torch.get_device()``, collectives from ``DistributedOps`` over the
+process group the TorchTrainer set up. ``latest_checkpoint`` downloads the run's latest committed
+checkpoint (``ray.train.get_checkpoint()``) once into a local folder. ``report`` logs the epoch to
+the trial's MLflow child run (rank 0: metrics at step = epoch, genotype.json, fabric drawing,
+alpha/beta plot, genotype fingerprint tag), then calls ``ray.train.report`` on every rank (a
+barrier) with the checkpoint from rank 0 under ``epoch_NNNN``. Tune requires the objective
+metrics in every result, but the loop validates only every ``val_every`` epochs: an objective
+missing from an epoch repeats its last value in the Ray report (NaN before the first one, which
+ASHA never stops on); MLflow gets only what the loop measured. Each checkpoint also keeps its
+epoch's report (``posenfs_report.json``): a trial killed after its last checkpoint but before
+Tune saw the result resumes with nothing left to run, and ``replay_final_report`` hands Tune that
+result again. ``should_stop`` agrees across ranks on "a SIGTERM reached some rank, or Ray
+announced a pre-emption".
+
+Inside Train workers only ``ray.train.*`` is used (never ``ray.tune.*``). What it is not: the
+training loop (``search.loop``) or the driver that starts workers (``trial.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import ray.train
+import ray.train.torch
+import torch
+
+from nfs_orchestrator.orchestration import tracking
+from nfs_orchestrator.runtime import DistributedOps
+
+REPORT_FILE = "posenfs_report.json"  # the Ray report of a checkpoint's epoch, kept inside it
+
+# Shown first, in this order, so that Ray's progress table (first 4 metrics) is useful.
+LEADING_METRICS = ("epoch",)
+
+
+def ordered_metrics(metrics: Mapping[str, float], leading: Sequence[str]) -> dict[str, Any]:
+    """``metrics`` with ``epoch``, then the objectives, first; ``epochs_done`` (1-based, the
+    scheduler's time axis) added."""
+    first = [k for k in (*LEADING_METRICS, *leading) if k in metrics]
+    row: dict[str, Any] = {k: metrics[k] for k in dict.fromkeys(first)}
+    row.update((k, v) for k, v in metrics.items() if k not in row)
+    row["epochs_done"] = int(metrics["epoch"]) + 1
+    return row
+
+
+class RayTrainRuntime(DistributedOps):
+    """The Runtime of one Ray Train worker; construct it inside the worker function."""
+
+    def __init__(
+        self,
+        *,
+        tracking_uri: str | None = None,
+        run_id: str | None = None,
+        objectives: Sequence[str] = (),
+    ) -> None:
+        context = ray.train.get_context()
+        self.rank = context.get_world_rank()
+        self.world_size = context.get_world_size()
+        self.device = torch.device(ray.train.torch.get_device())
+        self.tracking_uri = tracking_uri
+        self.run_id = run_id
+        self.objectives = tuple(objectives)
+        self.stop_requested = False  # True once should_stop() said so
+        self._sigterm = threading.Event()
+        self._checkpoint: Path | None = None
+        self._checkpoint_loaded = False
+        self._tracking_warned = False
+        self._objective_values: dict[str, float] = {}
+        self.reports = 0  # ray.train.report calls by this process
+        self._install_sigterm_handler()
+
+    @property
+    def is_rank_zero(self) -> bool:
+        return self.rank == 0
+
+    def _install_sigterm_handler(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # Train runs the worker function in a thread: signals are Ray's there
+        previous = signal.getsignal(signal.SIGTERM)
+
+        def on_sigterm(signum: int, frame: Any) -> None:
+            self._sigterm.set()
+            if callable(previous):
+                previous(signum, frame)
+
+        signal.signal(signal.SIGTERM, on_sigterm)
+
+    def close(self) -> None:
+        """Removes the local copy of the resume checkpoint."""
+        if self._checkpoint is not None:
+            shutil.rmtree(self._checkpoint, ignore_errors=True)
+
+    def latest_checkpoint(self) -> Path | None:
+        """A local copy of the run's latest committed checkpoint (downloaded once), or None."""
+        if not self._checkpoint_loaded:
+            self._checkpoint_loaded = True
+            checkpoint = ray.train.get_checkpoint()
+            if checkpoint is not None:
+                local = Path(tempfile.mkdtemp(prefix="posenfs-resume-"))
+                checkpoint.to_directory(str(local))
+                self._checkpoint = local
+        return self._checkpoint
+
+    def report(
+        self,
+        metrics: Mapping[str, float],
+        checkpoint_dir: Path | None = None,
+        artifacts: Mapping[str, str | bytes] | None = None,
+    ) -> None:
+        row = ordered_metrics(metrics, self.objectives)
+        for name in self.objectives:  # see carry_objectives
+            if name in row:
+                self._objective_values[name] = row[name]
+            else:
+                row[name] = self._objective_values.get(name, math.nan)
+        epoch = int(row["epoch"])
+        if self.rank == 0:
+            fingerprint = self._log_to_mlflow(metrics, artifacts)
+            if fingerprint:
+                row["genotype_fp"] = fingerprint  # rank 0's metrics are the ones Tune sees
+        checkpoint = None
+        if self.rank == 0 and checkpoint_dir is not None:
+            (Path(checkpoint_dir) / REPORT_FILE).write_text(json.dumps(row, sort_keys=True))
+            checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir))
+        ray.train.report(row, checkpoint=checkpoint, checkpoint_dir_name=f"epoch_{epoch:04d}")
+        self.reports += 1
+        if checkpoint_dir is not None:
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)  # persisted by Ray now
+
+    def replay_final_report(self) -> bool:
+        """After a loop that had nothing left to do (its run was already complete when it
+        resumed), reports the last epoch's result again from the checkpoint, so that Tune sees
+        the trial's metrics and completes it. Collective like ``report``; True if it reported."""
+        checkpoint = self.latest_checkpoint()
+        if self.reports or checkpoint is None or not (checkpoint / REPORT_FILE).is_file():
+            return False
+        ray.train.report(json.loads((checkpoint / REPORT_FILE).read_text()))
+        return True
+
+    def _log_to_mlflow(
+        self, metrics: Mapping[str, float], artifacts: Mapping[str, str | bytes] | None
+    ) -> str | None:
+        """Rank 0's MLflow logging. A tracking failure is reported once and training goes on:
+        the epoch's metrics and checkpoint still reach Ray."""
+        if not (self.tracking_uri and self.run_id):
+            return None
+        try:
+            return tracking.log_epoch(self.tracking_uri, self.run_id, metrics, artifacts)
+        except Exception as e:  # noqa: BLE001 - tracking must never kill a search
+            if not self._tracking_warned:
+                print(f"posenfs: MLflow logging failed ({e!r}); continuing", file=sys.stderr)
+                self._tracking_warned = True
+            return None
+
+    def should_stop(self) -> bool:
+        """True on every rank when any rank got SIGTERM or Ray announced a pre-emption of a node
+        of this worker group. Collective: every rank calls it once per epoch."""
+        preempted = ray.train.get_preemption_info() is not None
+        local = 1.0 if (self._sigterm.is_set() or preempted) else 0.0
+        stop = self.all_reduce_mean({"stop": local})["stop"] > 0.0
+        self.stop_requested = self.stop_requested or stop
+        return stop

@@ -1,0 +1,153 @@
+"""One trial of a campaign: the Tune function trial that drives a Ray Train run of the search.
+
+What this is: ``trial_driver`` (runs in the Tune trial actor) turns the trial's Optuna choices
+into a ``TrialSpec``, gets or creates the trial's MLflow child run, and builds and fits a
+``TorchTrainer`` whose workers run ``search_worker``. The Train run's name is derived from the
+campaign id and the Tune trial id only, never from time, so a retried or restored trial finds its
+own checkpoints and resumes (Ray Train V2 reloads ``checkpoint_manager_snapshot.json``). Inside
+this driver only ``ray.tune.*`` is used; ``ray.train.*`` only inside the workers.
+
+Failure layers: ``budget.worker_retries`` restarts the worker group inside the trial
+(``ray.train.FailureConfig``); ``budget.trial_retries`` re-runs the whole driver
+(``tune.FailureConfig``, set by the campaign). Both resume from the latest registered checkpoint.
+
+What it is not: the search loop (``search.loop``) or the campaign (``campaign.py``).
+"""
+
+from __future__ import annotations
+
+import traceback
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import ray.train
+import ray.tune as tune
+import torch
+from ray.train.torch import TorchConfig, TorchTrainer
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from nfs_orchestrator.orchestration import space, tracking
+from nfs_orchestrator.orchestration.ray_runtime import RayTrainRuntime
+from nfs_orchestrator.specs import CampaignSpec, ResourceSpec, TrialSpec, replace
+
+
+class TrialInterrupted(RuntimeError):
+    """The search stopped early on a SIGTERM or a pre-emption notice after checkpointing; raised
+    so that Ray retries the trial (it resumes from that checkpoint) instead of calling it done."""
+
+
+@dataclass(frozen=True)
+class DriverContext:
+    """Campaign-level constants every trial driver needs (a plain dict across processes)."""
+
+    base_dir: str  # relative data/weights paths of the spec resolve against it
+    train_storage: str  # storage_path of the trials' Ray Train runs
+    tracking: dict[str, str]  # TrackingTarget.to_dict()
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DriverContext:
+        return cls(**data)
+
+
+def run_name(campaign_id: str, trial_id: str) -> str:
+    """The Train run name and MLflow run name of a trial: deterministic, never time-based."""
+    return f"{campaign_id}-{trial_id}"
+
+
+def _absolute(path: str, base_dir: str) -> str:
+    p = Path(path)
+    return str(p if p.is_absolute() else (Path(base_dir) / p).resolve())
+
+
+def build_trial(
+    campaign: CampaignSpec, params: dict[str, Any], trial_id: str, base_dir: str
+) -> TrialSpec:
+    """The trial's TrialSpec, with relative data root and backbone weights made absolute
+    (workers run in other folders, possibly on other machines with the same mounts)."""
+    trial = campaign.trial(params, name=run_name(campaign.campaign_id, trial_id))
+    data = replace(trial.data, root=_absolute(trial.data.root, base_dir))
+    backbone = trial.backbone
+    if backbone.weights:
+        backbone = replace(backbone, weights=_absolute(backbone.weights, base_dir))
+    return replace(trial, data=data, backbone=backbone)
+
+
+def scaling_config(resources: ResourceSpec) -> ray.train.ScalingConfig:
+    use_gpu = resources.gpus_per_worker > 0
+    per_worker: dict[str, float] = {"CPU": resources.cpus_per_worker}
+    if use_gpu:
+        per_worker["GPU"] = resources.gpus_per_worker
+    return ray.train.ScalingConfig(
+        num_workers=resources.workers_per_trial, use_gpu=use_gpu, resources_per_worker=per_worker
+    )
+
+
+def torch_backend(resources: ResourceSpec) -> str:
+    if resources.backend != "auto":
+        return resources.backend
+    return "nccl" if resources.gpus_per_worker > 0 else "gloo"
+
+
+def search_worker(config: dict[str, Any]) -> None:
+    """Runs on every Train worker: the core search loop through a RayTrainRuntime."""
+    from nfs_orchestrator.search.loop import run_search
+
+    trial = TrialSpec.from_dict(config["trial"], path="trial")
+    torch.set_num_threads(config.get("torch_threads", 1))  # the CPUs this worker holds
+    runtime = RayTrainRuntime(
+        tracking_uri=config.get("tracking_uri"),
+        run_id=config.get("run_id"),
+        objectives=config.get("objectives", ()),
+    )
+    try:
+        run_search(trial, runtime)
+        if runtime.stop_requested:
+            raise TrialInterrupted(f"{trial.name}: stopped early on SIGTERM/pre-emption; resumes")
+        runtime.replay_final_report()  # a run that was already complete: Tune needs its result
+    finally:
+        runtime.close()
+
+
+def trial_driver(
+    config: dict[str, Any], campaign: dict[str, Any] | None = None, context: dict | None = None
+) -> None:
+    """The Tune function trial (use with ``tune.with_parameters(campaign=..., context=...)``)."""
+    spec = CampaignSpec.from_dict(campaign, path="campaign")
+    ctx = DriverContext.from_dict(context or {})
+    trial_id = tune.get_context().get_trial_id()
+    name = run_name(spec.campaign_id, trial_id)
+    trial = build_trial(spec, space.decode_params(spec.outer, config), trial_id, ctx.base_dir)
+    target = tracking.TrackingTarget.from_dict(ctx.tracking)
+    run_id = tracking.open_trial(target, spec.campaign_id, trial_id, trial, run_name=name)
+    trainer = TorchTrainer(
+        search_worker,
+        train_loop_config={
+            "trial": trial.to_dict(),
+            "tracking_uri": target.tracking_uri,
+            "run_id": run_id,
+            "objectives": [o.metric for o in spec.objectives],
+            "torch_threads": max(1, int(spec.resources.cpus_per_worker)),
+        },
+        scaling_config=scaling_config(spec.resources),
+        torch_config=TorchConfig(backend=torch_backend(spec.resources)),
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=ctx.train_storage,
+            callbacks=[TuneReportCallback()],
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=spec.resources.checkpoints_to_keep
+            ),
+            failure_config=ray.train.FailureConfig(max_failures=spec.budget.worker_retries),
+        ),
+    )
+    client = tracking.client(target.tracking_uri)
+    try:
+        trainer.fit()
+    except Exception:
+        tracking.end_run(client, run_id, "FAILED", error=traceback.format_exc())
+        raise
+    tracking.end_run(client, run_id, "FINISHED")

@@ -1,0 +1,149 @@
+"""A campaign killed hard mid-trial resumes where it stopped.
+
+`posenfs search` runs in a subprocess (its own session); once one trial has finished and the
+next has a checkpoint registered by Ray Train (``checkpoint_manager_snapshot.json``), the whole
+session gets SIGKILL: no handler runs, no state is flushed. `posenfs resume ID` must then: rerun no
+finished trial, resume the interrupted one at the epoch after its registered checkpoint (its
+``start_epoch`` metric in MLflow), run exactly the budget's number of trials (the Optuna searcher
+continues from its saved state), and create no duplicate MLflow run.
+
+Run inside a loopback-only network namespace:
+    unshare -rn sh -c 'ip link set lo up && .venv/bin/pytest -q \
+        tests/integration/test_campaign_kill.py'
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+
+from nfs_orchestrator.orchestration import tracking
+from nfs_orchestrator.orchestration.ledger import read_ledger
+from nfs_orchestrator.specs import load_campaign
+
+# the ray_tmpdir fixture (a short private RAY_TMPDIR, leftovers killed) is in conftest.py
+
+pytestmark = pytest.mark.ray
+
+REPO = Path(__file__).resolve().parents[2]
+POSENFS = [sys.executable, "-m", "nfs_orchestrator"]
+EPOCHS = 4
+TRIALS = 3
+
+
+def write_spec(tmp_path: Path) -> Path:
+    """The smoke campaign with 3 trials × 4 epochs of one step, one worker per trial."""
+    body = yaml.safe_load((REPO / "experiments" / "smoke.yaml").read_text())
+    body["name"] = "killed"
+    body["data"]["root"] = str(tmp_path / "data")
+    body["search"].update(epochs=EPOCHS, steps_per_epoch=1, batch_size=2)
+    body["budget"].update(num_trials=TRIALS, max_concurrent=1, trial_retries=0)
+    body["resources"].update(workers_per_trial=1, cpus_per_worker=1.0)
+    path = tmp_path / "killed.yaml"
+    path.write_text(yaml.safe_dump(body))
+    return path
+
+
+def registered_epoch(train_dir: Path) -> int | None:
+    """The epoch of the latest checkpoint Ray Train has registered for a run (or None)."""
+    try:
+        snapshot = json.loads((train_dir / "checkpoint_manager_snapshot.json").read_text())
+        return int(snapshot["latest_checkpoint_result"]["metrics"]["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def kill_session(leader: subprocess.Popen) -> None:
+    """SIGKILL to every process of the session ``leader`` leads (the CLI and the Ray it started);
+    the leader is reaped by Popen (so its return code is kept), the others by psutil."""
+    others = []
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if os.getsid(proc.pid) == leader.pid:
+                proc.send_signal(signal.SIGKILL)
+                if proc.pid != leader.pid:
+                    others.append(proc)
+        except (ProcessLookupError, PermissionError, psutil.NoSuchProcess):
+            continue
+    leader.wait()
+    psutil.wait_procs(others, timeout=30)
+
+
+def test_sigkill_mid_trial_then_resume(tmp_path, ray_tmpdir):
+    spec_path = write_spec(tmp_path)
+    campaign = load_campaign(spec_path)
+    cid = campaign.campaign_id
+    root = tmp_path / "runs"
+    ledger = root / "campaigns" / cid / "ledger.parquet"
+    train_root = root / "ray" / cid / "train"
+    env = {**os.environ, "RAY_TMPDIR": str(ray_tmpdir), "RAY_USAGE_STATS_ENABLED": "0"}
+    env["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.5"  # results and run ends seen sooner
+
+    log = open(tmp_path / "search.log", "w")
+    proc = subprocess.Popen(
+        POSENFS + ["search", str(spec_path), "--root", str(root)],
+        cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    finished_before, victim = set(), None
+    deadline = time.monotonic() + 300
+    try:
+        while victim is None:
+            assert proc.poll() is None, (tmp_path / "search.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "no trial reached a registered checkpoint"
+            rows = read_ledger(ledger) if ledger.is_file() else []
+            finished_before = {r["trial_id"] for r in rows if r["status"] == "FINISHED"}
+            for row in rows:  # the 2nd of 3 trials, so that the 3rd is left to the searcher
+                if finished_before and row["status"] == "RUNNING" and len(rows) < TRIALS:
+                    epoch = registered_epoch(train_root / f"{cid}-{row['trial_id']}")
+                    if epoch is not None and epoch < EPOCHS - 2:
+                        victim = row["trial_id"]
+            time.sleep(0.2)
+    finally:
+        kill_session(proc)
+        log.close()
+    assert proc.returncode == -signal.SIGKILL
+    registered = registered_epoch(train_root / f"{cid}-{victim}")  # final: nothing runs now
+    assert registered is not None and registered < EPOCHS - 1
+
+    status = subprocess.run(
+        POSENFS + ["status", cid, "--root", str(root)], env=env, capture_output=True, text=True
+    )
+    assert f"campaign {cid}: stopped" in status.stdout, status.stdout + status.stderr
+
+    resumed = subprocess.run(
+        POSENFS + ["resume", cid, "--root", str(root)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+
+    rows = {r["trial_id"]: r for r in read_ledger(ledger)}
+    assert len(rows) == TRIALS  # the budget, not more: the searcher resumed its count
+    assert {r["status"] for r in rows.values()} == {"FINISHED"}
+    assert rows[victim]["start_epoch"] == registered + 1
+
+    c = tracking.client(tracking.default_tracking_uri(root))
+    exp = c.get_experiment_by_name(tracking.experiment_name(cid))
+    runs = tracking.find_runs(c, exp.experiment_id, {tracking.TAG_KIND: "trial"})
+    assert sorted(r.data.tags[tracking.TAG_TRIAL] for r in runs) == sorted(rows)  # no duplicates
+    assert len(tracking.find_runs(c, exp.experiment_id, {tracking.TAG_KIND: "campaign"})) == 1
+    for run in runs:
+        tid = run.data.tags[tracking.TAG_TRIAL]
+        assert run.info.status == "FINISHED"
+        epochs = [m.step for m in c.get_metric_history(run.info.run_id, "epoch")]
+        starts = {int(m.value) for m in c.get_metric_history(run.info.run_id, "start_epoch")}
+        if tid in finished_before:  # not rerun: every epoch logged once, from a start at 0
+            assert sorted(epochs) == list(range(EPOCHS)) and starts == {0}
+        elif tid == victim:  # resumed at the epoch after its registered checkpoint, not 0
+            assert starts == {0, registered + 1}
+            assert set(epochs) == set(range(EPOCHS))
+        else:
+            assert starts == {0}

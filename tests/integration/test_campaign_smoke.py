@@ -1,0 +1,109 @@
+"""The smoke campaign end to end: `posenfs search experiments/smoke.yaml` on an embedded Ray.
+
+Real Ray (Tune + Train, 2 DDP workers per trial), real Optuna, real MLflow (SQLite). Asserts what
+a user relies on: one ledger row per trial, exactly one MLflow child run per trial whose
+genotype.json has the fingerprint the run is tagged with, every epoch logged once, the ledger on
+the parent run, and status/compare reading the result from disk. (Resuming is
+test_campaign_kill.py.)
+
+Run inside a loopback-only network namespace (Ray binds to the machine's address otherwise):
+    unshare -rn sh -c 'ip link set lo up && .venv/bin/pytest -q \
+        tests/integration/test_campaign_smoke.py'
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pyarrow.parquet as pq
+import pytest
+
+from nfs_orchestrator.genotype import Genotype
+from nfs_orchestrator.orchestration import status, tracking
+from nfs_orchestrator.orchestration.compare import compare_campaign
+from nfs_orchestrator.orchestration.ledger import read_ledger
+from nfs_orchestrator.specs import load_campaign
+
+pytestmark = pytest.mark.ray
+
+REPO = Path(__file__).resolve().parents[2]
+POSENFS = [sys.executable, "-m", "nfs_orchestrator"]
+
+
+@pytest.fixture
+def ray_tmpdir():
+    """A short, private Ray temp dir (AF_UNIX paths ≤ 107 bytes); afterwards any Ray process of
+    ours still alive (found by this dir in its command line) is killed by pid."""
+    path = Path(f"/tmp/rt{secrets.token_hex(3)}")
+    path.mkdir()
+    yield path
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        if str(path) in " ".join(proc.info["cmdline"] or []):
+            proc.kill()
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def posenfs(args: list[str], cwd: Path, ray_tmpdir: Path, timeout: float = 400):
+    env = {**os.environ, "RAY_TMPDIR": str(ray_tmpdir), "RAY_USAGE_STATS_ENABLED": "0"}
+    env["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.5"  # results and run ends seen sooner
+    env.pop("MLFLOW_RUN_ID", None)
+    return subprocess.run(
+        POSENFS + args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_smoke_campaign(tmp_path, ray_tmpdir):
+    spec = str(REPO / "experiments" / "smoke.yaml")
+    root = tmp_path / "runs"
+    overrides = ["--set", f"data.root={tmp_path / 'data'}"]
+    campaign = load_campaign(spec, tuple(o for o in overrides if o != "--set"))
+    cid = campaign.campaign_id
+    trials = campaign.budget.num_trials
+
+    done = posenfs(["search", spec, "--root", str(root), *overrides], tmp_path, ray_tmpdir)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert f"campaign {cid} finished: {trials} trials" in done.stdout
+    assert "best trial" in done.stdout
+
+    rows = read_ledger(root / "campaigns" / cid / "ledger.parquet")
+    assert len(rows) == trials
+    assert {r["status"] for r in rows} == {"FINISHED"}
+    assert all(r["epochs_run"] == campaign.search.epochs for r in rows)
+
+    c = tracking.client(tracking.default_tracking_uri(root))
+    exp = c.get_experiment_by_name(tracking.experiment_name(cid))
+    children = tracking.find_runs(c, exp.experiment_id, {tracking.TAG_KIND: "trial"})
+    parents = tracking.find_runs(c, exp.experiment_id, {tracking.TAG_KIND: "campaign"})
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert sorted(r.data.tags[tracking.TAG_TRIAL] for r in children) == sorted(
+        r["trial_id"] for r in rows
+    )
+    for run in children:
+        assert run.info.status == "FINISHED"
+        assert run.data.tags[tracking.TAG_PARENT] == parents[0].info.run_id
+        local = c.download_artifacts(run.info.run_id, "genotype.json", str(tmp_path / "dl"))
+        fingerprint = Genotype.from_json(Path(local).read_text()).fingerprint()
+        assert fingerprint == run.data.tags[tracking.TAG_GENOTYPE]
+        row = next(r for r in rows if r["trial_id"] == run.data.tags[tracking.TAG_TRIAL])
+        assert row["genotype_fp"] == fingerprint and row["run_id"] == run.info.run_id
+        history = c.get_metric_history(run.info.run_id, "epoch")
+        assert sorted(m.step for m in history) == list(range(campaign.search.epochs))
+
+    ledger_copy = c.download_artifacts(
+        parents[0].info.run_id, "ledger.parquet", str(tmp_path / "parent")
+    )
+    assert pq.read_table(ledger_copy).num_rows == trials
+
+    # status and compare read what the campaign left on disk (no Ray)
+    record = status.load_record(root, cid)
+    assert status.effective_status(record.state) == "finished"
+    assert "FINISHED" in status.format_trials(record)
+    comparison = compare_campaign(root, cid)
+    assert {e["grouping"] for e in comparison.tables["grouping"]} == {r["grouping"] for r in rows}
+    assert (root / "campaigns" / cid / "compare.png").is_file()

@@ -1,0 +1,146 @@
+"""After a smoke campaign: promote the best genotype, retrain it on Ray Train, load the result.
+
+Real Ray, real MLflow (SQLite), real Optuna, through the CLI as a user runs it:
+- promote picks the trial with the best metric; the registry has one version with the alias;
+  promoting again adds nothing;
+- retrain registers a trained model whose tags lead back to the campaign;
+- ``models:/<name>@<alias>`` loads in a fresh process and gives heatmaps of the right shape;
+- a retrain killed mid-run and run again continues from its last checkpoint.
+
+Run inside a loopback-only network namespace (see test_campaign_smoke.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from nfs_orchestrator.orchestration import tracking
+from nfs_orchestrator.orchestration.ledger import read_ledger
+from nfs_orchestrator.specs import load_campaign
+from tests.integration.test_campaign_smoke import POSENFS, REPO, posenfs
+
+pytestmark = pytest.mark.ray
+
+
+def test_promote_then_retrain(tmp_path, ray_tmpdir):
+    spec = str(REPO / "experiments" / "smoke.yaml")
+    root = tmp_path / "runs"
+    data = f"data.root={tmp_path / 'data'}"
+    cid = load_campaign(spec, (data,)).campaign_id
+    done = posenfs(["search", spec, "--root", str(root), "--set", data], tmp_path, ray_tmpdir)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+    rows = read_ledger(root / "campaigns" / cid / "ledger.parquet")
+    best = max(rows, key=lambda r: (r["val_ap"], -(r["macs"] or 0)))
+    out = posenfs(
+        ["promote", cid, "--root", str(root), "--rule", "best:val_ap"], tmp_path, ray_tmpdir
+    )
+    assert out.returncode == 0, out.stderr
+    c = tracking.client(tracking.default_tracking_uri(root))
+    name = "posenfs-synthetic-genotypes"
+    versions = c.search_model_versions(f"name='{name}'")
+    assert len(versions) == 1
+    champion = c.get_model_version_by_alias(name, "champion")
+    assert champion.tags["nfs.campaign_id"] == cid
+    assert champion.tags["nfs.genotype_fp"] == best["genotype_fp"]
+    assert champion.tags["nfs.source_run_id"] == best["run_id"]
+    again = posenfs(["promote", cid, "--root", str(root)], tmp_path, ray_tmpdir)
+    assert again.returncode == 0 and "already registered" in again.stdout
+    assert len(c.search_model_versions(f"name='{name}'")) == 1
+
+    retrain = str(REPO / "experiments" / "retrain_smoke.yaml")
+    args = [
+        "retrain",
+        retrain,
+        "--genotype",
+        f"models:/{name}@champion",
+        "--root",
+        str(root),
+        "--set",
+        data,
+        "--set",
+        "epochs=4",
+    ]
+    first = subprocess.Popen(
+        POSENFS + args,
+        cwd=tmp_path,
+        env=_env(ray_tmpdir),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    storage = root / "ray" / "retrain"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not list(storage.glob("*/epoch_0001")):
+        time.sleep(0.5)
+        assert first.poll() is None, first.stdout.read()[-3000:]
+    os.killpg(first.pid, signal.SIGKILL)  # the retrain dies after its second checkpoint
+    first.wait()
+    resumed = posenfs(args, tmp_path, ray_tmpdir)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+
+    trained = "posenfs-synthetic-retrained"
+    [version] = c.search_model_versions(f"name='{trained}'")
+    assert (
+        version.tags["nfs.campaign_id"] == cid
+    )  # registry → retrain → genotype → trial → campaign
+    assert version.tags["nfs.genotype_fp"] == best["genotype_fp"]
+    assert version.tags["nfs.promoted_model"] == name
+    assert "nfs.eval.val_ap" in version.tags
+    run = c.get_run(version.run_id)
+    starts = [m.value for m in c.get_metric_history(run.info.run_id, "start_epoch")]
+    assert max(starts) >= 1  # the second process resumed, not restarted from epoch 0
+    epochs = sorted({int(m.step) for m in c.get_metric_history(run.info.run_id, "train_loss")})
+    assert epochs == [0, 1, 2, 3]
+
+    c.set_registered_model_alias(trained, "candidate", version.version)
+    code = (
+        "import sys, torch, mlflow\n"
+        f"mlflow.set_tracking_uri({tracking.default_tracking_uri(root)!r})\n"
+        f"m = mlflow.pytorch.load_model('models:/{trained}@candidate').eval()\n"
+        "print(tuple(m(torch.zeros(1, 3, 64, 64)).shape))\n"
+    )
+    fresh = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=_env(ray_tmpdir),
+    )
+    assert fresh.returncode == 0, fresh.stderr[-2000:]
+    assert fresh.stdout.strip().splitlines()[-1] == "(1, 17, 16, 16)"
+    evaluated = posenfs(
+        [
+            "evaluate",
+            "checkpoint",
+            "--model",
+            f"models:/{trained}@candidate",
+            "--data",
+            retrain,
+            "--set",
+            data,
+            "--root",
+            str(root),
+            "--json",
+            str(tmp_path / "eval.json"),
+        ],
+        tmp_path,
+        ray_tmpdir,
+    )
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    assert "AP" in json.loads((tmp_path / "eval.json").read_text())
+
+
+def _env(ray_tmpdir: Path) -> dict[str, str]:
+    env = {**os.environ, "RAY_TMPDIR": str(ray_tmpdir), "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("MLFLOW_RUN_ID", None)
+    return env
