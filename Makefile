@@ -1,5 +1,5 @@
 # posenfs: the two commands of the README, and a few helpers.
-#   make demo   set up (once) and run the quickstart campaign on the embedded default
+#   make demo   set up (once) and run the quickstart: campaign → promote → retrain
 #   make test   set up (once) and run the test suite (what CI runs)
 # Both create .venv on first use; re-running them re-installs only when pyproject.toml changed.
 
@@ -8,9 +8,16 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 ROOT    ?= ./posenfs-runs
-# Tests that start Ray run in a network namespace that has only loopback, so every Ray
-# address is 127.0.0.1 and no test traffic can leave the machine.
-LOOPBACK := unshare -rn sh -c
+
+# Ray binds to the machine's routable address. Where user namespaces are allowed, Ray (the tests,
+# the demo, the campaign benchmark) runs in a network namespace that has only loopback, so every
+# Ray address is 127.0.0.1 and nothing leaves the machine; elsewhere it runs as it is.
+NETNS := $(shell unshare -rn true 2>/dev/null && echo yes)
+ifeq ($(NETNS),yes)
+  LOOPBACK = unshare -rn sh -c 'ip link set lo up && $(1)'
+else
+  LOOPBACK = sh -c '$(1)'
+endif
 
 .PHONY: demo test test-fast lint bench clean
 
@@ -21,10 +28,14 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/posenfs search experiments/quickstart.yaml --root $(ROOT)
+	$(call LOOPBACK,$(BIN)/posenfs search experiments/quickstart.yaml --root $(ROOT) \
+	  && $(BIN)/posenfs promote experiments/quickstart.yaml --root $(ROOT) \
+	  && $(BIN)/posenfs retrain experiments/retrain_quickstart.yaml --root $(ROOT) \
+	     --genotype models:/posenfs-synthetic-genotypes@champion)
+	@echo "see it all: $(BIN)/posenfs ui --root $(ROOT)  (MLflow UI on http://127.0.0.1:5000)"
 
 test: $(STAMP)
-	$(LOOPBACK) 'ip link set lo up && RAY_USAGE_STATS_ENABLED=0 $(BIN)/python -m pytest -q -p no:cacheprovider tests'
+	$(call LOOPBACK,RAY_USAGE_STATS_ENABLED=0 $(BIN)/python -m pytest -q -p no:cacheprovider tests)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not ray and not slow" tests/unit
@@ -36,7 +47,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/supernet_step.py
 	$(BIN)/python benchmarks/data_pipeline.py
-	$(LOOPBACK) 'ip link set lo up && $(BIN)/python benchmarks/campaign_overhead.py'
+	$(call LOOPBACK,$(BIN)/python benchmarks/campaign_overhead.py)
 
 clean:
 	rm -rf $(VENV) $(ROOT) .pytest_cache

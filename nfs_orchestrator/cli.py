@@ -382,14 +382,100 @@ def _run_campaign(campaign, root: str, address: str | None, base_dir: str | None
 @main.command("status")
 @click.argument("campaign_id", required=False)
 @root_option
-def status_command(campaign_id: str | None, root: str) -> None:
-    """Campaigns under the root, or one campaign's trials (read from disk; starts nothing)."""
+@click.option("--address", default=None, help="Ask this cluster's Jobs API (http://<head>:8265).")
+@click.option("--token-file", default=None, help="Ray auth token file (with --address).")
+def status_command(
+    campaign_id: str | None, root: str, address: str | None, token_file: str | None
+) -> None:
+    """Campaigns under the root, or one campaign's trials (read from disk; starts nothing).
+
+    With --address: the campaign's job (or every job) as the cluster's Jobs API reports it."""
     from nfs_orchestrator.orchestration import status
 
+    if address:
+        from nfs_orchestrator.orchestration import jobs
+
+        infos = [jobs.job_status(campaign_id, address, token_file)] if campaign_id else None
+        for info in infos if infos is not None else jobs.list_jobs(address, token_file):
+            click.echo(info.line())
+        return
     if campaign_id:
         click.echo(status.format_trials(status.load_record(root, campaign_id)))
     else:
         click.echo(status.format_campaigns(status.list_records(root)))
+
+
+def address_option(f):
+    return click.option(
+        "--address", required=True, help="The cluster's Jobs API, e.g. http://<head>:8265."
+    )(f)
+
+
+def token_file_option(f):
+    return click.option(
+        "--token-file",
+        default=None,
+        type=click.Path(dir_okay=False),
+        help="Ray auth token file (else $RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token).",
+    )(f)
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@address_option
+@set_option
+@click.option(
+    "--root",
+    default=None,
+    help="Root folder as the cluster sees it (shared storage); default: the job's POSENFS_ROOT.",
+)
+@token_file_option
+@click.option(
+    "--runtime-env",
+    "runtime_env_file",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="A runtime env YAML to send as well (e.g. cluster/runtime_env.yaml: pip pins).",
+)
+def submit(file, address, overrides, root, token_file, runtime_env_file) -> None:
+    """Run a campaign as a Ray job (job id = campaign id; a second submit reports the job)."""
+    from nfs_orchestrator.orchestration import jobs
+
+    info = jobs.submit_campaign(
+        file, overrides, address, root, token_file,
+        base_env=jobs.load_runtime_env(runtime_env_file),
+    )  # fmt: skip
+    verb = "submitted" if info.created else "already submitted"
+    click.echo(f"{verb}: {info.line()}")
+    click.echo(f"follow it: posenfs logs {info.job_id} --address {address} --follow")
+
+
+@main.command()
+@click.argument("job_id")
+@address_option
+@click.option("--follow", is_flag=True, help="Stream the log until the job ends.")
+@token_file_option
+def logs(job_id: str, address: str, follow: bool, token_file: str | None) -> None:
+    """A campaign job's driver log."""
+    from nfs_orchestrator.orchestration import jobs
+
+    info = jobs.job_logs(
+        job_id, address, token_file, follow, write=lambda text: click.echo(text, nl=False)
+    )
+    if follow:
+        click.echo(info.line(), err=True)
+        sys.exit(0 if info.status == "SUCCEEDED" else 1)
+
+
+@main.command()
+@click.argument("job_id")
+@address_option
+@token_file_option
+def cancel(job_id: str, address: str, token_file: str | None) -> None:
+    """Stop a campaign job (the campaign stops cleanly; `posenfs resume` continues it)."""
+    from nfs_orchestrator.orchestration import jobs
+
+    click.echo(jobs.cancel_job(job_id, address, token_file).line())
 
 
 @main.command()
@@ -459,16 +545,26 @@ def _raise_keyboard_interrupt(signum, frame):
 @click.option("--model-name", help="Registered model name (default posenfs-<dataset>-genotypes).")
 @root_option
 def promote(campaign_id, rule, trial_id, alias, model_name, root) -> None:
-    """Register a campaign's best genotype in the MLflow Model Registry under an alias."""
+    """Register a campaign's best genotype in the MLflow Model Registry under an alias.
+
+    CAMPAIGN_ID is a campaign id, or the campaign's YAML file."""
     from nfs_orchestrator.orchestration.ledger import read_ledger
     from nfs_orchestrator.orchestration.promote import parse_rule
     from nfs_orchestrator.orchestration.promote import promote as do_promote
     from nfs_orchestrator.orchestration.status import load_record
 
+    if campaign_id.endswith((".yaml", ".yml")) and os.path.isfile(campaign_id):
+        from nfs_orchestrator.specs import load_campaign
+
+        campaign_id = load_campaign(campaign_id).campaign_id  # the campaign of that file
     record = load_record(root, campaign_id)
     parsed = parse_rule(rule)
     p = do_promote(
-        record, read_ledger(record.ledger_path), parsed, trial_id=trial_id, alias=alias,
+        record,
+        read_ledger(record.ledger_path),
+        parsed,
+        trial_id=trial_id,
+        alias=alias,
         model_name=model_name,
     )
     verb = "registered" if p.created else "already registered"

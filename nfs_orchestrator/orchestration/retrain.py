@@ -161,7 +161,9 @@ def run_retrain_job(
         mlflow.set_tracking_uri(tracking_uri)
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pytorch.log_model(
-                model, name="model", serialization_format="pickle"  # pt2 would need tracing
+                model,
+                name="model",
+                serialization_format="pickle",  # pt2 would need tracing
             )
         version = _register(c, model_name, info.model_uri, run_id, rid, genotype, lineage, metrics)
     except KeyboardInterrupt:
