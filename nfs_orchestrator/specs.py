@@ -513,6 +513,10 @@ class ResourceSpec:
     trial_cpus: float = 0.25  # the Tune trial (driver) actor itself
     backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto: nccl with GPUs, else gloo
     checkpoints_to_keep: int = 2
+    # extra custom resources each Train worker needs, e.g. {worker_node: 0.5} to keep workers
+    # on nodes started with --resources '{"worker_node": N}' (the driver stays where Tune puts it)
+    worker_resources: dict[str, float] = field(default_factory=dict)
+    trial_resources: dict[str, float] = field(default_factory=dict)  # e.g. {head_node: 0.01}
 
     def __post_init__(self) -> None:
         if self.workers_per_trial < 1 or self.cpus_per_worker <= 0 or self.gpus_per_worker < 0:

@@ -37,6 +37,8 @@ from nfs_orchestrator.orchestration.compare import compare_campaign, pareto_fron
 from nfs_orchestrator.orchestration.ledger import read_ledger, write_ledger
 from nfs_orchestrator.specs import CampaignSpec
 
+TAG_PREEMPTED = "nfs.preempted"  # "true" on trial runs ended KILLED by a SIGTERM / pre-emption
+
 
 @dataclass(frozen=True)
 class ResourcePlan:
@@ -235,7 +237,7 @@ def build_tuner(
     )
     trainable = tune.with_resources(
         tune.with_parameters(trial_driver, campaign=campaign.to_dict(), context=context.to_dict()),
-        {"CPU": campaign.resources.trial_cpus},
+        {**campaign.resources.trial_resources, "CPU": campaign.resources.trial_cpus},
     )
     experiment = _join(record.ray_storage, cid)
     if tune.Tuner.can_restore(experiment):
@@ -324,6 +326,7 @@ def finish_campaign(
     target: tracking.TrackingTarget,
     interrupted: bool,
     error: str = "",
+    preempted: bool = False,
 ) -> tuple[str, list[dict[str, Any]]]:
     """Final ledger and statuses: trials still RUNNING/PENDING become KILLED (their runs too)
     when the campaign was interrupted; the parent run ends FINISHED, KILLED or FAILED; the
@@ -342,6 +345,8 @@ def finish_campaign(
         tags = {tracking.TAG_KIND: "trial", tracking.TAG_CAMPAIGN: record.campaign_id}
         for run in tracking.find_runs(c, target.experiment_id, tags):
             if run.info.status == "RUNNING":
+                if preempted:  # SIGTERM: a pre-emption notice, not a user's Ctrl-C
+                    c.set_tag(run.info.run_id, TAG_PREEMPTED, "true")
                 tracking.end_run(c, run.info.run_id, "KILLED")
     write_ledger(rows, record.ledger_path)
     tracking.log_ledger(target, record.ledger_path)
@@ -390,6 +395,7 @@ def run_campaign(
             except KeyboardInterrupt:  # a second signal: stop at once
                 stop.received = stop.received or signal.SIGINT
         interrupted = stop.received is not None
+        preempted = stop.received == signal.SIGTERM
     except Exception as e:
         try:
             finish_campaign(record, target, False, error=f"{type(e).__name__}: {e}")
@@ -399,7 +405,7 @@ def run_campaign(
     finally:
         if started_ray:
             ray.shutdown()
-    outcome, rows = finish_campaign(record, target, interrupted)
+    outcome, rows = finish_campaign(record, target, interrupted, preempted=preempted)
     return CampaignResult(
         campaign_id=campaign.campaign_id,
         status=outcome,

@@ -78,7 +78,7 @@ def build_trial(
 
 def scaling_config(resources: ResourceSpec) -> ray.train.ScalingConfig:
     use_gpu = resources.gpus_per_worker > 0
-    per_worker: dict[str, float] = {"CPU": resources.cpus_per_worker}
+    per_worker: dict[str, float] = {**resources.worker_resources, "CPU": resources.cpus_per_worker}
     if use_gpu:
         per_worker["GPU"] = resources.gpus_per_worker
     return ray.train.ScalingConfig(
@@ -148,6 +148,11 @@ def trial_driver(
     try:
         trainer.fit()
     except Exception:
-        tracking.end_run(client, run_id, "FAILED", error=traceback.format_exc())
+        error = traceback.format_exc()
+        if TrialInterrupted.__name__ in error:  # SIGTERM/pre-emption: resumes on the retry
+            client.set_tag(run_id, "nfs.preempted", "true")
+            tracking.end_run(client, run_id, "KILLED", label="preempted", error=error)
+        else:
+            tracking.end_run(client, run_id, "FAILED", error=error)
         raise
     tracking.end_run(client, run_id, "FINISHED")

@@ -1,0 +1,98 @@
+"""SIGTERM (a pre-emption notice) to a running campaign: runs end KILLED, tagged, and resume.
+
+`posenfs search` runs in a subprocess; once its trial has a checkpoint registered by Ray Train,
+the CLI process (only it) gets SIGTERM. The campaign must stop cleanly (exit 130), end the trial's
+MLflow run KILLED with ``nfs.preempted=true``, and `posenfs resume ID` must then finish the trial
+from its checkpoint (not from epoch 0) in the same MLflow run.
+
+Run inside a loopback-only network namespace:
+    unshare -rn sh -c 'ip link set lo up && .venv/bin/pytest -q \
+        tests/integration/test_preemption.py'
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from nfs_orchestrator.orchestration import tracking
+from nfs_orchestrator.orchestration.campaign import TAG_PREEMPTED
+from nfs_orchestrator.orchestration.ledger import read_ledger
+from nfs_orchestrator.specs import load_campaign
+from tests.integration.test_campaign_kill import registered_epoch
+
+pytestmark = pytest.mark.ray
+
+REPO = Path(__file__).resolve().parents[2]
+POSENFS = [sys.executable, "-m", "nfs_orchestrator"]
+EPOCHS = 5
+
+
+def write_spec(tmp_path: Path) -> Path:
+    """The smoke campaign as 1 trial × 5 epochs of one step on one worker."""
+    body = yaml.safe_load((REPO / "experiments" / "smoke.yaml").read_text())
+    body["name"] = "preempted"
+    body["data"]["root"] = str(tmp_path / "data")
+    body["search"].update(epochs=EPOCHS, steps_per_epoch=1, batch_size=2)
+    body["budget"].update(num_trials=1, max_concurrent=1, trial_retries=0)
+    body["resources"].update(workers_per_trial=1, cpus_per_worker=1.0)
+    path = tmp_path / "preempted.yaml"
+    path.write_text(yaml.safe_dump(body))
+    return path
+
+
+def test_sigterm_marks_runs_preempted_then_resume(tmp_path, ray_tmpdir):
+    spec_path = write_spec(tmp_path)
+    cid = load_campaign(spec_path).campaign_id
+    root = tmp_path / "runs"
+    train_root = root / "ray" / cid / "train"
+    env = {**os.environ, "RAY_TMPDIR": str(ray_tmpdir), "RAY_USAGE_STATS_ENABLED": "0"}
+    env["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.5"
+
+    log = open(tmp_path / "search.log", "w")
+    proc = subprocess.Popen(
+        POSENFS + ["search", str(spec_path), "--root", str(root)],
+        cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 240
+    try:
+        while True:
+            assert proc.poll() is None, (tmp_path / "search.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "no registered checkpoint"
+            runs = list(train_root.glob(f"{cid}-*")) if train_root.is_dir() else []
+            epoch = registered_epoch(runs[0]) if runs else None
+            if epoch is not None and epoch < EPOCHS - 2:
+                break
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)  # the CLI only: a pre-emption notice to the driver
+        assert proc.wait(timeout=120) == 130, (tmp_path / "search.log").read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+    c = tracking.client(tracking.default_tracking_uri(root))
+    exp = c.get_experiment_by_name(tracking.experiment_name(cid))
+    (run,) = tracking.find_runs(c, exp.experiment_id, {tracking.TAG_KIND: "trial"})
+    assert run.info.status == "KILLED"
+    assert run.data.tags.get(TAG_PREEMPTED) == "true"
+
+    resumed = subprocess.run(
+        POSENFS + ["resume", cid, "--root", str(root)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    (row,) = read_ledger(root / "campaigns" / cid / "ledger.parquet")
+    assert row["status"] == "FINISHED" and row["start_epoch"] >= 1
+    (again,) = tracking.find_runs(c, exp.experiment_id, {tracking.TAG_KIND: "trial"})
+    assert again.info.run_id == run.info.run_id and again.info.status == "FINISHED"
+    starts = {int(m.value) for m in c.get_metric_history(run.info.run_id, "start_epoch")}
+    assert 0 in starts and max(starts) >= 1
