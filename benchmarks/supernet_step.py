@@ -71,8 +71,9 @@ def one_case(args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     w, h = (int(v) for v in args.input.split("x"))
     grouping = load_grouping(f"{args.dataset}-p{args.case_parts}")
-    net = PoseSupernet(load_fabric(args.fabric), grouping,
-                       build_backbone(args.backbone, random_init=True))
+    net = PoseSupernet(
+        load_fabric(args.fabric), grouping, build_backbone(args.backbone, random_init=True)
+    )
     weights, arch = list(net.weight_parameters()), list(net.arch_parameters())
     w_opt = torch.optim.Adam(weights, lr=1e-3)
     a_opt = torch.optim.Adam(arch, lr=3e-2)
@@ -139,8 +140,15 @@ def main() -> None:
     rows = []
     for parts in args.parts:
         for mode in args.modes:
-            cmd = [sys.executable, __file__, *sys.argv[1:], "--case-mode", mode,
-                   "--case-parts", str(parts)]
+            cmd = [
+                sys.executable,
+                __file__,
+                *sys.argv[1:],
+                "--case-mode",
+                mode,
+                "--case-parts",
+                str(parts),
+            ]
             out = subprocess.run(cmd, capture_output=True, text=True, check=True)
             row = json.loads(out.stdout.strip().splitlines()[-1])
             rows.append(row)
@@ -151,9 +159,22 @@ def main() -> None:
                 f"peak {row['peak_rss_mb']:.0f} MB",
                 flush=True,
             )
-    print(json.dumps({"benchmark": "supernet_step", "hardware": hw, "config": {
-        "fabric": args.fabric, "backbone": args.backbone, "input": args.input,
-        "batch": args.batch, "precision": "fp32"}, "results": rows}))
+    print(
+        json.dumps(
+            {
+                "benchmark": "supernet_step",
+                "hardware": hw,
+                "config": {
+                    "fabric": args.fabric,
+                    "backbone": args.backbone,
+                    "input": args.input,
+                    "batch": args.batch,
+                    "precision": "fp32",
+                },
+                "results": rows,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":
