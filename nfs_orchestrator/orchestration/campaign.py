@@ -188,6 +188,9 @@ def prepare_ray_environment(address: str | None) -> None:
     # One machine, nothing to reclaim: skip Ray Train's pre-emption watcher (an extra actor
     # process per trial, seconds of start-up on a small machine).
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+    # A worker process starting on a busy small machine (importing torch) can take longer than
+    # Ray Train's 60 s default; each timeout restarts the whole worker group.
+    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "240")
     package_parent = str(Path(nfs_orchestrator.__file__).resolve().parent.parent)
     paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     if package_parent not in paths:
