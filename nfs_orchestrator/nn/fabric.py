@@ -132,7 +132,9 @@ class SearchFabric(nn.Module):
         self.space = space
         self.sites = [site for layer in fabric_sites(space) for site in layer]
         channels = space.channels()
-        self.adapters = Adapters(backbone_channels, channels, range(len(space.scales)))
+        first = [site for site in self.sites if site.depth == space.cut]
+        levels = sorted({src for site in first for src in site.sources})  # pyramid levels read
+        self.adapters = Adapters(backbone_channels, channels, levels)
         self.cells = nn.ModuleDict(
             {
                 site.key: SearchCell(
@@ -152,8 +154,7 @@ class SearchFabric(nn.Module):
         return self.alpha if self.alpha.dim() == 2 else self.alpha[index]
 
     def forward(self, pyramid: Sequence[torch.Tensor], temperature: float = 1.0) -> torch.Tensor:
-        adapted = self.adapters(pyramid)
-        prev = [adapted[lvl] for lvl in range(len(self.space.scales))]
+        prev = self.adapters(pyramid)  # level → (B, C_l, h_l, w_l), the levels the cells read
         layer: list[torch.Tensor] = []
         depth = self.sites[0].depth
         for index, site in enumerate(self.sites):

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from nfs_orchestrator.keypoints import PartGrouping
+from nfs_orchestrator.nn.batched import batched_parts
 from nfs_orchestrator.nn.fabric import SearchFabric
 from nfs_orchestrator.specs import FabricSpace
 
@@ -70,12 +71,17 @@ class PoseSupernet(nn.Module):
                 f"index_{i}", torch.tensor(grouping.indices(p), dtype=torch.long), persistent=False
             )
         self.temperature = 1.0  # softmax temperature of α/β, set by the search loop's schedule
+        # Compute the P part fabrics together (nn.batched): equal results; fewer, larger kernels.
+        # Off by default: on CPU it measured slower (benchmarks/RESULTS.md); meant for GPUs.
+        self.batched = False
 
     def channel_index(self) -> list[torch.Tensor]:
         return [getattr(self, f"index_{i}") for i in range(len(self.parts))]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         pyramid = self.backbone(images)  # 4 × (B, c_l, H/2^(l+2), W/2^(l+2))
+        if self.batched:
+            return batched_parts(self, pyramid)  # (B, K, H/4, W/4), as the per-part lines below
         maps = [fabric(pyramid, self.temperature) for fabric in self.parts.values()]
         return merge_parts(maps, self.grouping, self.channel_index())  # (B, K, H/4, W/4)
 

@@ -65,3 +65,14 @@ def test_per_cell_alpha_sharing():
     assert net.parts["whole_body"].alpha.shape == (6, 1, 4)
     net(torch.randn(1, 3, 64, 64)).sum().backward()
     assert net.parts["whole_body"].alpha.grad.abs().sum() > 0
+
+
+def test_only_pyramid_levels_the_first_layer_reads_get_adapters():
+    from nfs_orchestrator.specs import FabricSpace
+
+    # depth 5 / cut 1 over five scales: the first layer (3 cells) reads levels 0-3, never 64
+    space = FabricSpace(name="x", depth=5, cut=1, scales=(4, 8, 16, 32, 64), channel_factor=4)
+    net = PoseSupernet(space, load_grouping("coco-p1"), build_backbone("tiny", random_init=True))
+    net(torch.randn(1, 3, 128, 128)).sum().backward()
+    assert [n for n, p in net.named_parameters() if p.grad is None] == []
+    assert net.parts["whole_body"].adapters.levels == (0, 1, 2, 3)
