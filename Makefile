@@ -46,6 +46,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/supernet_step.py
+	$(BIN)/python benchmarks/parts_batched.py --threads 1
 	$(BIN)/python benchmarks/data_pipeline.py
 	$(call LOOPBACK,$(BIN)/python benchmarks/campaign_overhead.py)
 
