@@ -726,7 +726,3 @@ def data_spec_from_file(path: str | Path, overrides: tuple[str, ...] = ()) -> Da
 def replace(spec: Any, **changes: Any) -> Any:
     """``dataclasses.replace`` that re-runs validation (specs are never mutated)."""
     return dataclasses.replace(spec, **changes)
-
-
-def spec_fingerprint(spec: Any) -> str:
-    return fingerprint(spec)
