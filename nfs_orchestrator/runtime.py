@@ -58,6 +58,10 @@ class Runtime(Protocol):
         """The mean over ranks of each value."""
         ...
 
+    def broadcast_parameters(self, module: torch.nn.Module) -> None:
+        """Rank 0's parameters and buffers on every rank."""
+        ...
+
     def should_stop(self) -> bool:
         """True when the run must checkpoint now and exit (pre-emption notice)."""
         ...
