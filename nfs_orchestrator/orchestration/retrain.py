@@ -98,7 +98,10 @@ def run_retrain_job(
 
     tracking.scrub_environment()
     c = tracking.client(tracking_uri)
-    exp_id = tracking.get_or_create_experiment(c, EXPERIMENT)
+    artifacts = None  # a tracking server keeps its own artifact store
+    if not spec.storage.mlflow_uri:  # the root's store: artifacts under the root, never ./mlruns
+        artifacts = tracking.default_artifact_location(root, "retrain")
+    exp_id = tracking.get_or_create_experiment(c, EXPERIMENT, artifacts)
     run_id = tracking.get_or_create_run(
         c, exp_id, run_name=rid, tags={tracking.TAG_KIND: "retrain", TAG_RETRAIN: rid}
     )

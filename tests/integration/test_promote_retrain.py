@@ -80,7 +80,10 @@ def test_promote_then_retrain(tmp_path, ray_tmpdir):
     )
     storage = root / "ray" / "retrain"
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and not list(storage.glob("*/epoch_0001")):
+    # kill only once the controller has registered a checkpoint (its snapshot names one)
+    while time.monotonic() < deadline and not any(
+        "epoch_0001" in p.read_text() for p in storage.glob("*/checkpoint_manager_snapshot.json")
+    ):
         time.sleep(0.5)
         assert first.poll() is None, first.stdout.read()[-3000:]
     os.killpg(first.pid, signal.SIGKILL)  # the retrain dies after its second checkpoint
@@ -138,6 +141,7 @@ def test_promote_then_retrain(tmp_path, ray_tmpdir):
     )
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     assert "AP" in json.loads((tmp_path / "eval.json").read_text())
+    assert not (tmp_path / "mlruns").exists()  # every artifact lives under the root
 
 
 def _env(ray_tmpdir: Path) -> dict[str, str]:
