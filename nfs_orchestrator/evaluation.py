@@ -85,7 +85,9 @@ def write_mat_atomic(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:
 # --------------------------------------------------------------------------------------------
 
 
-def _read_json(path: Path) -> Any:
+def read_json(path: str | Path) -> Any:
+    """Reads a json file; a missing or malformed file is a one-line ``InputError``."""
+    path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     try:
@@ -107,7 +109,7 @@ def _coco_gt(path: Path) -> tuple[Any, int]:
     """A pycocotools ``COCO`` of the ground truth and its number of keypoints K."""
     from pycocotools.coco import COCO
 
-    data = _read_json(path)
+    data = read_json(path)
     if not isinstance(data, dict):
         raise InputError(f"{path}: expected a COCO json object, got {type(data).__name__}")
     for key in ("images", "annotations", "categories"):
@@ -193,7 +195,7 @@ def evaluate_coco(
 
     ann, pred = Path(annotations), Path(predictions)
     gt, k = _coco_gt(ann)
-    results = validate_coco_results(_read_json(pred), pred, gt, k)
+    results = validate_coco_results(read_json(pred), pred, gt, k)
     if sigmas is None and k != 17:
         raise InputError(
             f"{ann}: {k} keypoints; OKS sigmas are needed for a schema other than COCO-17"

@@ -9,7 +9,6 @@ What it is not: the torch dataset (``dataset.py``) or COCO scoring (``evaluation
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -18,25 +17,10 @@ import numpy as np
 
 from nfs_orchestrator.data.index import AnnotationIndex, Instances, cached_index
 from nfs_orchestrator.errors import InputError
+from nfs_orchestrator.evaluation import read_json
 
 PERSON_CATEGORY = 1
 RECTIFY_MARGIN = 5  # px added around the labelled keypoints (reference bbox_rectify)
-
-
-def read_json(path: str | Path) -> Any:
-    """Reads a json file; a missing or malformed file is a one-line ``InputError``."""
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"{p}: no such file")
-    try:
-        with open(p, "rb") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise InputError(
-            f"{p}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}"
-        ) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"{p}: cannot read: {e}") from None
 
 
 def _number(value: Any) -> bool:
