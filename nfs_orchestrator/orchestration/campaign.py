@@ -304,6 +304,10 @@ class _StopSignals:
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> _StopSignals:
+        from nfs_orchestrator.orchestration.progress import STOP_REQUESTED
+
+        self._stop_requested = STOP_REQUESTED
+        STOP_REQUESTED.clear()
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._previous[sig] = signal.signal(sig, self._handle)
         return self
@@ -316,6 +320,7 @@ class _StopSignals:
         if self.received is not None:
             raise KeyboardInterrupt
         self.received = signum
+        self._stop_requested.set()
         print(
             f"\nposenfs: {signal.Signals(signum).name}: stopping the campaign; checkpoints are "
             "kept (again to stop at once)",

@@ -5,7 +5,8 @@ result, completion and error it updates that trial's ledger row (``ledger.update
 and rewrites ``ledger.parquet`` atomically, so ``posenfs status`` is current while the campaign
 runs. When a trial ends it ends the trial's MLflow child run (FINISHED, labelled
 ``early_stopped`` when ASHA stopped it, or FAILED with the error) and uploads the ledger to the
-parent run. This matters because a trial stopped by the scheduler is killed: code after its
+parent run; it is the only place a trial run is ended FAILED (the trial driver cannot tell a
+failure from Tune tearing it down). This matters because a trial stopped by the scheduler is killed: code after its
 ``fit()`` never runs, so its run would otherwise stay RUNNING.
 
 The callback holds only plain data until ``setup`` (Tune pickles it with the Tuner and restores it
@@ -16,6 +17,7 @@ ledger schema (``ledger.py``) or the MLflow layer (``tracking.py``).
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,11 @@ from nfs_orchestrator.orchestration import space, tracking
 from nfs_orchestrator.orchestration.ledger import new_row, read_ledger, update_with_result
 from nfs_orchestrator.orchestration.ledger import write_ledger as write_rows
 from nfs_orchestrator.specs import CampaignSpec
+
+# Set by the campaign's SIGINT/SIGTERM handler in this process. Tune then tears the running trials
+# down (their placement groups go, so their Train controllers die with an error); those errors are
+# the stop, not failures: the rows stay RUNNING and ``finish_campaign`` ends them KILLED.
+STOP_REQUESTED = threading.Event()
 
 
 class CampaignCallback(tune.Callback):
@@ -118,6 +125,8 @@ class CampaignCallback(tune.Callback):
         self._end(row, "FINISHED", "early_stopped" if early else "finished")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if STOP_REQUESTED.is_set():
+            return
         row = self._row(trial)
         error = ""
         if trial.error_file and Path(trial.error_file).is_file():

@@ -148,11 +148,12 @@ def trial_driver(
     try:
         trainer.fit()
     except Exception:
+        # Other errors leave the run RUNNING: the campaign's callback ends it FAILED, or KILLED
+        # when the error is Tune stopping the campaign (its controller dies with the trial's
+        # placement group, which from here looks like any other failure).
         error = traceback.format_exc()
         if TrialInterrupted.__name__ in error:  # SIGTERM/pre-emption: resumes on the retry
             client.set_tag(run_id, "nfs.preempted", "true")
             tracking.end_run(client, run_id, "KILLED", label="preempted", error=error)
-        else:
-            tracking.end_run(client, run_id, "FAILED", error=error)
         raise
     tracking.end_run(client, run_id, "FINISHED")

@@ -1,0 +1,76 @@
+"""A trial that fails inside its Train worker is recorded as FAILED, with the worker's error.
+
+The campaign reads a COCO-format set whose training images were deleted after the annotations
+were written, so the spec validates and the first training batch fails in the worker. The
+campaign must finish (exit 1: a trial failed), its ledger row and MLflow child run must be
+FAILED, and the run's ``nfs.error`` tag must hold the worker's message naming the missing image.
+
+Run inside a loopback-only network namespace:
+    unshare -rn sh -c 'ip link set lo up && .venv/bin/pytest -q \
+        tests/integration/test_trial_failure.py'
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from nfs_orchestrator.data.synthetic import write_synthetic_coco
+from nfs_orchestrator.keypoints import load_schema
+from nfs_orchestrator.orchestration import tracking
+from nfs_orchestrator.orchestration.ledger import read_ledger
+from nfs_orchestrator.specs import load_campaign
+from tests.integration.test_campaign_smoke import REPO, posenfs
+
+pytestmark = pytest.mark.ray
+
+
+def write_spec(tmp_path: Path) -> Path:
+    data = tmp_path / "broken-coco"
+    schema = load_schema("coco17")
+    write_synthetic_coco(
+        data, train_images=4, val_images=2, image_size=(96, 96), seed=0, schema=schema
+    )
+    shutil.rmtree(data / "train")  # annotations still list the images
+    body = yaml.safe_load((REPO / "experiments" / "smoke.yaml").read_text())
+    body["name"] = "broken"
+    body["data"] = {
+        "dataset": "coco",
+        "root": str(data),
+        "train_annotations": "annotations/person_keypoints_train.json",
+        "train_images": "train",
+        "val_annotations": "annotations/person_keypoints_val.json",
+        "val_images": "val",
+        "input_size": [64, 64],
+        "flip_test": False,
+    }
+    body["search"].update(epochs=1, steps_per_epoch=1, batch_size=2)
+    body["budget"].update(num_trials=1, max_concurrent=1, trial_retries=0)
+    body["resources"].update(workers_per_trial=1, cpus_per_worker=1.0)
+    path = tmp_path / "broken.yaml"
+    path.write_text(yaml.safe_dump(body))
+    return path
+
+
+def test_worker_error_ends_trial_failed_with_the_error(tmp_path, ray_tmpdir):
+    spec_path = write_spec(tmp_path)
+    cid = load_campaign(spec_path).campaign_id
+    root = tmp_path / "runs"
+
+    done = posenfs(["search", str(spec_path), "--root", str(root)], tmp_path, ray_tmpdir)
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "1 failed" in done.stdout
+
+    (row,) = read_ledger(root / "campaigns" / cid / "ledger.parquet")
+    assert row["status"] == "FAILED"
+    c = tracking.client(tracking.default_tracking_uri(root))
+    exp = c.get_experiment_by_name(tracking.experiment_name(cid))
+    (run,) = tracking.find_runs(c, exp.experiment_id, {tracking.TAG_KIND: "trial"})
+    assert run.info.status == "FAILED"
+    error = run.data.tags.get(tracking.TAG_ERROR, "")
+    assert "cannot read the image" in error and str(tmp_path / "broken-coco" / "train") in error
+    (parent,) = tracking.find_runs(c, exp.experiment_id, {tracking.TAG_KIND: "campaign"})
+    assert parent.info.status == "FINISHED"  # the campaign ran its budget; a trial failed
