@@ -5,8 +5,8 @@ result, completion and error it updates that trial's ledger row (``ledger.update
 and rewrites ``ledger.parquet`` atomically, so ``posenfs status`` is current while the campaign
 runs. When a trial ends it ends the trial's MLflow child run (FINISHED, labelled
 ``early_stopped`` when ASHA stopped it, or FAILED with the error) and uploads the ledger to the
-parent run; it is the only place a trial run is ended FAILED (the trial driver cannot tell a
-failure from Tune tearing it down). This matters because a trial stopped by the scheduler is killed: code after its
+parent run. It is the only place a trial run is ended FAILED: the trial driver cannot tell a
+failure from Tune tearing it down. And a trial stopped by the scheduler is killed: code after its
 ``fit()`` never runs, so its run would otherwise stay RUNNING.
 
 The callback holds only plain data until ``setup`` (Tune pickles it with the Tuner and restores it
