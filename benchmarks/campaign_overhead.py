@@ -22,13 +22,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from nfs_orchestrator.hardware import detect
 from nfs_orchestrator.keypoints import load_grouping
 from nfs_orchestrator.runtime import LocalRuntime
 from nfs_orchestrator.specs import load_campaign
@@ -37,26 +37,15 @@ SMOKE = Path(__file__).resolve().parents[1] / "experiments" / "smoke.yaml"
 
 
 def hardware() -> dict:
-    """CPU model, usable cores, memory, GPU and library versions."""
+    """What ``nfs_orchestrator.hardware.detect`` sees, plus memory, GPU and Ray's version."""
     import ray
 
-    model = platform.processor() or "unknown"
-    memory_gb = None
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-        pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        memory_gb = round(pages / 2**30, 1)
-    except (OSError, ValueError):
-        pass
+    pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {
-        "cpu": model,
-        "cores_usable": len(os.sched_getaffinity(0)),
-        "memory_gb": memory_gb,
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "torch": torch.__version__,
+        **detect().to_dict(),
+        "memory_gb": round(pages / 2**30, 1),
+        "gpu": gpu,
         "ray": ray.__version__,
     }
 

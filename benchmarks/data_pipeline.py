@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -28,31 +27,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from nfs_orchestrator.data import build_dataset
+from nfs_orchestrator.hardware import detect
 from nfs_orchestrator.keypoints import load_schema
 from nfs_orchestrator.specs import DataSpec
 
 DEFAULT_COCO_MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco_mini"
-
-
-def hardware() -> dict:
-    """CPU model, core counts, torch version and CPU capability."""
-    model = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {
-        "cpu": model,
-        "cores_usable": usable,
-        "cores_total": os.cpu_count(),
-        "torch": torch.__version__,
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "torch_threads": torch.get_num_threads(),
-    }
 
 
 def time_passes(dataset, workers: int, passes: int, batch_size: int) -> list[float]:
@@ -82,9 +61,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     args = parser.parse_args()
 
-    hw = hardware()
+    hw = detect().to_dict()
     print(
-        f"hardware: {hw['cpu']}, {hw['cores_usable']} usable cores ({hw['cores_total']} total), "
+        f"hardware: {hw['name']}, {hw['usable_cpus']} usable cores ({hw['logical_cpus']} total), "
         f"torch {hw['torch']}, CPU capability {hw['cpu_capability']}"
     )
     spec = DataSpec(

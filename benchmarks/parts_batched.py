@@ -38,11 +38,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from supernet_step import hardware  # noqa: E402
 
+from nfs_orchestrator.hardware import detect  # noqa: E402
 from nfs_orchestrator.keypoints import load_grouping  # noqa: E402
 from nfs_orchestrator.nn.backbones import build_backbone  # noqa: E402
 from nfs_orchestrator.nn.batched import batched_parts  # noqa: E402
@@ -177,7 +176,7 @@ def main() -> None:
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    hw = hardware()
+    hw = detect().to_dict()
     print(f"hardware: {hw}", flush=True)
     print(
         f"config: {args.fabric} / {args.backbone} / {args.input} / batch {args.batch}, fp32, "

@@ -1,13 +1,24 @@
-"""Benchmark: one supernet search step (forward, backward, optimizer) on this machine.
+"""Benchmark: one supernet search step, the fast path against the per-part eager fp32 baseline.
 
-Default configuration: the paper's HRNet-W32 + CNF×5 at MPII 256×256, batch 4, fp32, on CPU.
-Each measured case runs in its own child process (so that its peak memory is its own), does
-``--warmup`` steps, then ``--steps`` timed steps; the parent prints a table and, last, one JSON
-line with every figure and the detected hardware.
+Default configuration: the paper's HRNet-W32 + CNF×5 at MPII 256×256, batch 4, on CPU. For each
+P (grouping ``<dataset>-p<P>``) and search mode (``sync``: one forward/backward and both
+optimizers; ``first_order``: an α/β step and a weight step) one child process builds the
+supernet twice with the same weights:
 
-    python benchmarks/supernet_step.py                      # sync + first_order, P = 5
-    python benchmarks/supernet_step.py --parts 1 3 5 8      # P = 1/3/5/8, same backbone
-    python benchmarks/supernet_step.py --fabric tiny --backbone tiny --input 64x64 --batch 8
+- baseline: per-part eager fp32 in NCHW, the reference path (``execution`` unset);
+- fast: the execution ``hardware.choose_execution`` picks for this machine (``--precision`` and
+  ``--memory-format`` override it), exactly what the search loop uses.
+
+It warms both up, then times them alternating step by step and prints medians and their ratio.
+In the same process it measures the machine's dense matmul rate (2048² ``torch.mm``) for each
+precision in use, counts the MACs of one step of each path with ``torch.utils.flop_counter``
+(forward and backward, what actually runs) and prints the achieved MAC rate as a fraction of the
+matmul rate. Peak memory comes from one more child process per path (its own peak RSS). The last
+line printed is one JSON object with every figure and the detected hardware.
+
+    python benchmarks/supernet_step.py                       # P = 5, sync + first_order
+    python benchmarks/supernet_step.py --parts 1 3 5 8 --modes sync
+    python benchmarks/supernet_step.py --fabric tiny --backbone tiny --dataset coco --input 64x64
 
 This measures; it asserts nothing. ``benchmarks/RESULTS.md`` records figures with their hardware.
 """
@@ -15,9 +26,8 @@ This measures; it asserts nothing. ``benchmarks/RESULTS.md`` records figures wit
 from __future__ import annotations
 
 import argparse
+import copy
 import json
-import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -28,56 +38,40 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+import torch  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-def hardware() -> dict:
-    import torch
+from nfs_orchestrator.hardware import choose_execution, detect, prepare_model  # noqa: E402
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-        flags = next(
-            (ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")),
-            "",
-        )
-    except OSError:
-        flags = ""
-    return {
-        "cpu": cpu,
-        "logical_cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "amx_bf16": "amx_bf16" in flags,
-        "avx512_bf16": "avx512_bf16" in flags,
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def one_case(args: argparse.Namespace) -> dict:
-    """Runs in a child process: builds the supernet, times ``args.steps`` steps of one mode."""
-    import torch
+def matmul_rate(precision: str, n: int = 2048, repeats: int = 5) -> float:
+    """Dense ``torch.mm`` FLOP/s on this machine at ``precision`` (median after a warm-up)."""
+    a = torch.randn(n, n).to(DTYPES[precision])
+    b = torch.randn(n, n).to(DTYPES[precision])
+    torch.mm(a, b)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - t)
+    return 2 * n**3 / statistics.median(times)
 
+
+def build(args: argparse.Namespace, parts: int):
+    """The supernet, its two optimizers and two fixed batches (weight split, arch split)."""
     from nfs_orchestrator.keypoints import load_grouping
     from nfs_orchestrator.nn.backbones import build_backbone
-    from nfs_orchestrator.nn.counting import count_macs
     from nfs_orchestrator.nn.supernet import PoseSupernet
-    from nfs_orchestrator.runtime import LocalRuntime
-    from nfs_orchestrator.search import bilevel
     from nfs_orchestrator.specs import load_fabric
 
     torch.manual_seed(0)
-    w, h = (int(v) for v in args.input.split("x"))
-    grouping = load_grouping(f"{args.dataset}-p{args.case_parts}")
+    grouping = load_grouping(f"{args.dataset}-p{parts}")
     net = PoseSupernet(
         load_fabric(args.fabric), grouping, build_backbone(args.backbone, random_init=True)
     )
-    weights, arch = list(net.weight_parameters()), list(net.arch_parameters())
-    w_opt = torch.optim.Adam(weights, lr=1e-3)
-    a_opt = torch.optim.Adam(arch, lr=3e-2)
-    runtime = LocalRuntime("/tmp/posenfs-bench", verbose=False)
+    w, h = (int(v) for v in args.input.split("x"))
     k = grouping.num_keypoints
 
     def batch() -> dict:
@@ -87,34 +81,89 @@ def one_case(args: argparse.Namespace) -> dict:
             "target_weight": torch.ones(args.batch, k),
         }
 
-    b1, b2 = [batch()], [batch()]
+    return net, [batch()], [batch()]
+
+
+def stepper(net, b1, b2, mode: str):
+    """One search step of ``mode`` on ``net`` (own Adam optimizers), as a closure."""
+    from nfs_orchestrator.runtime import LocalRuntime
+    from nfs_orchestrator.search import bilevel
+
+    weights, arch = list(net.weight_parameters()), list(net.arch_parameters())
+    w_opt = torch.optim.Adam(weights, lr=1e-3)
+    a_opt = torch.optim.Adam(arch, lr=3e-2)
+    runtime = LocalRuntime("/tmp/posenfs-bench", verbose=False)
+    net.train()
 
     def step() -> None:
-        if args.case_mode == "sync":
+        if mode == "sync":
             bilevel.joint_step(net, b1, weights, arch, w_opt, a_opt, runtime)
         else:
             bilevel.arch_step_first_order(net, b2, arch, a_opt, runtime)
             bilevel.weight_step(net, b1, weights, w_opt, runtime)
 
-    net.train()
-    for _ in range(args.warmup):
-        step()
-    times = []
+    return step
+
+
+def execution(args: argparse.Namespace):
+    return choose_execution(detect("cpu"), args.precision, args.memory_format)
+
+
+def timing_case(args: argparse.Namespace) -> dict:
+    """Child process: both paths of one (P, mode), alternating; MACs; matmul rates."""
+    ex = execution(args)
+    base, b1, b2 = build(args, args.case_parts)
+    fast = prepare_model(copy.deepcopy(base), ex)
+    steps = {"baseline": stepper(base, b1, b2, args.case_mode)}
+    steps["fast"] = stepper(fast, b1, b2, args.case_mode)
+    macs = {}
+    for name, step in steps.items():  # the counted step is also the first warm-up step
+        with FlopCounterMode(display=False) as counter:
+            step()
+        macs[name] = counter.get_total_flops() / 2
+        for _ in range(args.warmup - 1):
+            step()
+    times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(args.steps):
-        t = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t)
-    median = statistics.median(times)
-    forwards = 1 if args.case_mode == "sync" else 2
-    macs = count_macs(net, (w, h), batch=args.batch) * forwards  # forward MACs per step
-    return {
-        "mode": args.case_mode,
-        "parts": args.case_parts,
-        "median_s": median,
-        "images_per_s": args.batch * (1 if args.case_mode == "sync" else 2) / median,
-        "forward_macs_per_step": macs,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    }
+        for name, step in steps.items():
+            t = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - t)
+    rates = {p: matmul_rate(p) for p in sorted({"fp32", ex.precision})}
+    images = args.batch * (1 if args.case_mode == "sync" else 2)
+    out = {"mode": args.case_mode, "parts": args.case_parts, "execution": ex.describe()}
+    for name in steps:
+        median = statistics.median(times[name])
+        precision = "fp32" if name == "baseline" else ex.precision
+        out[name] = {
+            "median_s": median,
+            "min_s": min(times[name]),
+            "images_per_s": images / median,
+            "macs_per_step": macs[name],
+            "mac_per_s": macs[name] / median,
+            "matmul_fraction": 2 * macs[name] / median / rates[precision],
+        }
+    out["speedup"] = out["baseline"]["median_s"] / out["fast"]["median_s"]
+    out["matmul_flop_per_s"] = rates
+    return out
+
+
+def memory_case(args: argparse.Namespace) -> dict:
+    """Child process: peak RSS of one path over a warm-up step and one more."""
+    base, b1, b2 = build(args, args.case_parts)
+    net = base if args.case_path == "baseline" else prepare_model(base, execution(args))
+    step = stepper(net, b1, b2, args.case_mode)
+    step()
+    step()
+    return {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def child(args: argparse.Namespace, *extra: str) -> dict:
+    cmd = [sys.executable, __file__, *sys.argv[1:], *extra]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"benchmark case {extra} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -126,51 +175,60 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--parts", type=int, nargs="+", default=[5])
     p.add_argument("--modes", nargs="+", default=["sync", "first_order"])
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    p.add_argument(
+        "--memory-format", default="auto", choices=["auto", "contiguous", "channels_last"]
+    )
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
     p.add_argument("--case-mode", help=argparse.SUPPRESS)
     p.add_argument("--case-parts", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--case-path", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.case_mode:
-        print(json.dumps(one_case(args)))
+        print(json.dumps(memory_case(args) if args.case_path else timing_case(args)))
         return
-    hw = hardware()
-    print(f"hardware: {hw}", flush=True)
-    print(f"config: {args.fabric} / {args.backbone} / {args.input} / batch {args.batch}, fp32")
+    hw = detect("cpu")
+    print(f"hardware: {hw.to_dict()}", flush=True)
+    print(f"execution (fast path): {execution(args).describe()}", flush=True)
+    print(f"config: {args.fabric} / {args.backbone} / {args.input} / batch {args.batch}")
     rows = []
     for parts in args.parts:
         for mode in args.modes:
-            cmd = [
-                sys.executable,
-                __file__,
-                *sys.argv[1:],
-                "--case-mode",
-                mode,
-                "--case-parts",
-                str(parts),
-            ]
-            out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-            row = json.loads(out.stdout.strip().splitlines()[-1])
+            case = ["--case-mode", mode, "--case-parts", str(parts)]
+            row = child(args, *case)
+            if not args.no_memory:
+                for path in ("baseline", "fast"):
+                    row[path].update(child(args, *case, "--case-path", path))
             rows.append(row)
-            print(
-                f"P={parts} {mode:<12} {row['median_s'] * 1000:8.1f} ms/step  "
-                f"{row['images_per_s']:6.2f} img/s  "
-                f"{row['forward_macs_per_step'] / row['median_s'] / 1e9:6.1f} GMAC/s (fwd)  "
-                f"peak {row['peak_rss_mb']:.0f} MB",
-                flush=True,
-            )
+            for path in ("baseline", "fast"):
+                r = row[path]
+                mem = f"  peak {r['peak_rss_mb']:.0f} MB" if "peak_rss_mb" in r else ""
+                print(
+                    f"P={parts} {mode:<12} {path:<9} {r['median_s'] * 1000:8.1f} ms/step  "
+                    f"{r['images_per_s']:6.2f} img/s  {r['mac_per_s'] / 1e9:6.1f} GMAC/s  "
+                    f"{100 * r['matmul_fraction']:5.1f}% of matmul{mem}",
+                    flush=True,
+                )
+            print(f"P={parts} {mode:<12} fast/baseline speedup {row['speedup']:.2f}x", flush=True)
+    for mode in args.modes:
+        by_parts = {r["parts"]: r for r in rows if r["mode"] == mode}
+        if 1 in by_parts and len(by_parts) > 1:
+            for parts, r in sorted(by_parts.items()):
+                ratio = r["fast"]["median_s"] / by_parts[1]["fast"]["median_s"]
+                print(f"{mode}: P={parts} / P=1 step time (fast path) {ratio:.2f}x")
+    config = {k: getattr(args, k) for k in ("fabric", "backbone", "input", "batch", "threads")}
     print(
         json.dumps(
             {
                 "benchmark": "supernet_step",
-                "hardware": hw,
-                "config": {
-                    "fabric": args.fabric,
-                    "backbone": args.backbone,
-                    "input": args.input,
-                    "batch": args.batch,
-                    "precision": "fp32",
-                },
+                "hardware": hw.to_dict(),
+                "execution": execution(args).describe(),
+                "config": config,
                 "results": rows,
             }
         )

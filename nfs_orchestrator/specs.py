@@ -329,6 +329,12 @@ class TemperatureSpec:
 SEARCH_MODES = ("first_order", "sync", "second_order", "random", "none")
 
 
+# How a training step runs on its device (resolved by hardware.choose_execution): "auto" picks
+# bf16 autocast only where the device has bf16 matrix units, channels_last where it pays.
+Precision = Literal["auto", "fp32", "bf16"]
+MemoryFormat = Literal["auto", "contiguous", "channels_last"]
+
+
 @dataclass(frozen=True)
 class SearchSpec:
     """The inner, differentiable search of one trial (PoseNFS §3.1; DESIGN decision 4).
@@ -360,6 +366,8 @@ class SearchSpec:
     loader_workers: int = 0
     random_arch_seed: int = 2  # seed of the 'random' baseline's alpha/beta draw (reference: 2)
     grad_clip: float | None = None
+    precision: Precision = "auto"
+    memory_format: MemoryFormat = "auto"
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.val_every < 1:
@@ -677,6 +685,8 @@ class RetrainSpec:
     loader_workers: int = 0
     init_weights: str | None = None
     grad_clip: float | None = None
+    precision: Precision = "auto"
+    memory_format: MemoryFormat = "auto"
     seed: int = 0
     model_name: str | None = None  # registered model; default posenfs-<dataset>-retrained
     resources: ResourceSpec = field(default_factory=ResourceSpec)

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from nfs_orchestrator.genotype import Genotype
+from nfs_orchestrator.hardware import Execution, compute_context, to_layout
 from nfs_orchestrator.nn.fabric import DerivedFabric, fabric_sites
 from nfs_orchestrator.nn.supernet import merge_parts
 
@@ -41,6 +42,7 @@ class DerivedPoseNet(nn.Module):
             self.register_buffer(
                 f"index_{i}", torch.tensor(grouping.indices(p), dtype=torch.long), persistent=False
             )
+        self.execution: Execution | None = None  # precision/layout (hardware.prepare_model)
 
     @classmethod
     def from_genotype(
@@ -57,10 +59,13 @@ class DerivedPoseNet(nn.Module):
         return cls(genotype, backbone)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        pyramid = self.backbone(images)
-        maps = [fabric(pyramid) for fabric in self.parts.values()]
-        index = [getattr(self, f"index_{i}") for i in range(len(self.parts))]
-        return merge_parts(maps, self.genotype.grouping, index)  # (B, K, H/4, W/4)
+        """(B, 3, H, W) → fp32 heatmaps (B, K, H/4, W/4), whatever the execution's precision."""
+        with compute_context(images, self.execution):
+            pyramid = self.backbone(to_layout(images, self.execution))
+            maps = [fabric(pyramid) for fabric in self.parts.values()]
+            index = [getattr(self, f"index_{i}") for i in range(len(self.parts))]
+            out = merge_parts(maps, self.genotype.grouping, index)
+        return out.float()
 
 
 def derived_state_from_supernet(

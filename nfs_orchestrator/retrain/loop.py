@@ -20,6 +20,7 @@ import torch
 
 from nfs_orchestrator.errors import SpecError
 from nfs_orchestrator.genotype import Genotype
+from nfs_orchestrator.hardware import choose_execution, detect, prepare_model
 from nfs_orchestrator.runtime import Runtime
 from nfs_orchestrator.search.bilevel import weight_step
 from nfs_orchestrator.search.schedules import lr_factor
@@ -92,6 +93,11 @@ def run_retrain(spec: RetrainSpec, genotype: Genotype, runtime: Runtime) -> dict
     val_set = build_dataset(spec.data, schema, "val", train=False)
     model = build_derived(spec, genotype).to(device)
     runtime.broadcast_parameters(model)
+    # after the broadcast (collectives want dense NCHW tensors), before the optimizer
+    execution = choose_execution(detect(device), spec.precision, spec.memory_format)
+    prepare_model(model, execution)
+    if runtime.rank == 0:
+        print(f"posenfs: retrain {spec.name}: {execution.describe()}", flush=True)
     weights = list(model.parameters())
     optimizer = make_optimizer(spec.optimizer, weights)
     indices = list(range(len(train_set)))

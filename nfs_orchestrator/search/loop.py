@@ -28,6 +28,7 @@ import torch
 
 from nfs_orchestrator.errors import SpecError
 from nfs_orchestrator.genotype import Genotype
+from nfs_orchestrator.hardware import choose_execution, detect, prepare_model
 from nfs_orchestrator.nn.supernet import PoseSupernet
 from nfs_orchestrator.runtime import Runtime
 from nfs_orchestrator.search import bilevel
@@ -67,6 +68,11 @@ def run_search(trial: TrialSpec, runtime: Runtime) -> dict[str, float]:
     model = PoseSupernet(trial.fabric, trial.grouping, backbone).to(device)
     init_arch(model, search)
     runtime.broadcast_parameters(model)
+    # after the broadcast (collectives want dense NCHW tensors), before the optimizers
+    execution = choose_execution(detect(device), search.precision, search.memory_format)
+    prepare_model(model, execution)
+    if runtime.rank == 0:
+        print(f"posenfs: trial {trial.name}: {execution.describe()}", flush=True)
     weights = [p for p in model.weight_parameters() if p.requires_grad]
     arch = [p for p in model.arch_parameters() if p.requires_grad]
     w_opt = make_optimizer(search.weight_optimizer, weights)
