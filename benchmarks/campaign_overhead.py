@@ -65,17 +65,29 @@ def baseline(campaign, root: Path) -> dict:
     return {"wall_s": wall, "loop_s": loop, "epochs": len(runtime.history)}
 
 
-def loop_seconds(result) -> tuple[float, int]:
-    """Sum of epoch_time_s over every epoch every trial reported (from MLflow), and the count."""
+def breakdown(result) -> dict[str, float]:
+    """Where the campaign's time went, in seconds summed over trials (from MLflow and the
+    ledger): ``startup`` (trial driver start → Train worker function: actor, controller and
+    worker-group start), ``setup`` (data, supernet, restore in the worker), ``loop`` (the epochs'
+    ``epoch_time_s``), ``reporting`` (the rest of each trial's wall time: checkpoint persist,
+    MLflow logging, Train/Tune report polling, teardown), and ``epochs`` reported."""
     from nfs_orchestrator.orchestration import tracking
 
     c = tracking.client(result.record.tracking_uri)
-    total, epochs = 0.0, 0
+    out = {"startup": 0.0, "setup": 0.0, "loop": 0.0, "reporting": 0.0, "epochs": 0}
     for row in result.rows:
-        history = c.get_metric_history(row["run_id"], "epoch_time_s")
-        total += sum(m.value for m in history)
-        epochs += len(history)
-    return total, epochs
+        first = {}
+        for name in ("startup_s", "setup_s"):
+            history = c.get_metric_history(row["run_id"], name)
+            first[name] = min(history, key=lambda m: m.step).value if history else 0.0
+        loop = [m.value for m in c.get_metric_history(row["run_id"], "epoch_time_s")]
+        out["startup"] += first["startup_s"]
+        out["setup"] += first["setup_s"]
+        out["loop"] += sum(loop)
+        out["epochs"] += len(loop)
+        out["reporting"] += (row["wall_time_s"] or 0.0) - first["startup_s"] - first["setup_s"]
+        out["reporting"] -= sum(loop)
+    return out
 
 
 def main() -> None:
@@ -107,7 +119,8 @@ def main() -> None:
         started = time.monotonic()
         result = run_campaign(campaign, root / "runs", base_dir=root)
         wall = time.monotonic() - started
-        loop, epochs = loop_seconds(result)
+        parts = breakdown(result)
+        loop, epochs = parts["loop"], parts["epochs"]
 
     trials = len(result.rows)
     overhead = wall - loop
@@ -127,6 +140,12 @@ def main() -> None:
         "overhead_s": round(overhead, 2),
         "overhead_share": round(overhead / wall, 4),
         "overhead_s_per_trial": round(overhead / max(trials, 1), 2),
+        "per_trial_s": {
+            k: round(parts[k] / max(trials, 1), 2)
+            for k in ("startup", "setup", "loop", "reporting")
+        },
+        "campaign_fixed_s": round(wall - sum(r["wall_time_s"] or 0.0 for r in result.rows), 2),
+        "train_poll_s": os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "posenfs default"),
         "baseline_trial_wall_s": round(base["wall_s"], 2),
         "baseline_trial_loop_s": round(base["loop_s"], 2),
         "campaign_s_per_trial_vs_baseline": round(wall / max(trials, 1) / base["wall_s"], 2),
@@ -139,6 +158,11 @@ def main() -> None:
     print(
         f"overhead: {overhead:.1f} s = {100 * overhead / wall:.0f}% of wall time, "
         f"{overhead / max(trials, 1):.1f} s per trial"
+    )
+    print(
+        "per trial: "
+        + ", ".join(f"{k} {v:.1f} s" for k, v in figures["per_trial_s"].items())
+        + f"; once per campaign (Ray start, Tune, shutdown): {figures['campaign_fixed_s']:.1f} s"
     )
     print(
         f"baseline (one trial in-process, LocalRuntime): {base['wall_s']:.1f} s wall, "

@@ -139,18 +139,23 @@ def validate(
     """Heatmap loss and the dataset's metric (COCO AP / MPII PCKh) on the validation split."""
     from nfs_orchestrator.data import evaluate_model
 
-    model.eval()
     losses = []
-    with torch.no_grad():
-        for batch in DataLoader(val_set, batch_size=32, num_workers=workers):
-            pred = model(batch["image"].to(device))
-            target = batch["heatmaps"].to(device)
-            losses.append(float(joints_mse(pred, target, batch["target_weight"].to(device))))
-        with tempfile.TemporaryDirectory(prefix="posenfs-val-") as work:
-            stats = evaluate_model(
-                model, val_set, data, schema, device=device, batch_size=32, work_dir=work
-            )
-    model.train()
+
+    def heatmap_loss(pred: torch.Tensor, batch: dict[str, Any]) -> None:  # the same forward
+        target, weight = batch["heatmaps"].to(device), batch["target_weight"].to(device)
+        losses.append(float(joints_mse(pred, target, weight)))
+
+    with tempfile.TemporaryDirectory(prefix="posenfs-val-") as work:
+        stats = evaluate_model(
+            model,
+            val_set,
+            data,
+            schema,
+            device=device,
+            work_dir=work,
+            num_workers=workers,
+            observe=heatmap_loss,
+        )
     out = {"val_loss": mean(losses)}
     if data.dataset == "mpii":
         out["val_pckh"] = float(stats["Mean"])

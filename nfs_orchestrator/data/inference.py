@@ -12,7 +12,7 @@ package's pixel convention a mirrored input is exactly a mirrored heatmap, so no
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,11 +69,15 @@ def heatmap_coords_to_image(
     return pts
 
 
-def _model_heatmaps(model: torch.nn.Module, images: torch.Tensor, flip_perm, flip_test: bool):
-    heatmaps = model(images)  # (B, K, H/4, W/4)
-    if flip_test:
-        heatmaps = 0.5 * (heatmaps + flip_back(model(images.flip(-1)), flip_perm))
-    return heatmaps
+def _model_heatmaps(
+    model: torch.nn.Module, images: torch.Tensor, flip_perm, flip_test: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(plain, decoded) heatmaps (B, K, H/4, W/4): the plain forward, and with ``flip_test``
+    its average with the flipped forward mapped back (else the plain one again)."""
+    plain = model(images)
+    if not flip_test:
+        return plain, plain
+    return plain, 0.5 * (plain + flip_back(model(images.flip(-1)), flip_perm))
 
 
 def predict(
@@ -85,9 +89,12 @@ def predict(
     device: str | torch.device = "cpu",
     num_workers: int = 0,
     dark: bool = False,
+    observe: Callable[[torch.Tensor, dict], None] | None = None,
 ) -> Predictions:
     """Runs ``model`` (eval mode, no grad; its train/eval mode is restored after) over
-    ``dataset`` in order and decodes each heatmap (argmax + quarter offset, or DARK)."""
+    ``dataset`` in order and decodes each heatmap (argmax + quarter offset, or DARK).
+    ``observe(plain_heatmaps, batch)``, if given, sees every batch's unflipped forward (e.g. a
+    validation loss computed in the same pass)."""
     device = torch.device(device)
     loader = DataLoader(
         dataset,
@@ -104,9 +111,11 @@ def predict(
         with torch.no_grad():
             for batch in loader:
                 meta = batch["meta"]
-                heatmaps = _model_heatmaps(
+                plain, heatmaps = _model_heatmaps(
                     model, batch["image"].to(device, non_blocking=True), flip_perm, flip_test
                 )
+                if observe is not None:
+                    observe(plain, batch)
                 coords, maxvals = decode_heatmaps(heatmaps, dark=dark)  # (B, K, 2), (B, K)
                 pts = heatmap_coords_to_image(
                     coords, meta["affine"].numpy(), meta["flipped"].numpy(), flip_perm
@@ -222,6 +231,8 @@ def evaluate_model(
     device: str | torch.device,
     batch_size: int = 32,
     work_dir: str | Path,
+    num_workers: int = 0,
+    observe: Callable[[torch.Tensor, dict], None] | None = None,
 ) -> dict[str, float]:
     """Predicts ``dataset`` (flip test per ``spec.flip_test``) and scores it.
 
@@ -229,8 +240,17 @@ def evaluate_model(
     (only the dataset's images are scored when it was capped). MPII: writes
     ``work_dir/pred.mat`` (``preds`` (N, 16, 2), 0-based) and returns the PCKh stats against
     ``dataset.gt_mat`` (``spec.val_gt_mat``), on the ground-truth rows the dataset holds.
+    ``num_workers`` and ``observe`` go to ``predict``.
     """
-    pred = predict(model, dataset, batch_size=batch_size, flip_test=spec.flip_test, device=device)
+    pred = predict(
+        model,
+        dataset,
+        batch_size=batch_size,
+        flip_test=spec.flip_test,
+        device=device,
+        num_workers=num_workers,
+        observe=observe,
+    )
     work = Path(work_dir)
     if dataset.kind == "mpii":
         if dataset.gt_mat is None:

@@ -64,6 +64,7 @@ class RayTrainRuntime(DistributedOps):
         tracking_uri: str | None = None,
         run_id: str | None = None,
         objectives: Sequence[str] = (),
+        constant_metrics: Mapping[str, float] | None = None,
     ) -> None:
         context = ray.train.get_context()
         self.rank = context.get_world_rank()
@@ -72,6 +73,7 @@ class RayTrainRuntime(DistributedOps):
         self.tracking_uri = tracking_uri
         self.run_id = run_id
         self.objectives = tuple(objectives)
+        self.constant_metrics = dict(constant_metrics or {})  # added to every report
         self.stop_requested = False  # True once should_stop() said so
         self._sigterm = threading.Event()
         self._checkpoint: Path | None = None
@@ -119,6 +121,7 @@ class RayTrainRuntime(DistributedOps):
         checkpoint_dir: Path | None = None,
         artifacts: Mapping[str, str | bytes] | None = None,
     ) -> None:
+        metrics = {**metrics, **self.constant_metrics}
         row = ordered_metrics(metrics, self.objectives)
         for name in self.objectives:  # see carry_objectives
             if name in row:

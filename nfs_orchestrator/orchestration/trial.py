@@ -16,6 +16,8 @@ What it is not: the search loop (``search.loop``) or the campaign (``campaign.py
 
 from __future__ import annotations
 
+import os
+import time
 import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,6 +32,8 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from nfs_orchestrator.orchestration import space, tracking
 from nfs_orchestrator.orchestration.ray_runtime import RayTrainRuntime
 from nfs_orchestrator.specs import CampaignSpec, ResourceSpec, TrialSpec, replace
+
+TRAIN_POLL_S = "0.5"  # see trial_driver
 
 
 class TrialInterrupted(RuntimeError):
@@ -96,12 +100,15 @@ def search_worker(config: dict[str, Any]) -> None:
     """Runs on every Train worker: the core search loop through a RayTrainRuntime."""
     from nfs_orchestrator.search.loop import run_search
 
+    # from the trial driver's start to here: actor, controller and worker group start-up
+    startup_s = time.time() - config.get("driver_started", time.time())
     trial = TrialSpec.from_dict(config["trial"], path="trial")
     torch.set_num_threads(config.get("torch_threads", 1))  # the CPUs this worker holds
     runtime = RayTrainRuntime(
         tracking_uri=config.get("tracking_uri"),
         run_id=config.get("run_id"),
         objectives=config.get("objectives", ()),
+        constant_metrics={"startup_s": startup_s},
     )
     try:
         run_search(trial, runtime)
@@ -116,6 +123,7 @@ def trial_driver(
     config: dict[str, Any], campaign: dict[str, Any] | None = None, context: dict | None = None
 ) -> None:
     """The Tune function trial (use with ``tune.with_parameters(campaign=..., context=...)``)."""
+    driver_started = time.time()
     spec = CampaignSpec.from_dict(campaign, path="campaign")
     ctx = DriverContext.from_dict(context or {})
     trial_id = tune.get_context().get_trial_id()
@@ -123,6 +131,10 @@ def trial_driver(
     trial = build_trial(spec, space.decode_params(spec.outer, config), trial_id, ctx.base_dir)
     target = tracking.TrackingTarget.from_dict(ctx.tracking)
     run_id = tracking.open_trial(target, spec.campaign_id, trial_id, trial, run_name=name)
+    # Ray Train's controller polls its workers for reports and completion every 2 s by default;
+    # every epoch report and the trial's end wait for that poll. Ray propagates this variable
+    # from here to the controller and the workers; a value set by the user wins.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", TRAIN_POLL_S)
     trainer = TorchTrainer(
         search_worker,
         train_loop_config={
@@ -131,6 +143,7 @@ def trial_driver(
             "run_id": run_id,
             "objectives": [o.metric for o in spec.objectives],
             "torch_threads": max(1, int(spec.resources.cpus_per_worker)),
+            "driver_started": driver_started,
         },
         scaling_config=scaling_config(spec.resources),
         torch_config=TorchConfig(backend=torch_backend(spec.resources)),

@@ -54,6 +54,7 @@ def run_search(trial: TrialSpec, runtime: Runtime) -> dict[str, float]:
     from nfs_orchestrator.data import build_dataset, split_image_disjoint
     from nfs_orchestrator.nn.backbones import build_backbone
 
+    entered = time.monotonic()
     search = trial.search
     schema = trial.grouping.schema
     device = runtime.device
@@ -98,6 +99,7 @@ def run_search(trial: TrialSpec, runtime: Runtime) -> dict[str, float]:
             a_opt.load_state_dict(state["arch_optimizer"])
         start_epoch, history = state["epoch"] + 1, state["history"]
 
+    setup_s = time.monotonic() - entered  # data, supernet, checkpoint restore
     metrics: dict[str, float] = {}
     for epoch in range(start_epoch, search.epochs):
         started = time.monotonic()
@@ -182,6 +184,7 @@ def run_search(trial: TrialSpec, runtime: Runtime) -> dict[str, float]:
             epochs=search.epochs,
             start_epoch=start_epoch,
             epoch_time_s=time.monotonic() - started,
+            setup_s=setup_s,
             temperature=model.temperature,
             lr=eta,
         )
