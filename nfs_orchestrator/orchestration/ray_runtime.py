@@ -36,7 +36,6 @@ import ray.train
 import ray.train.torch
 import torch
 
-from nfs_orchestrator.orchestration import tracking
 from nfs_orchestrator.runtime import DistributedOps
 
 REPORT_FILE = "posenfs_report.json"  # the Ray report of a checkpoint's epoch, kept inside it
@@ -159,6 +158,8 @@ class RayTrainRuntime(DistributedOps):
         the epoch's metrics and checkpoint still reach Ray."""
         if not (self.tracking_uri and self.run_id):
             return None
+        from nfs_orchestrator.orchestration import tracking  # rank 0 only loads MLflow
+
         try:
             return tracking.log_epoch(self.tracking_uri, self.run_id, metrics, artifacts)
         except Exception as e:  # noqa: BLE001 - tracking must never kill a search

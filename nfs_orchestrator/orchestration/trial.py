@@ -25,20 +25,14 @@ from typing import Any
 
 import ray.train
 import ray.tune as tune
-import torch
 from ray.train.torch import TorchConfig, TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from nfs_orchestrator.orchestration import space, tracking
-from nfs_orchestrator.orchestration.ray_runtime import RayTrainRuntime
+from nfs_orchestrator.orchestration.train_worker import TrialInterrupted, search_worker
 from nfs_orchestrator.specs import CampaignSpec, ResourceSpec, TrialSpec, replace
 
 TRAIN_POLL_S = "0.5"  # see trial_driver
-
-
-class TrialInterrupted(RuntimeError):
-    """The search stopped early on a SIGTERM or a pre-emption notice after checkpointing; raised
-    so that Ray retries the trial (it resumes from that checkpoint) instead of calling it done."""
 
 
 @dataclass(frozen=True)
@@ -94,29 +88,6 @@ def torch_backend(resources: ResourceSpec) -> str:
     if resources.backend != "auto":
         return resources.backend
     return "nccl" if resources.gpus_per_worker > 0 else "gloo"
-
-
-def search_worker(config: dict[str, Any]) -> None:
-    """Runs on every Train worker: the core search loop through a RayTrainRuntime."""
-    from nfs_orchestrator.search.loop import run_search
-
-    # from the trial driver's start to here: actor, controller and worker group start-up
-    startup_s = time.time() - config.get("driver_started", time.time())
-    trial = TrialSpec.from_dict(config["trial"], path="trial")
-    torch.set_num_threads(config.get("torch_threads", 1))  # the CPUs this worker holds
-    runtime = RayTrainRuntime(
-        tracking_uri=config.get("tracking_uri"),
-        run_id=config.get("run_id"),
-        objectives=config.get("objectives", ()),
-        constant_metrics={"startup_s": startup_s},
-    )
-    try:
-        run_search(trial, runtime)
-        if runtime.stop_requested:
-            raise TrialInterrupted(f"{trial.name}: stopped early on SIGTERM/pre-emption; resumes")
-        runtime.replay_final_report()  # a run that was already complete: Tune needs its result
-    finally:
-        runtime.close()
 
 
 def trial_driver(
