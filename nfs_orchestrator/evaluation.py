@@ -23,6 +23,7 @@ indexes its threshold grid at 0.11 under this name; mmpose uses 0.1).
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import io
 import json
@@ -105,6 +106,20 @@ def _finite_number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
+@contextlib.contextmanager
+def _quiet():
+    """Silences pycocotools' progress prints. Redirecting stdout is not enough inside a Ray
+    Train worker, whose patched ``print`` also logs every line, so ``print`` itself is muted for
+    the block (a print from another thread in that window is lost too)."""
+    saved = builtins.print
+    builtins.print = lambda *args, **kwargs: None
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        builtins.print = saved
+
+
 def _coco_gt(path: Path) -> tuple[Any, int]:
     """A pycocotools ``COCO`` of the ground truth and its number of keypoints K."""
     from pycocotools.coco import COCO
@@ -140,7 +155,7 @@ def _coco_gt(path: Path) -> tuple[Any, int]:
                 raise InputError(f"{where}: missing {key!r}")
     gt = COCO()
     gt.dataset = data
-    with contextlib.redirect_stdout(io.StringIO()):
+    with _quiet():
         gt.createIndex()
     return gt, k
 
@@ -202,7 +217,7 @@ def evaluate_coco(
         )
     if not results:
         return dict.fromkeys(COCO_STATS, 0.0)
-    with contextlib.redirect_stdout(io.StringIO()):
+    with _quiet():
         dt = gt.loadRes([dict(r) for r in results])
         ev = COCOeval(gt, dt, "keypoints")
         if sigmas is not None:

@@ -67,6 +67,16 @@ def test_coco_ground_truth_as_predictions_scores_one(tmp_path):
     assert all(v == pytest.approx(1.0) for v in stats.values()), stats
 
 
+def test_coco_scoring_prints_nothing_even_under_a_patched_print(tmp_path, monkeypatch, capsys):
+    """Ray Train workers patch ``print`` to log every line; pycocotools must stay quiet there."""
+    import builtins
+
+    logged = []
+    monkeypatch.setattr(builtins, "print", lambda *args, **kwargs: logged.append(args))
+    evaluate_coco(COCO_GT, _write(tmp_path / "dt.json", _gt_as_results()))
+    assert logged == [] and capsys.readouterr().out == ""
+
+
 def test_coco_people_without_keypoints_count_as_false_positives(tmp_path):
     stats = evaluate_coco(COCO_GT, _write(tmp_path / "dt.json", _gt_as_results(keep_empty=True)))
     assert stats["AP"] == pytest.approx(0.894, abs=5e-4)  # SOURCES.md, pycocotools 2.0.11
