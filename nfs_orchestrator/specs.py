@@ -330,7 +330,7 @@ SEARCH_MODES = ("first_order", "sync", "second_order", "random", "none")
 
 
 # How a training step runs on its device (resolved by hardware.choose_execution): "auto" picks
-# bf16 autocast only where the device has bf16 matrix units, channels_last where it pays.
+# bf16 autocast only where the device has a bf16 hardware path, channels_last where it pays.
 Precision = Literal["auto", "fp32", "bf16"]
 MemoryFormat = Literal["auto", "contiguous", "channels_last"]
 

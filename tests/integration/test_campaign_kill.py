@@ -24,33 +24,19 @@ from pathlib import Path
 
 import psutil
 import pytest
-import yaml
 
 from nfs_orchestrator.orchestration import tracking
 from nfs_orchestrator.orchestration.ledger import read_ledger
 from nfs_orchestrator.specs import load_campaign
+from tests.integration.helpers import one_worker_smoke
 
 # the ray_tmpdir fixture (a short private RAY_TMPDIR, leftovers killed) is in conftest.py
 
 pytestmark = pytest.mark.ray
 
-REPO = Path(__file__).resolve().parents[2]
 POSENFS = [sys.executable, "-m", "nfs_orchestrator"]
 EPOCHS = 4
 TRIALS = 3
-
-
-def write_spec(tmp_path: Path) -> Path:
-    """The smoke campaign with 3 trials × 4 epochs of one step, one worker per trial."""
-    body = yaml.safe_load((REPO / "experiments" / "smoke.yaml").read_text())
-    body["name"] = "killed"
-    body["data"]["root"] = str(tmp_path / "data")
-    body["search"].update(epochs=EPOCHS, steps_per_epoch=1, batch_size=2)
-    body["budget"].update(num_trials=TRIALS, max_concurrent=1, trial_retries=0)
-    body["resources"].update(workers_per_trial=1, cpus_per_worker=1.0)
-    path = tmp_path / "killed.yaml"
-    path.write_text(yaml.safe_dump(body))
-    return path
 
 
 def registered_epoch(train_dir: Path) -> int | None:
@@ -79,7 +65,7 @@ def kill_session(leader: subprocess.Popen) -> None:
 
 
 def test_sigkill_mid_trial_then_resume(tmp_path, ray_tmpdir):
-    spec_path = write_spec(tmp_path)
+    spec_path = one_worker_smoke(tmp_path, "killed", trials=TRIALS, epochs=EPOCHS)
     campaign = load_campaign(spec_path)
     cid = campaign.campaign_id
     root = tmp_path / "runs"

@@ -17,39 +17,24 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
-import yaml
 
 from nfs_orchestrator.orchestration import tracking
 from nfs_orchestrator.orchestration.campaign import TAG_PREEMPTED
 from nfs_orchestrator.orchestration.ledger import read_ledger
 from nfs_orchestrator.specs import load_campaign
+from tests.integration.helpers import one_worker_smoke
 from tests.integration.test_campaign_kill import registered_epoch
 
 pytestmark = pytest.mark.ray
 
-REPO = Path(__file__).resolve().parents[2]
 POSENFS = [sys.executable, "-m", "nfs_orchestrator"]
 EPOCHS = 5
 
 
-def write_spec(tmp_path: Path) -> Path:
-    """The smoke campaign as 1 trial × 5 epochs of one step on one worker."""
-    body = yaml.safe_load((REPO / "experiments" / "smoke.yaml").read_text())
-    body["name"] = "preempted"
-    body["data"]["root"] = str(tmp_path / "data")
-    body["search"].update(epochs=EPOCHS, steps_per_epoch=1, batch_size=2)
-    body["budget"].update(num_trials=1, max_concurrent=1, trial_retries=0)
-    body["resources"].update(workers_per_trial=1, cpus_per_worker=1.0)
-    path = tmp_path / "preempted.yaml"
-    path.write_text(yaml.safe_dump(body))
-    return path
-
-
 def test_sigterm_marks_runs_preempted_then_resume(tmp_path, ray_tmpdir):
-    spec_path = write_spec(tmp_path)
+    spec_path = one_worker_smoke(tmp_path, "preempted", trials=1, epochs=EPOCHS)
     cid = load_campaign(spec_path).campaign_id
     root = tmp_path / "runs"
     train_root = root / "ray" / cid / "train"

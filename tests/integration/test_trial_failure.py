@@ -16,14 +16,14 @@ import shutil
 from pathlib import Path
 
 import pytest
-import yaml
 
 from nfs_orchestrator.data.synthetic import write_synthetic_coco
 from nfs_orchestrator.keypoints import load_schema
 from nfs_orchestrator.orchestration import tracking
 from nfs_orchestrator.orchestration.ledger import read_ledger
 from nfs_orchestrator.specs import load_campaign
-from tests.integration.test_campaign_smoke import REPO, posenfs
+from tests.integration.helpers import one_worker_smoke
+from tests.integration.test_campaign_smoke import posenfs
 
 pytestmark = pytest.mark.ray
 
@@ -35,9 +35,7 @@ def write_spec(tmp_path: Path) -> Path:
         data, train_images=4, val_images=2, image_size=(96, 96), seed=0, schema=schema
     )
     shutil.rmtree(data / "train")  # annotations still list the images
-    body = yaml.safe_load((REPO / "experiments" / "smoke.yaml").read_text())
-    body["name"] = "broken"
-    body["data"] = {
+    coco = {
         "dataset": "coco",
         "root": str(data),
         "train_annotations": "annotations/person_keypoints_train.json",
@@ -47,12 +45,7 @@ def write_spec(tmp_path: Path) -> Path:
         "input_size": [64, 64],
         "flip_test": False,
     }
-    body["search"].update(epochs=1, steps_per_epoch=1, batch_size=2)
-    body["budget"].update(num_trials=1, max_concurrent=1, trial_retries=0)
-    body["resources"].update(workers_per_trial=1, cpus_per_worker=1.0)
-    path = tmp_path / "broken.yaml"
-    path.write_text(yaml.safe_dump(body))
-    return path
+    return one_worker_smoke(tmp_path, "broken", trials=1, epochs=1, data=coco)
 
 
 def test_worker_error_ends_trial_failed_with_the_error(tmp_path, ray_tmpdir):

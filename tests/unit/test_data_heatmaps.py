@@ -104,7 +104,7 @@ def test_flip_test_of_equivariant_model_equals_plain_prediction():
     x = torch.rand(2, 3, 64, 48)
     perm = COCO.flip_permutation()
     plain = model(x)
-    merged = _model_heatmaps(model, x, perm, flip_test=True)
+    _, merged = _model_heatmaps(model, x, perm, flip_test=True)
     assert torch.allclose(merged, plain, atol=1e-6)
     # With a 1-px shift (the HRNet convention) the merge would not be exact here.
     shifted = flip_back(model(x.flip(-1)), perm)
@@ -123,7 +123,7 @@ def test_flip_test_of_symmetric_input_is_symmetric():
     # Left/right symmetric image: a mirrored pair of blobs and a brighter one on the axis.
     img = blob(10, 20, 1.0) + blob(37, 20, 1.0) + blob(23.5, 44, 1.3)
     x = torch.from_numpy(img.astype(np.float32))[None, None].expand(1, 3, 64, 48)
-    merged = _model_heatmaps(model, x, perm, flip_test=True)
+    _, merged = _model_heatmaps(model, x, perm, flip_test=True)
     assert torch.allclose(flip_back(merged, perm), merged, atol=1e-6)
     coords, _ = decode_heatmaps(merged, dark=True)
     # Mirror images of each other under the schema swap: x_k = (48/4 - 1) - x_perm(k). The

@@ -35,7 +35,8 @@ CPU = Hardware(
     "hw, precision, channels_last",
     [
         (CPU, "fp32", False),  # AVX2-only: no bf16 path, NCHW
-        (replace(CPU, cpu_capability="AVX512", avx512_bf16=True), "fp32", True),  # no AMX
+        (replace(CPU, cpu_capability="AVX512"), "fp32", True),  # no bf16 instructions
+        (replace(CPU, cpu_capability="AVX512", avx512_bf16=True), "bf16", True),  # dot products
         (replace(CPU, cpu_capability="AMX", amx_bf16=True), "bf16", True),
         (replace(CPU, device="cuda", name="H100", cuda_capability=(9, 0)), "bf16", True),
         (replace(CPU, device="cuda", name="T4", cuda_capability=(7, 5)), "fp32", True),
