@@ -7,31 +7,40 @@ import subprocess
 import sys
 
 
-def test_core_leaves_the_orchestra_out():
+def loaded(modules: list[str], unwanted: tuple[str, ...]) -> list[str]:
+    """The modules starting with one of ``unwanted`` that a fresh interpreter has loaded after
+    importing ``modules``."""
     code = (
         "import sys\n"
-        "import nfs_orchestrator.nn.supernet, nfs_orchestrator.nn.derived\n"
-        "import nfs_orchestrator.search.loop, nfs_orchestrator.retrain\n"
-        "import nfs_orchestrator.genotype, nfs_orchestrator.specs, nfs_orchestrator.keypoints\n"
-        "import nfs_orchestrator.data, nfs_orchestrator.evaluation, nfs_orchestrator.reference\n"
-        "import nfs_orchestrator.runtime, nfs_orchestrator.drawing, nfs_orchestrator.model_io\n"
-        "import nfs_orchestrator.hardware\n"
-        "import nfs_orchestrator.cli\n"
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'optuna', 'mlflow'))\n"
-        "print(','.join(bad))\n"
+        f"for m in {modules!r}: __import__(m)\n"
+        f"print(','.join(sorted(m for m in sys.modules if m.startswith({unwanted!r}))))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == ""
+    return [m for m in out.stdout.strip().split(",") if m]
+
+
+def test_core_leaves_the_orchestra_out():
+    core = [
+        "nfs_orchestrator.nn.supernet",
+        "nfs_orchestrator.nn.derived",
+        "nfs_orchestrator.search.loop",
+        "nfs_orchestrator.retrain",
+        "nfs_orchestrator.genotype",
+        "nfs_orchestrator.specs",
+        "nfs_orchestrator.keypoints",
+        "nfs_orchestrator.data",
+        "nfs_orchestrator.evaluation",
+        "nfs_orchestrator.reference",
+        "nfs_orchestrator.runtime",
+        "nfs_orchestrator.drawing",
+        "nfs_orchestrator.model_io",
+        "nfs_orchestrator.hardware",
+        "nfs_orchestrator.cli",
+    ]
+    assert loaded(core, ("ray", "optuna", "mlflow")) == []
 
 
 def test_train_workers_load_neither_tune_optuna_nor_mlflow():
     """The Train controller and every worker import train_worker afresh for each trial."""
-    code = (
-        "import sys\n"
-        "import nfs_orchestrator.orchestration.train_worker\n"
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('optuna', 'mlflow')\n"
-        "             or m.startswith('ray.tune'))\n"
-        "print(','.join(bad))\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == ""
+    worker = ["nfs_orchestrator.orchestration.train_worker"]
+    assert loaded(worker, ("ray.tune", "optuna", "mlflow")) == []
