@@ -279,9 +279,9 @@ def build_tuner(
             scheduler=scheduler,
             num_samples=campaign.budget.num_trials,
             max_concurrent_trials=plan.max_concurrent,
-            # a finished trial's actor (its process, imports done) runs the next trial: saves
-            # the trial actor's start (≈3 s per trial, benchmarks/RESULTS.md)
-            reuse_actors=True,
+            # Not reuse_actors: a trial ASHA stops is still tearing its TorchTrainer down when
+            # Tune resets the actor (reset_config waits 2 s), and the next trial then errors.
+            reuse_actors=False,
         ),
         run_config=tune.RunConfig(
             name=cid,
