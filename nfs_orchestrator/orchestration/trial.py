@@ -2,10 +2,11 @@
 
 What this is: ``trial_driver`` (runs in the Tune trial actor) turns the trial's Optuna choices
 into a ``TrialSpec``, gets or creates the trial's MLflow child run, and builds and fits a
-``TorchTrainer`` whose workers run ``search_worker``. The Train run's name is derived from the
-campaign id and the Tune trial id only, never from time, so a retried or restored trial finds its
-own checkpoints and resumes (Ray Train V2 reloads ``checkpoint_manager_snapshot.json``). Inside
-this driver only ``ray.tune.*`` is used; ``ray.train.*`` only inside the workers.
+``TorchTrainer`` whose workers run ``train_worker.search_worker``. The Train run's name is
+derived from the campaign id and the Tune trial id only, never from time, so a retried or
+restored trial finds its own checkpoints and resumes (Ray Train V2 reloads
+``checkpoint_manager_snapshot.json``). Inside this driver only ``ray.tune.*`` is used;
+``ray.train.*`` only inside the workers.
 
 Failure layers: ``budget.worker_retries`` restarts the worker group inside the trial
 (``ray.train.FailureConfig``); ``budget.trial_retries`` re-runs the whole driver
