@@ -31,23 +31,15 @@ import argparse
 import copy
 import json
 import statistics
-import sys
-import time
 from collections.abc import Callable
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+import torch
+from common import random_supernet, time_alternating
 
-import torch  # noqa: E402
-
-from nfs_orchestrator.hardware import detect  # noqa: E402
-from nfs_orchestrator.keypoints import load_grouping  # noqa: E402
-from nfs_orchestrator.nn.backbones import build_backbone  # noqa: E402
-from nfs_orchestrator.nn.batched import batched_parts  # noqa: E402
-from nfs_orchestrator.nn.losses import joints_mse  # noqa: E402
-from nfs_orchestrator.nn.supernet import PoseSupernet, merge_parts  # noqa: E402
-from nfs_orchestrator.specs import load_fabric  # noqa: E402
+from nfs_orchestrator.hardware import detect
+from nfs_orchestrator.nn.batched import batched_parts
+from nfs_orchestrator.nn.losses import joints_mse
+from nfs_orchestrator.nn.supernet import PoseSupernet, merge_parts
 
 CL = torch.channels_last
 
@@ -86,37 +78,11 @@ def make_step(
     return step
 
 
-def time_alternating(
-    cases: dict[str, Callable[[], None]], warmup: int, steps: int
-) -> dict[str, dict[str, list[float]]]:
-    """Wall and process-CPU seconds of each timed step of each case, interleaved step by step."""
-    for _ in range(warmup):
-        for fn in cases.values():
-            fn()
-    times: dict[str, dict[str, list[float]]] = {n: {"wall": [], "cpu": []} for n in cases}
-    for _ in range(steps):
-        for name, fn in cases.items():
-            wall, cpu = time.perf_counter(), time.process_time()
-            fn()
-            times[name]["cpu"].append(time.process_time() - cpu)
-            times[name]["wall"].append(time.perf_counter() - wall)
-    return times
-
-
 def run_parts(args: argparse.Namespace, parts: int) -> dict:
-    torch.manual_seed(0)
-    w, h = (int(v) for v in args.input.split("x"))
-    grouping = load_grouping(f"{args.dataset}-p{parts}")
-    net = PoseSupernet(
-        load_fabric(args.fabric), grouping, build_backbone(args.backbone, random_init=True)
+    net, (batch,) = random_supernet(
+        args.fabric, args.backbone, args.dataset, parts, args.input, args.batch, batches=1
     )
     net.train()
-    k = grouping.num_keypoints
-    batch = {
-        "image": torch.randn(args.batch, 3, h, w),
-        "heatmaps": torch.rand(args.batch, k, h // 4, w // 4),
-        "target_weight": torch.ones(args.batch, k),
-    }
     with torch.no_grad():
         pyramid = [p.detach() for p in net.backbone(batch["image"])]
         want = per_part(net, pyramid)

@@ -33,15 +33,12 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+import torch
+from common import random_supernet, time_alternating
+from torch.utils.flop_counter import FlopCounterMode
 
-import torch  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
-
-from nfs_orchestrator.hardware import choose_execution, detect, prepare_model  # noqa: E402
+from nfs_orchestrator.hardware import choose_execution, detect, prepare_model
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -59,29 +56,12 @@ def matmul_rate(precision: str, n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 / statistics.median(times)
 
 
-def build(args: argparse.Namespace, parts: int):
-    """The supernet, its two optimizers and two fixed batches (weight split, arch split)."""
-    from nfs_orchestrator.keypoints import load_grouping
-    from nfs_orchestrator.nn.backbones import build_backbone
-    from nfs_orchestrator.nn.supernet import PoseSupernet
-    from nfs_orchestrator.specs import load_fabric
-
-    torch.manual_seed(0)
-    grouping = load_grouping(f"{args.dataset}-p{parts}")
-    net = PoseSupernet(
-        load_fabric(args.fabric), grouping, build_backbone(args.backbone, random_init=True)
+def supernet(args: argparse.Namespace):
+    """The case's supernet and two fixed steps of one micro-batch (weight split, arch split)."""
+    net, (b1, b2) = random_supernet(
+        args.fabric, args.backbone, args.dataset, args.case_parts, args.input, args.batch, 2
     )
-    w, h = (int(v) for v in args.input.split("x"))
-    k = grouping.num_keypoints
-
-    def batch() -> dict:
-        return {
-            "image": torch.randn(args.batch, 3, h, w),
-            "heatmaps": torch.rand(args.batch, k, h // 4, w // 4),
-            "target_weight": torch.ones(args.batch, k),
-        }
-
-    return net, [batch()], [batch()]
+    return net, [b1], [b2]
 
 
 def stepper(net, b1, b2, mode: str):
@@ -112,7 +92,7 @@ def execution(args: argparse.Namespace):
 def timing_case(args: argparse.Namespace) -> dict:
     """Child process: both paths of one (P, mode), alternating; MACs; matmul rates."""
     ex = execution(args)
-    base, b1, b2 = build(args, args.case_parts)
+    base, b1, b2 = supernet(args)
     fast = prepare_model(copy.deepcopy(base), ex)
     steps = {"baseline": stepper(base, b1, b2, args.case_mode)}
     steps["fast"] = stepper(fast, b1, b2, args.case_mode)
@@ -121,14 +101,7 @@ def timing_case(args: argparse.Namespace) -> dict:
         with FlopCounterMode(display=False) as counter:
             step()
         macs[name] = counter.get_total_flops() / 2
-        for _ in range(args.warmup - 1):
-            step()
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(args.steps):
-        for name, step in steps.items():
-            t = time.perf_counter()
-            step()
-            times[name].append(time.perf_counter() - t)
+    times = {n: t["wall"] for n, t in time_alternating(steps, args.warmup - 1, args.steps).items()}
     rates = {p: matmul_rate(p) for p in sorted({"fp32", ex.precision})}
     images = args.batch * (1 if args.case_mode == "sync" else 2)
     out = {"mode": args.case_mode, "parts": args.case_parts, "execution": ex.describe()}
@@ -150,7 +123,7 @@ def timing_case(args: argparse.Namespace) -> dict:
 
 def memory_case(args: argparse.Namespace) -> dict:
     """Child process: peak RSS of one path over a warm-up step and one more."""
-    base, b1, b2 = build(args, args.case_parts)
+    base, b1, b2 = supernet(args)
     net = base if args.case_path == "baseline" else prepare_model(base, execution(args))
     step = stepper(net, b1, b2, args.case_mode)
     step()
