@@ -1,13 +1,38 @@
-"""Small campaign specs the integration tests write (variants of experiments/smoke.yaml)."""
+"""What the integration tests share: the CLI, its environment on a local Ray, small campaign
+specs (variants of experiments/smoke.yaml) and Ray Train's registered checkpoint of a run."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
+POSENFS = [sys.executable, "-m", "nfs_orchestrator"]
+
+
+def local_ray_env(ray_tmpdir: Path) -> dict[str, str]:
+    """The environment for a `posenfs` subprocess that starts its own Ray: a private short
+    RAY_TMPDIR, no usage stats, Ray Train's 0.5 s poll (results and run ends seen sooner), and no
+    inherited MLflow run."""
+    env = {**os.environ, "RAY_TMPDIR": str(ray_tmpdir), "RAY_USAGE_STATS_ENABLED": "0"}
+    env["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.5"
+    env.pop("MLFLOW_RUN_ID", None)
+    return env
+
+
+def registered_epoch(train_dir: Path) -> int | None:
+    """The epoch of the latest checkpoint Ray Train has registered for a run (or None)."""
+    try:
+        snapshot = json.loads((train_dir / "checkpoint_manager_snapshot.json").read_text())
+        return int(snapshot["latest_checkpoint_result"]["metrics"]["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def one_worker_smoke(
@@ -25,3 +50,17 @@ def one_worker_smoke(
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(body))
     return path
+
+
+def search_in_background(spec_path: Path, root: Path, ray_tmpdir: Path, log: Path):
+    """Starts `posenfs search SPEC --root ROOT` in its own session (so the whole Ray it starts
+    can be signalled), output to ``log``; returns the Popen."""
+    with open(log, "w") as out:  # the child keeps its own descriptor
+        return subprocess.Popen(
+            POSENFS + ["search", str(spec_path), "--root", str(root)],
+            cwd=log.parent,
+            env=local_ray_env(ray_tmpdir),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )

@@ -14,13 +14,10 @@ Run inside a loopback-only network namespace:
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import psutil
 import pytest
@@ -28,24 +25,20 @@ import pytest
 from nfs_orchestrator.orchestration import tracking
 from nfs_orchestrator.orchestration.ledger import read_ledger
 from nfs_orchestrator.specs import load_campaign
-from tests.integration.helpers import one_worker_smoke
+from tests.integration.helpers import (
+    POSENFS,
+    local_ray_env,
+    one_worker_smoke,
+    registered_epoch,
+    search_in_background,
+)
 
 # the ray_tmpdir fixture (a short private RAY_TMPDIR, leftovers killed) is in conftest.py
 
 pytestmark = pytest.mark.ray
 
-POSENFS = [sys.executable, "-m", "nfs_orchestrator"]
 EPOCHS = 4
 TRIALS = 3
-
-
-def registered_epoch(train_dir: Path) -> int | None:
-    """The epoch of the latest checkpoint Ray Train has registered for a run (or None)."""
-    try:
-        snapshot = json.loads((train_dir / "checkpoint_manager_snapshot.json").read_text())
-        return int(snapshot["latest_checkpoint_result"]["metrics"]["epoch"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
 
 
 def kill_session(leader: subprocess.Popen) -> None:
@@ -71,14 +64,9 @@ def test_sigkill_mid_trial_then_resume(tmp_path, ray_tmpdir):
     root = tmp_path / "runs"
     ledger = root / "campaigns" / cid / "ledger.parquet"
     train_root = root / "ray" / cid / "train"
-    env = {**os.environ, "RAY_TMPDIR": str(ray_tmpdir), "RAY_USAGE_STATS_ENABLED": "0"}
-    env["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.5"  # results and run ends seen sooner
+    env = local_ray_env(ray_tmpdir)
 
-    log = open(tmp_path / "search.log", "w")
-    proc = subprocess.Popen(
-        POSENFS + ["search", str(spec_path), "--root", str(root)],
-        cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+    proc = search_in_background(spec_path, root, ray_tmpdir, tmp_path / "search.log")
     finished_before, victim = set(), None
     deadline = time.monotonic() + 300
     try:
@@ -95,7 +83,6 @@ def test_sigkill_mid_trial_then_resume(tmp_path, ray_tmpdir):
             time.sleep(0.2)
     finally:
         kill_session(proc)
-        log.close()
     assert proc.returncode == -signal.SIGKILL
     registered = registered_epoch(train_root / f"{cid}-{victim}")  # final: nothing runs now
     assert registered is not None and registered < EPOCHS - 1

@@ -13,11 +13,9 @@ Run inside a loopback-only network namespace (Ray binds to the machine's address
 
 from __future__ import annotations
 
-import os
 import secrets
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import psutil
@@ -29,11 +27,9 @@ from nfs_orchestrator.orchestration import status, tracking
 from nfs_orchestrator.orchestration.compare import compare_campaign
 from nfs_orchestrator.orchestration.ledger import read_ledger
 from nfs_orchestrator.specs import load_campaign
+from tests.integration.helpers import POSENFS, REPO, local_ray_env
 
 pytestmark = pytest.mark.ray
-
-REPO = Path(__file__).resolve().parents[2]
-POSENFS = [sys.executable, "-m", "nfs_orchestrator"]
 
 
 @pytest.fixture
@@ -50,11 +46,13 @@ def ray_tmpdir():
 
 
 def posenfs(args: list[str], cwd: Path, ray_tmpdir: Path, timeout: float = 400):
-    env = {**os.environ, "RAY_TMPDIR": str(ray_tmpdir), "RAY_USAGE_STATS_ENABLED": "0"}
-    env["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.5"  # results and run ends seen sooner
-    env.pop("MLFLOW_RUN_ID", None)
     return subprocess.run(
-        POSENFS + args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+        POSENFS + args,
+        cwd=cwd,
+        env=local_ray_env(ray_tmpdir),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 

@@ -39,12 +39,11 @@ import pytest
 from nfs_orchestrator.orchestration import jobs, tracking
 from nfs_orchestrator.orchestration.ledger import read_ledger
 from nfs_orchestrator.specs import load_campaign
+from tests.integration.helpers import POSENFS, REPO, registered_epoch
 
 pytestmark = pytest.mark.ray
 
-REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-POSENFS = [sys.executable, "-m", "nfs_orchestrator"]
 EPOCHS = 4
 
 
@@ -227,14 +226,6 @@ def posenfs(args: list[str], env: dict[str, str], timeout: float = 300):
     return subprocess.run(
         POSENFS + args, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
     )
-
-
-def registered_epoch(train_dir: Path) -> int | None:
-    try:
-        snapshot = json.loads((train_dir / "checkpoint_manager_snapshot.json").read_text())
-        return int(snapshot["latest_checkpoint_result"]["metrics"]["epoch"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
 
 
 def test_submit_survives_worker_node_loss(tmp_path, cluster, mlflow_server):

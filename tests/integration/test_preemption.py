@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -24,12 +23,16 @@ from nfs_orchestrator.orchestration import tracking
 from nfs_orchestrator.orchestration.campaign import TAG_PREEMPTED
 from nfs_orchestrator.orchestration.ledger import read_ledger
 from nfs_orchestrator.specs import load_campaign
-from tests.integration.helpers import one_worker_smoke
-from tests.integration.test_campaign_kill import registered_epoch
+from tests.integration.helpers import (
+    POSENFS,
+    local_ray_env,
+    one_worker_smoke,
+    registered_epoch,
+    search_in_background,
+)
 
 pytestmark = pytest.mark.ray
 
-POSENFS = [sys.executable, "-m", "nfs_orchestrator"]
 EPOCHS = 5
 
 
@@ -38,14 +41,9 @@ def test_sigterm_marks_runs_preempted_then_resume(tmp_path, ray_tmpdir):
     cid = load_campaign(spec_path).campaign_id
     root = tmp_path / "runs"
     train_root = root / "ray" / cid / "train"
-    env = {**os.environ, "RAY_TMPDIR": str(ray_tmpdir), "RAY_USAGE_STATS_ENABLED": "0"}
-    env["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.5"
+    env = local_ray_env(ray_tmpdir)
 
-    log = open(tmp_path / "search.log", "w")
-    proc = subprocess.Popen(
-        POSENFS + ["search", str(spec_path), "--root", str(root)],
-        cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+    proc = search_in_background(spec_path, root, ray_tmpdir, tmp_path / "search.log")
     deadline = time.monotonic() + 240
     try:
         while True:
@@ -62,7 +60,6 @@ def test_sigterm_marks_runs_preempted_then_resume(tmp_path, ray_tmpdir):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-        log.close()
 
     c = tracking.client(tracking.default_tracking_uri(root))
     exp = c.get_experiment_by_name(tracking.experiment_name(cid))

@@ -25,7 +25,8 @@ import pytest
 from nfs_orchestrator.orchestration import tracking
 from nfs_orchestrator.orchestration.ledger import read_ledger
 from nfs_orchestrator.specs import load_campaign
-from tests.integration.test_campaign_smoke import POSENFS, REPO, posenfs
+from tests.integration.helpers import POSENFS, REPO
+from tests.integration.test_campaign_smoke import posenfs
 
 pytestmark = pytest.mark.ray
 

@@ -27,19 +27,9 @@ from nfs_orchestrator.keypoints import Part, PartGrouping, load_grouping
 from nfs_orchestrator.nn.backbones import build_backbone
 from nfs_orchestrator.nn.batched import batched_forward, batched_parts, unsupported_reason
 from nfs_orchestrator.nn.supernet import PoseSupernet, merge_parts
-from nfs_orchestrator.specs import load_fabric, replace
+from nfs_orchestrator.specs import OP_NAMES, load_fabric, replace
 
 RTOL = 1e-5
-ALL_OPS = (
-    "zero",
-    "skip_connect",
-    "sep_conv_3x3",
-    "sep_conv_5x5",
-    "atr_conv_3x3",
-    "atr_conv_5x5",
-    "avg_pool_3x3",
-    "max_pool_3x3",
-)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -181,10 +171,10 @@ def test_equal_part_sizes_and_channels_last(layout):
 
 def test_cell_alpha_hidden_nodes_vector_head_every_op():
     space = replace(
-        load_fabric("tiny"), alpha_sharing="cell", hidden_nodes=2, head="vector", ops=ALL_OPS
+        load_fabric("tiny"), alpha_sharing="cell", hidden_nodes=2, head="vector", ops=OP_NAMES
     )
     net = build(space, "coco-p3", "tiny")
-    assert net.parts["head"].alpha.shape == (6, 3, len(ALL_OPS))
+    assert net.parts["head"].alpha.shape == (6, 3, len(OP_NAMES))
     assert_paths_equal(net, images())
 
 
