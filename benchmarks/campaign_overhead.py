@@ -3,8 +3,10 @@ tracking), on the embedded default.
 
 What this is: a reproducible measurement, not a test. It runs a small campaign (the smoke
 campaign: by default 2 trials × 3 epochs × 8 steps, 2 Train workers per trial, one trial at a
-time) with ``run_campaign`` in this process, and, as the baseline, the same base trial once
-in-process with ``LocalRuntime`` (no Ray, no MLflow; torch threads as a Train worker gets).
+time; with ``--workers 1`` each trial runs its search in its Tune trial actor unless
+``--worker-group always``) with ``run_campaign`` in this process, and, as the baseline, the same
+base trial once in-process with ``LocalRuntime`` (no Ray, no MLflow; torch threads as a Train
+worker gets).
 The search loop's own time is the sum of the loop's ``epoch_time_s`` over every reported epoch
 (read back from MLflow); everything else in the campaign's wall time is overhead: Ray start,
 Tune scheduling, actor and worker-group start-up, data and model set-up, checkpoint upload,
@@ -14,7 +16,7 @@ last one JSON line with every figure.
 
 Run it in a loopback-only network namespace (Ray binds to the machine's address otherwise):
     unshare -rn sh -c 'ip link set lo up && .venv/bin/python benchmarks/campaign_overhead.py'
-Options: --trials N --epochs N --steps N --workers N
+Options: --trials N --epochs N --steps N --workers N --worker-group auto|always
 """
 
 from __future__ import annotations
@@ -67,10 +69,11 @@ def baseline(campaign, root: Path) -> dict:
 
 def breakdown(result) -> dict[str, float]:
     """Where the campaign's time went, in seconds summed over trials (from MLflow and the
-    ledger): ``startup`` (trial driver start → Train worker function: actor, controller and
-    worker-group start), ``setup`` (data, supernet, restore in the worker), ``loop`` (the epochs'
-    ``epoch_time_s``), ``reporting`` (the rest of each trial's wall time: checkpoint persist,
-    MLflow logging, Train/Tune report polling, teardown), and ``epochs`` reported."""
+    ledger): ``startup`` (trial driver start → the search: actor, controller and worker-group
+    start; near 0 when the search runs in the trial actor), ``setup`` (data, supernet, restore),
+    ``loop`` (the epochs' ``epoch_time_s``), ``reporting`` (the rest of each trial's wall time:
+    checkpoint persist, MLflow logging, Train/Tune report polling, teardown), and ``epochs``
+    reported."""
     from nfs_orchestrator.orchestration import tracking
 
     c = tracking.client(result.record.tracking_uri)
@@ -96,6 +99,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--worker-group", choices=("auto", "always"), default="auto")
     args = parser.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
@@ -107,6 +111,7 @@ def main() -> None:
             f"search.epochs={args.epochs}",
             f"search.steps_per_epoch={args.steps}",
             f"resources.workers_per_trial={args.workers}",
+            f"resources.worker_group={args.worker_group}",
             f"search.batch_size={2 * args.workers}",
             "budget.max_concurrent=1",
         )
@@ -132,6 +137,7 @@ def main() -> None:
             "epochs": args.epochs,
             "steps_per_epoch": args.steps,
             "workers_per_trial": args.workers,
+            "search_in_trial_actor": campaign.resources.search_in_trial_actor,
             "status": result.status,
         },
         "campaign_wall_s": round(wall, 2),
@@ -151,9 +157,11 @@ def main() -> None:
         "campaign_s_per_trial_vs_baseline": round(wall / max(trials, 1) / base["wall_s"], 2),
     }
     print(f"hardware: {figures['hardware']}")
+    where = "in the trial actor" if campaign.resources.search_in_trial_actor else "worker group"
     print(
         f"campaign: {trials} trials × {args.epochs} epochs × {args.steps} steps, "
-        f"{args.workers} workers/trial: {wall:.1f} s wall, {loop:.1f} s in the search loop"
+        f"{args.workers} workers/trial ({where}): {wall:.1f} s wall, "
+        f"{loop:.1f} s in the search loop"
     )
     print(
         f"overhead: {overhead:.1f} s = {100 * overhead / wall:.0f}% of wall time, "

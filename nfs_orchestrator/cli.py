@@ -275,7 +275,9 @@ def describe_campaign(campaign) -> list[str]:
         "  objectives  " + ", ".join(f"{o.metric} ({o.mode})" for o in campaign.objectives),
         f"  budget      {b.num_trials} trials, {b.max_concurrent} at once, ASHA {asha}, "
         f"retries: trial {b.trial_retries}, worker group {b.worker_retries}",
-        f"  resources   {r.workers_per_trial} worker(s) × {r.cpus_per_worker:g} CPU"
+        f"  resources   {r.workers_per_trial} worker(s)"
+        + (" in the trial actor" if r.search_in_trial_actor else "")
+        + f" × {r.cpus_per_worker:g} CPU"
         + (f" + {r.gpus_per_worker:g} GPU" if r.gpus_per_worker else "")
         + f", driver {r.trial_cpus:g} CPU",
     ]

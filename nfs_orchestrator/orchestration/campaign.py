@@ -38,6 +38,7 @@ from nfs_orchestrator.orchestration.ledger import read_ledger, write_ledger
 from nfs_orchestrator.specs import CampaignSpec
 
 TAG_PREEMPTED = "nfs.preempted"  # "true" on trial runs ended KILLED by a SIGTERM / pre-emption
+TAG_LOST = "nfs.lost"  # "true" on trial runs Tune never recorded (see finish_campaign)
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class ResourcePlan:
 
     trial_cpus: float  # the Tune trial (driver) actor
     workers_per_trial: int
+    in_trial_actor: bool  # the one worker's search runs in the trial actor (no worker group)
     cpus_per_worker: float
     gpus_per_worker: float
     cpus_per_trial: float  # driver + workers
@@ -60,8 +62,9 @@ class ResourcePlan:
 
     def describe(self) -> str:
         gpus = f" + {self.gpus_per_trial:g} GPU" if self.gpus_per_trial else ""
+        where = " (in the trial actor)" if self.in_trial_actor else ""
         return (
-            f"{self.workers_per_trial} worker(s) × {self.cpus_per_worker:g} CPU + driver "
+            f"{self.workers_per_trial} worker(s){where} × {self.cpus_per_worker:g} CPU + driver "
             f"{self.trial_cpus:g} CPU = {self.cpus_per_trial:g} CPU{gpus} per trial; "
             f"{self.max_concurrent} trial(s) at once on {self.cluster_cpus:g} CPU / "
             f"{self.cluster_gpus:g} GPU"
@@ -97,6 +100,7 @@ def plan_resources(
     return ResourcePlan(
         trial_cpus=res.trial_cpus,
         workers_per_trial=res.workers_per_trial,
+        in_trial_actor=res.search_in_trial_actor,
         cpus_per_worker=res.cpus_per_worker,
         gpus_per_worker=res.gpus_per_worker,
         cpus_per_trial=cpus_per_trial,
@@ -197,6 +201,17 @@ def prepare_ray_environment(address: str | None) -> None:
         os.environ["PYTHONPATH"] = os.pathsep.join([package_parent, *paths])
 
 
+def snapshot_period(campaign: CampaignSpec) -> float:
+    """Seconds between Tune's experiment snapshots (its trials and the searcher's state, what
+    ``Tuner.restore`` resumes from). A trial started less than this before a hard crash is
+    unknown after the restore: its work so far is lost and its MLflow run ends KILLED, tagged
+    ``nfs.lost`` (``finish_campaign``). Tune's default, every ≥ 10 s, is longer than a fast
+    trial takes to checkpoint. 1 s for budgets up to 50 trials, longer for larger ones: a
+    snapshot rewrites every trial's state (≈ 25 KB each), so its cost grows with the budget.
+    ``TUNE_GLOBAL_CHECKPOINT_S`` set by the user wins."""
+    return min(10.0, max(1.0, campaign.budget.num_trials / 50))
+
+
 def start_ray(campaign: CampaignSpec, address: str | None) -> tuple[ResourcePlan, bool]:
     """Starts or joins Ray; returns the resource plan and whether this call started Ray."""
     import ray
@@ -230,7 +245,11 @@ def build_tuner(
 
     from nfs_orchestrator.orchestration.progress import CampaignCallback
     from nfs_orchestrator.orchestration.space import define_by_run
-    from nfs_orchestrator.orchestration.trial import DriverContext, trial_driver
+    from nfs_orchestrator.orchestration.trial import (
+        DriverContext,
+        trial_actor_resources,
+        trial_driver,
+    )
 
     cid = campaign.campaign_id
     context = DriverContext(
@@ -240,7 +259,7 @@ def build_tuner(
     )
     trainable = tune.with_resources(
         tune.with_parameters(trial_driver, campaign=campaign.to_dict(), context=context.to_dict()),
-        {**campaign.resources.trial_resources, "CPU": campaign.resources.trial_cpus},
+        trial_actor_resources(campaign.resources),
     )
     experiment = _join(record.ray_storage, cid)
     if tune.Tuner.can_restore(experiment):
@@ -279,9 +298,11 @@ def build_tuner(
             scheduler=scheduler,
             num_samples=campaign.budget.num_trials,
             max_concurrent_trials=plan.max_concurrent,
-            # Not reuse_actors: a trial ASHA stops is still tearing its TorchTrainer down when
-            # Tune resets the actor (reset_config waits 2 s), and the next trial then errors.
-            reuse_actors=False,
+            # A trial actor that ran its search itself is reused for the next trial (no process
+            # start, no imports). Not one that drove a TorchTrainer: a trial ASHA stops is still
+            # tearing the trainer down when Tune resets the actor (reset_config waits 2 s), and
+            # the next trial then errors.
+            reuse_actors=campaign.resources.search_in_trial_actor,
         ),
         run_config=tune.RunConfig(
             name=cid,
@@ -339,26 +360,31 @@ def finish_campaign(
     error: str = "",
     preempted: bool = False,
 ) -> tuple[str, list[dict[str, Any]]]:
-    """Final ledger and statuses: trials still RUNNING/PENDING become KILLED (their runs too)
-    when the campaign was interrupted; the parent run ends FINISHED, KILLED or FAILED; the
-    ledger and the comparison go to the parent run."""
+    """Final ledger and statuses: trials still RUNNING/PENDING become KILLED, their runs too
+    (tagged ``nfs.preempted`` after a SIGTERM, ``nfs.lost`` after a complete campaign); the
+    parent run ends FINISHED, KILLED or FAILED; the ledger and the comparison go to the parent
+    run."""
     rows = read_ledger(record.ledger_path)
     spec = record.spec
     done = [r for r in rows if r["status"] in ("FINISHED", "EARLY_STOPPED", "FAILED")]
     complete = len(done) >= spec.budget.num_trials and not interrupted and not error
     outcome = "finished" if complete else ("failed" if error else "interrupted")
     c = tracking.client(target.tracking_uri)
-    if not complete:
-        for row in rows:
-            if row["status"] in ("RUNNING", "PENDING"):
-                row["status"] = "KILLED"
-        # every trial run still open, including those whose trial never reported to Tune
-        tags = {tracking.TAG_KIND: "trial", tracking.TAG_CAMPAIGN: record.campaign_id}
-        for run in tracking.find_runs(c, target.experiment_id, tags):
-            if run.info.status == "RUNNING":
-                if preempted:  # SIGTERM: a pre-emption notice, not a user's Ctrl-C
-                    c.set_tag(run.info.run_id, TAG_PREEMPTED, "true")
-                tracking.end_run(c, run.info.run_id, "KILLED")
+    for row in rows:
+        if row["status"] in ("RUNNING", "PENDING"):
+            row["status"] = "KILLED"
+    # Every trial run still open: those of an interrupted campaign (including trials that never
+    # reported to Tune); after a complete one, those of trials Tune never recorded: started
+    # within its last snapshot period (snapshot_period) before a hard crash, so the restored
+    # searcher gave their place in the budget to a new trial.
+    tags = {tracking.TAG_KIND: "trial", tracking.TAG_CAMPAIGN: record.campaign_id}
+    for run in tracking.find_runs(c, target.experiment_id, tags):
+        if run.info.status == "RUNNING":
+            if complete:
+                c.set_tag(run.info.run_id, TAG_LOST, "true")
+            elif preempted:  # SIGTERM: a pre-emption notice, not a user's Ctrl-C
+                c.set_tag(run.info.run_id, TAG_PREEMPTED, "true")
+            tracking.end_run(c, run.info.run_id, "KILLED")
     write_ledger(rows, record.ledger_path)
     tracking.log_ledger(target, record.ledger_path)
     if rows:
@@ -393,6 +419,7 @@ def run_campaign(
     status.write_state(record.folder, "running")
 
     prepare_ray_environment(address)
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", f"{snapshot_period(campaign):g}")
     import ray
 
     started_ray = False

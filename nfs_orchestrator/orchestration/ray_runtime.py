@@ -1,22 +1,25 @@
-"""``RayTrainRuntime``: the core's ``Runtime`` protocol inside a Ray Train worker.
+"""The core's ``Runtime`` protocol inside a trial: ``TrialRuntime`` and ``RayTrainRuntime``.
 
-What this is: the only Ray-aware runtime. Rank and world size come from ``ray.train.get_context()``,
-the device from ``ray.train.torch.get_device()``, collectives from ``DistributedOps`` over the
-process group the TorchTrainer set up. ``latest_checkpoint`` downloads the run's latest committed
-checkpoint (``ray.train.get_checkpoint()``) once into a local folder. ``report`` logs the epoch to
-the trial's MLflow child run (rank 0: metrics at step = epoch, genotype.json, fabric drawing,
-alpha/beta plot, genotype fingerprint tag), then calls ``ray.train.report`` on every rank (a
-barrier) with the checkpoint from rank 0 under ``epoch_NNNN``. Tune requires the objective
-metrics in every result, but the loop validates only every ``val_every`` epochs: an objective
-missing from an epoch repeats its last value in the Ray report (NaN before the first one, which
-ASHA never stops on); MLflow gets only what the loop measured. Each checkpoint also keeps its
-epoch's report (``posenfs_report.json``): a trial killed after its last checkpoint but before
-Tune saw the result resumes with nothing left to run, and ``replay_final_report`` hands Tune that
-result again. ``should_stop`` agrees across ranks on "a SIGTERM reached some rank, or Ray
-announced a pre-emption".
+What this is: ``TrialRuntime`` holds what every runtime of a search trial does the same way,
+whoever runs it. ``report`` logs the epoch to the trial's MLflow child run (rank 0: metrics at
+step = epoch, genotype.json, fabric drawing, alpha/beta plot, genotype fingerprint tag), then
+publishes the result and rank 0's checkpoint (``_publish``). Tune requires the objective metrics
+in every result, but the loop validates only every ``val_every`` epochs: an objective missing
+from an epoch repeats its last value in the Ray report (NaN before the first one, which ASHA
+never stops on); MLflow gets only what the loop measured. Each checkpoint also keeps its epoch's
+report (``posenfs_report.json``): a trial killed after its last checkpoint but before Tune saw
+the result resumes with nothing left to run, and ``replay_final_report`` hands Tune that result
+again. ``should_stop`` agrees across ranks on "a SIGTERM reached some rank, or Ray announced a
+pre-emption".
 
-Inside Train workers only ``ray.train.*`` is used (never ``ray.tune.*``). What it is not: the
-training loop (``search.loop``) or the driver that starts workers (``trial.py``).
+``RayTrainRuntime`` is the one of a Ray Train worker: rank and world size from
+``ray.train.get_context()``, the device from ``ray.train.torch.get_device()``, collectives over
+the process group the TorchTrainer set up, checkpoints through ``ray.train.report`` /
+``get_checkpoint`` under ``epoch_NNNN``. Inside Train workers only ``ray.train.*`` is used
+(never ``ray.tune.*``); the runtime of a trial without a worker group is ``actor_trial.py``'s.
+
+What it is not: the training loop (``search.loop``) or the driver that starts workers
+(``trial.py``).
 """
 
 from __future__ import annotations
@@ -54,21 +57,25 @@ def ordered_metrics(metrics: Mapping[str, float], leading: Sequence[str]) -> dic
     return row
 
 
-class RayTrainRuntime(DistributedOps):
-    """The Runtime of one Ray Train worker; construct it inside the worker function."""
+class TrialRuntime(DistributedOps):
+    """What every runtime of a search trial shares; subclasses say where results and
+    checkpoints go (``_publish``), where the latest checkpoint comes from (``_fetch_latest``)
+    and whether Ray announced a pre-emption (``_preempted``)."""
 
     def __init__(
         self,
         *,
+        rank: int,
+        world_size: int,
+        device: torch.device,
         tracking_uri: str | None = None,
         run_id: str | None = None,
         objectives: Sequence[str] = (),
         constant_metrics: Mapping[str, float] | None = None,
     ) -> None:
-        context = ray.train.get_context()
-        self.rank = context.get_world_rank()
-        self.world_size = context.get_world_size()
-        self.device = torch.device(ray.train.torch.get_device())
+        self.rank = rank
+        self.world_size = world_size
+        self.device = device
         self.tracking_uri = tracking_uri
         self.run_id = run_id
         self.objectives = tuple(objectives)
@@ -79,8 +86,19 @@ class RayTrainRuntime(DistributedOps):
         self._checkpoint_loaded = False
         self._tracking_warned = False
         self._objective_values: dict[str, float] = {}
-        self.reports = 0  # ray.train.report calls by this process
+        self.reports = 0  # results published by this process
         self._install_sigterm_handler()
+
+    def _publish(self, row: dict[str, Any], checkpoint_dir: Path | None, epoch: int) -> None:
+        """Hands one epoch's result, and rank 0's checkpoint folder, to Ray."""
+        raise NotImplementedError
+
+    def _fetch_latest(self) -> Path | None:
+        """A fresh local copy of the run's latest complete checkpoint, or None."""
+        raise NotImplementedError
+
+    def _preempted(self) -> bool:
+        return False
 
     @property
     def is_rank_zero(self) -> bool:
@@ -107,11 +125,7 @@ class RayTrainRuntime(DistributedOps):
         """A local copy of the run's latest committed checkpoint (downloaded once), or None."""
         if not self._checkpoint_loaded:
             self._checkpoint_loaded = True
-            checkpoint = ray.train.get_checkpoint()
-            if checkpoint is not None:
-                local = Path(tempfile.mkdtemp(prefix="posenfs-resume-"))
-                checkpoint.to_directory(str(local))
-                self._checkpoint = local
+            self._checkpoint = self._fetch_latest()
         return self._checkpoint
 
     def report(
@@ -132,14 +146,13 @@ class RayTrainRuntime(DistributedOps):
             fingerprint = self._log_to_mlflow(metrics, artifacts)
             if fingerprint:
                 row["genotype_fp"] = fingerprint  # rank 0's metrics are the ones Tune sees
-        checkpoint = None
-        if self.rank == 0 and checkpoint_dir is not None:
-            (Path(checkpoint_dir) / REPORT_FILE).write_text(json.dumps(row, sort_keys=True))
-            checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir))
-        ray.train.report(row, checkpoint=checkpoint, checkpoint_dir_name=f"epoch_{epoch:04d}")
+        checkpoint = Path(checkpoint_dir) if self.rank == 0 and checkpoint_dir else None
+        if checkpoint is not None:
+            (checkpoint / REPORT_FILE).write_text(json.dumps(row, sort_keys=True))
+        self._publish(row, checkpoint, epoch)
         self.reports += 1
         if checkpoint_dir is not None:
-            shutil.rmtree(checkpoint_dir, ignore_errors=True)  # persisted by Ray now
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)  # persisted by now
 
     def replay_final_report(self) -> bool:
         """After a loop that had nothing left to do (its run was already complete when it
@@ -148,7 +161,8 @@ class RayTrainRuntime(DistributedOps):
         checkpoint = self.latest_checkpoint()
         if self.reports or checkpoint is None or not (checkpoint / REPORT_FILE).is_file():
             return False
-        ray.train.report(json.loads((checkpoint / REPORT_FILE).read_text()))
+        row = json.loads((checkpoint / REPORT_FILE).read_text())
+        self._publish(row, None, int(row["epoch"]))
         return True
 
     def _log_to_mlflow(
@@ -171,8 +185,38 @@ class RayTrainRuntime(DistributedOps):
     def should_stop(self) -> bool:
         """True on every rank when any rank got SIGTERM or Ray announced a pre-emption of a node
         of this worker group. Collective: every rank calls it once per epoch."""
-        preempted = ray.train.get_preemption_info() is not None
-        local = 1.0 if (self._sigterm.is_set() or preempted) else 0.0
+        local = 1.0 if (self._sigterm.is_set() or self._preempted()) else 0.0
         stop = self.all_reduce_mean({"stop": local})["stop"] > 0.0
         self.stop_requested = self.stop_requested or stop
         return stop
+
+
+class RayTrainRuntime(TrialRuntime):
+    """The Runtime of one Ray Train worker; construct it inside the worker function."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        context = ray.train.get_context()
+        super().__init__(
+            rank=context.get_world_rank(),
+            world_size=context.get_world_size(),
+            device=torch.device(ray.train.torch.get_device()),
+            **kwargs,
+        )
+
+    def _publish(self, row: dict[str, Any], checkpoint_dir: Path | None, epoch: int) -> None:
+        checkpoint = None
+        if checkpoint_dir is not None:
+            checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir))
+        # a barrier: every rank calls it
+        ray.train.report(row, checkpoint=checkpoint, checkpoint_dir_name=f"epoch_{epoch:04d}")
+
+    def _fetch_latest(self) -> Path | None:
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            return None
+        local = Path(tempfile.mkdtemp(prefix="posenfs-resume-"))
+        checkpoint.to_directory(str(local))
+        return local
+
+    def _preempted(self) -> bool:
+        return ray.train.get_preemption_info() is not None

@@ -1,5 +1,6 @@
 """What a Ray Train worker of a search trial runs: ``search_worker``, the core search loop
-through a ``RayTrainRuntime``.
+through a ``RayTrainRuntime``; and ``run_trial_search``, what every runtime of a trial does
+around that loop (the one-worker trials that run in their Tune trial actor use it too).
 
 It lives apart from the trial driver (``trial.py``) so that the processes which only need this
 function (the Train controller unpickles it, every worker runs it) import torch and Ray Train
@@ -16,7 +17,7 @@ from typing import Any
 
 import torch
 
-from nfs_orchestrator.orchestration.ray_runtime import RayTrainRuntime
+from nfs_orchestrator.orchestration.ray_runtime import RayTrainRuntime, TrialRuntime
 from nfs_orchestrator.specs import TrialSpec
 
 
@@ -25,10 +26,22 @@ class TrialInterrupted(RuntimeError):
     so that Ray retries the trial (it resumes from that checkpoint) instead of calling it done."""
 
 
-def search_worker(config: dict[str, Any]) -> None:
-    """Runs on every Train worker: the core search loop through a RayTrainRuntime."""
+def run_trial_search(trial: TrialSpec, runtime: TrialRuntime) -> None:
+    """The search of ``trial`` through ``runtime``: raises ``TrialInterrupted`` when it stopped
+    early, replays the final result when the run was already complete."""
     from nfs_orchestrator.search.loop import run_search
 
+    try:
+        run_search(trial, runtime)
+        if runtime.stop_requested:
+            raise TrialInterrupted(f"{trial.name}: stopped early on SIGTERM/pre-emption; resumes")
+        runtime.replay_final_report()  # a run that was already complete: Tune needs its result
+    finally:
+        runtime.close()
+
+
+def search_worker(config: dict[str, Any]) -> None:
+    """Runs on every Train worker: the core search loop through a RayTrainRuntime."""
     # from the trial driver's start to here: actor, controller and worker group start-up
     startup_s = time.time() - config.get("driver_started", time.time())
     trial = TrialSpec.from_dict(config["trial"], path="trial")
@@ -39,10 +52,4 @@ def search_worker(config: dict[str, Any]) -> None:
         objectives=config.get("objectives", ()),
         constant_metrics={"startup_s": startup_s},
     )
-    try:
-        run_search(trial, runtime)
-        if runtime.stop_requested:
-            raise TrialInterrupted(f"{trial.name}: stopped early on SIGTERM/pre-emption; resumes")
-        runtime.replay_final_report()  # a run that was already complete: Tune needs its result
-    finally:
-        runtime.close()
+    run_trial_search(trial, runtime)

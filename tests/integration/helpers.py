@@ -1,5 +1,5 @@
 """What the integration tests share: the CLI, its environment on a local Ray, small campaign
-specs (variants of experiments/smoke.yaml) and Ray Train's registered checkpoint of a run."""
+specs (variants of experiments/smoke.yaml) and the registered checkpoint of a run."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from nfs_orchestrator.orchestration.run_checkpoints import LATEST
 
 REPO = Path(__file__).resolve().parents[2]
 POSENFS = [sys.executable, "-m", "nfs_orchestrator"]
@@ -27,26 +29,41 @@ def local_ray_env(ray_tmpdir: Path) -> dict[str, str]:
 
 
 def registered_epoch(train_dir: Path) -> int | None:
-    """The epoch of the latest checkpoint Ray Train has registered for a run (or None)."""
+    """The epoch of the latest checkpoint registered for a run (or None): by Ray Train
+    (several workers) or by ``RunCheckpoints`` (a one-worker search in its trial actor)."""
     try:
+        if (train_dir / LATEST).is_file():
+            return int(json.loads((train_dir / LATEST).read_text())["epoch"])
         snapshot = json.loads((train_dir / "checkpoint_manager_snapshot.json").read_text())
         return int(snapshot["latest_checkpoint_result"]["metrics"]["epoch"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
+def tune_recorded(experiment_dir: Path, trial_id: str) -> bool:
+    """Whether Tune's experiment snapshot (what ``Tuner.restore`` reads) lists the trial."""
+    return any(trial_id in p.read_text() for p in experiment_dir.glob("experiment_state-*.json"))
+
+
 def one_worker_smoke(
-    tmp_path: Path, name: str, *, trials: int, epochs: int, data: dict[str, Any] | None = None
+    tmp_path: Path,
+    name: str,
+    *,
+    trials: int,
+    epochs: int,
+    data: dict[str, Any] | None = None,
+    worker_group: str = "auto",
 ) -> Path:
     """``experiments/smoke.yaml`` as campaign ``name``: ``trials`` trials × ``epochs`` epochs of
-    one step (batch 2) on one worker, one trial at a time, no trial retries; data generated under
-    ``tmp_path/data`` unless ``data`` replaces the data section. Returns the spec's path."""
+    one step (batch 2) on one worker (in the trial actor, unless ``worker_group="always"``), one
+    trial at a time, no trial retries; data generated under ``tmp_path/data`` unless ``data``
+    replaces the data section. Returns the spec's path."""
     body = yaml.safe_load((REPO / "experiments" / "smoke.yaml").read_text())
     body["name"] = name
     body["data"] = data or {**body["data"], "root": str(tmp_path / "data")}
     body["search"].update(epochs=epochs, steps_per_epoch=1, batch_size=2)
     body["budget"].update(num_trials=trials, max_concurrent=1, trial_retries=0)
-    body["resources"].update(workers_per_trial=1, cpus_per_worker=1.0)
+    body["resources"].update(workers_per_trial=1, cpus_per_worker=1.0, worker_group=worker_group)
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(body))
     return path

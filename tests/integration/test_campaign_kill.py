@@ -1,11 +1,13 @@
 """A campaign killed hard mid-trial resumes where it stopped.
 
 `posenfs search` runs in a subprocess (its own session); once one trial has finished and the
-next has a checkpoint registered by Ray Train (``checkpoint_manager_snapshot.json``), the whole
-session gets SIGKILL: no handler runs, no state is flushed. `posenfs resume ID` must then: rerun no
-finished trial, resume the interrupted one at the epoch after its registered checkpoint (its
-``start_epoch`` metric in MLflow), run exactly the budget's number of trials (the Optuna searcher
-continues from its saved state), and create no duplicate MLflow run.
+next is in Tune's experiment snapshot (at most ``snapshot_period``, here 1 s, after its start)
+with a registered checkpoint (one worker, in its trial actor: ``RunCheckpoints``'s
+``latest.json``), the whole session gets SIGKILL: no handler runs, no state is flushed.
+`posenfs resume ID` must then: rerun no finished trial, resume the interrupted one at the epoch
+after its registered checkpoint (its ``start_epoch`` metric in MLflow), run exactly the budget's
+number of trials (the Optuna searcher continues from its saved state), and create no duplicate
+MLflow run.
 
 Run inside a loopback-only network namespace:
     unshare -rn sh -c 'ip link set lo up && .venv/bin/pytest -q \
@@ -31,13 +33,14 @@ from tests.integration.helpers import (
     one_worker_smoke,
     registered_epoch,
     search_in_background,
+    tune_recorded,
 )
 
 # the ray_tmpdir fixture (a short private RAY_TMPDIR, leftovers killed) is in conftest.py
 
 pytestmark = pytest.mark.ray
 
-EPOCHS = 4
+EPOCHS = 6
 TRIALS = 3
 
 
@@ -78,7 +81,8 @@ def test_sigkill_mid_trial_then_resume(tmp_path, ray_tmpdir):
             for row in rows:  # the 2nd of 3 trials, so that the 3rd is left to the searcher
                 if finished_before and row["status"] == "RUNNING" and len(rows) < TRIALS:
                     epoch = registered_epoch(train_root / f"{cid}-{row['trial_id']}")
-                    if epoch is not None and epoch < EPOCHS - 2:
+                    recorded = tune_recorded(root / "ray" / cid, row["trial_id"])
+                    if epoch is not None and epoch < EPOCHS - 2 and recorded:
                         victim = row["trial_id"]
             time.sleep(0.2)
     finally:

@@ -1,9 +1,9 @@
 """SIGTERM (a pre-emption notice) to a running campaign: runs end KILLED, tagged, and resume.
 
-`posenfs search` runs in a subprocess; once its trial has a checkpoint registered by Ray Train,
-the CLI process (only it) gets SIGTERM. The campaign must stop cleanly (exit 130), end the trial's
-MLflow run KILLED with ``nfs.preempted=true``, and `posenfs resume ID` must then finish the trial
-from its checkpoint (not from epoch 0) in the same MLflow run.
+`posenfs search` runs in a subprocess; once its trial (one worker, in its trial actor) has a
+registered checkpoint, the CLI process (only it) gets SIGTERM. The campaign must stop cleanly
+(exit 130), end the trial's MLflow run KILLED with ``nfs.preempted=true``, and `posenfs resume
+ID` must then finish the trial from its checkpoint (not from epoch 0) in the same MLflow run.
 
 Run inside a loopback-only network namespace:
     unshare -rn sh -c 'ip link set lo up && .venv/bin/pytest -q \

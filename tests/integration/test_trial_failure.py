@@ -1,4 +1,5 @@
-"""A trial that fails inside its Train worker is recorded as FAILED, with the worker's error.
+"""A trial whose search fails is recorded as FAILED, with the search's error, whether the
+search runs in the Tune trial actor (one worker, the default) or on a Ray Train worker group.
 
 The campaign reads a COCO-format set whose training images were deleted after the annotations
 were written, so the spec validates and the first training batch fails in the worker. The
@@ -28,7 +29,7 @@ from tests.integration.test_campaign_smoke import posenfs
 pytestmark = pytest.mark.ray
 
 
-def write_spec(tmp_path: Path) -> Path:
+def write_spec(tmp_path: Path, worker_group: str) -> Path:
     data = tmp_path / "broken-coco"
     schema = load_schema("coco17")
     write_synthetic_coco(
@@ -45,11 +46,14 @@ def write_spec(tmp_path: Path) -> Path:
         "input_size": [64, 64],
         "flip_test": False,
     }
-    return one_worker_smoke(tmp_path, "broken", trials=1, epochs=1, data=coco)
+    return one_worker_smoke(
+        tmp_path, "broken", trials=1, epochs=1, data=coco, worker_group=worker_group
+    )
 
 
-def test_worker_error_ends_trial_failed_with_the_error(tmp_path, ray_tmpdir):
-    spec_path = write_spec(tmp_path)
+@pytest.mark.parametrize("worker_group", ["auto", "always"])
+def test_search_error_ends_trial_failed_with_the_error(tmp_path, ray_tmpdir, worker_group):
+    spec_path = write_spec(tmp_path, worker_group)
     cid = load_campaign(spec_path).campaign_id
     root = tmp_path / "runs"
 

@@ -1,0 +1,45 @@
+"""Where a search trial runs and what its Tune trial actor holds: a one-worker trial runs in the
+actor (holding the worker's resources), several workers or ``worker_group: always`` start a
+Ray Train worker group (the actor holds only the driver's share). The campaign's resource plan
+counts the same CPUs either way."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nfs_orchestrator.orchestration.campaign import plan_resources
+from nfs_orchestrator.orchestration.trial import trial_actor_resources
+from nfs_orchestrator.specs import ResourceSpec, load_campaign, replace
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_one_worker_runs_in_the_trial_actor_with_the_workers_resources():
+    res = ResourceSpec(
+        workers_per_trial=1,
+        cpus_per_worker=0.75,
+        gpus_per_worker=0.5,
+        trial_cpus=0.25,
+        worker_resources={"worker_node": 0.5},
+        trial_resources={"head_node": 0.01},
+    )
+    assert res.search_in_trial_actor
+    assert trial_actor_resources(res) == {"worker_node": 0.5, "CPU": 1.0, "GPU": 0.5}
+
+
+def test_a_worker_group_leaves_the_actor_the_drivers_share():
+    several = ResourceSpec(workers_per_trial=2, trial_resources={"head_node": 0.01})
+    always = ResourceSpec(workers_per_trial=1, worker_group="always", trial_cpus=0.5)
+    assert not several.search_in_trial_actor and not always.search_in_trial_actor
+    assert trial_actor_resources(several) == {"head_node": 0.01, "CPU": 0.25}
+    assert trial_actor_resources(always) == {"CPU": 0.5}
+
+
+def test_the_plan_counts_the_same_cpus_either_way():
+    quickstart = load_campaign(REPO / "experiments" / "quickstart.yaml")
+    group = replace(quickstart, resources=replace(quickstart.resources, worker_group="always"))
+    here, there = plan_resources(quickstart, 2.0), plan_resources(group, 2.0)
+    assert here.in_trial_actor and not there.in_trial_actor
+    assert here.cpus_per_trial == there.cpus_per_trial == 1.0
+    assert here.max_concurrent == there.max_concurrent == 2
+    assert "in the trial actor" in here.describe()
