@@ -24,6 +24,7 @@ What it is not: the search loop (``search.loop``) or the campaign (``campaign.py
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 import traceback
@@ -182,7 +183,14 @@ def search_here(config: dict[str, Any], spec: CampaignSpec, ctx: DriverContext) 
         objectives=config["objectives"],
         constant_metrics={"startup_s": time.time() - config["driver_started"]},
     )
-    run_trial_search(trial, runtime)
+    try:
+        run_trial_search(trial, runtime)
+    finally:
+        # Tune runs the next trial in this actor (reuse_actors): free what this one cached,
+        # e.g. CUDA blocks sized for another architecture
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 def search_on_train_workers(config: dict[str, Any], spec: CampaignSpec, ctx: DriverContext) -> None:
