@@ -49,6 +49,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/parts_batched.py --threads 1
 	$(BIN)/python benchmarks/data_pipeline.py
 	$(call LOOPBACK,$(BIN)/python benchmarks/campaign_overhead.py)
+	$(call LOOPBACK,$(BIN)/python benchmarks/campaign_overhead.py --workers 1 --trials 3)
 
 clean:
 	rm -rf $(VENV) $(ROOT) .pytest_cache

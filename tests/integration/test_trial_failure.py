@@ -60,6 +60,7 @@ def test_search_error_ends_trial_failed_with_the_error(tmp_path, ray_tmpdir, wor
     done = posenfs(["search", str(spec_path), "--root", str(root)], tmp_path, ray_tmpdir)
     assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
     assert "1 failed" in done.stdout
+    assert ("worker(s) (in the trial actor)" in done.stdout) == (worker_group == "auto")
 
     (row,) = read_ledger(root / "campaigns" / cid / "ledger.parquet")
     assert row["status"] == "FAILED"
