@@ -390,7 +390,7 @@ class SearchSpec:
 
 
 # --------------------------------------------------------------------------------------------
-# The trial: one concrete supernet search (what a Train worker receives)
+# The trial: one concrete supernet search (what a trial's search receives)
 # --------------------------------------------------------------------------------------------
 
 

@@ -282,7 +282,7 @@ def build_tuner(
     scheduler = None
     if not multi and asha.enabled and campaign.search.epochs > asha.grace_period:
         scheduler = ASHAScheduler(
-            time_attr="epochs_done",  # 1-based epochs (RayTrainRuntime adds it to each report)
+            time_attr="epochs_done",  # 1-based epochs (TrialRuntime adds it to each report)
             max_t=campaign.search.epochs,
             grace_period=asha.grace_period,
             reduction_factor=asha.reduction_factor,
