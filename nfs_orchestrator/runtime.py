@@ -24,6 +24,11 @@ import torch
 import torch.distributed as dist
 
 
+def checkpoint_name(epoch: int) -> str:
+    """The folder name of ``epoch``'s checkpoint, for every runtime: ``epoch_NNNN``."""
+    return f"epoch_{epoch:04d}"
+
+
 class Runtime(Protocol):
     """What a core loop may ask of whoever runs it."""
 
@@ -165,7 +170,7 @@ class LocalRuntime(DistributedOps):
         if checkpoint_dir is not None:
             root = self.run_dir / "checkpoints"
             root.mkdir(parents=True, exist_ok=True)
-            final = root / f"epoch_{int(metrics['epoch']):04d}"
+            final = root / checkpoint_name(int(metrics["epoch"]))
             tmp = root / f".{final.name}.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
             shutil.copytree(checkpoint_dir, tmp)

@@ -37,9 +37,6 @@ from nfs_orchestrator.orchestration.compare import compare_campaign, pareto_fron
 from nfs_orchestrator.orchestration.ledger import read_ledger, write_ledger
 from nfs_orchestrator.specs import CampaignSpec
 
-TAG_PREEMPTED = "nfs.preempted"  # "true" on trial runs ended KILLED by a SIGTERM / pre-emption
-TAG_LOST = "nfs.lost"  # "true" on trial runs Tune never recorded (see finish_campaign)
-
 
 @dataclass(frozen=True)
 class ResourcePlan:
@@ -381,9 +378,9 @@ def finish_campaign(
     for run in tracking.find_runs(c, target.experiment_id, tags):
         if run.info.status == "RUNNING":
             if complete:
-                c.set_tag(run.info.run_id, TAG_LOST, "true")
+                c.set_tag(run.info.run_id, tracking.TAG_LOST, "true")
             elif preempted:  # SIGTERM: a pre-emption notice, not a user's Ctrl-C
-                c.set_tag(run.info.run_id, TAG_PREEMPTED, "true")
+                c.set_tag(run.info.run_id, tracking.TAG_PREEMPTED, "true")
             tracking.end_run(c, run.info.run_id, "KILLED")
     write_ledger(rows, record.ledger_path)
     tracking.log_ledger(target, record.ledger_path)

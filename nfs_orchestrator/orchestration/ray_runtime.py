@@ -16,7 +16,7 @@ pre-emption".
 ``ray.train.get_context()``, the device from ``ray.train.torch.get_device()``, collectives over
 the process group the TorchTrainer set up, checkpoints through ``ray.train.report`` /
 ``get_checkpoint`` under ``epoch_NNNN``. Inside Train workers only ``ray.train.*`` is used
-(never ``ray.tune.*``); the runtime of a trial without a worker group is ``actor_trial.py``'s.
+(never ``ray.tune.*``); the runtime of a trial without a worker group is ``trial.ActorRuntime``.
 
 What it is not: the training loop (``search.loop``) or the driver that starts workers
 (``trial.py``).
@@ -39,7 +39,7 @@ import ray.train
 import ray.train.torch
 import torch
 
-from nfs_orchestrator.runtime import DistributedOps
+from nfs_orchestrator.runtime import DistributedOps, checkpoint_name
 
 REPORT_FILE = "posenfs_report.json"  # the Ray report of a checkpoint's epoch, kept inside it
 
@@ -208,7 +208,7 @@ class RayTrainRuntime(TrialRuntime):
         if checkpoint_dir is not None:
             checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir))
         # a barrier: every rank calls it
-        ray.train.report(row, checkpoint=checkpoint, checkpoint_dir_name=f"epoch_{epoch:04d}")
+        ray.train.report(row, checkpoint=checkpoint, checkpoint_dir_name=checkpoint_name(epoch))
 
     def _fetch_latest(self) -> Path | None:
         checkpoint = ray.train.get_checkpoint()

@@ -25,11 +25,9 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
+from nfs_orchestrator.runtime import checkpoint_name
+
 LATEST = "latest.json"
-
-
-def epoch_dir(epoch: int) -> str:
-    return f"epoch_{epoch:04d}"
 
 
 class RunCheckpoints:
@@ -51,7 +49,7 @@ class RunCheckpoints:
     def save(self, local_dir: Path, epoch: int) -> None:
         """Copies ``local_dir`` in as ``epoch``'s checkpoint, points ``latest.json`` at it, then
         removes the folders beyond ``keep``."""
-        name = epoch_dir(epoch)
+        name = checkpoint_name(epoch)
         target = f"{self.root}/{name}"
         self.fs.delete_dir_contents(target, missing_dir_ok=True)  # a copy a kill interrupted
         self.fs.create_dir(target)

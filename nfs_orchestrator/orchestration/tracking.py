@@ -41,6 +41,8 @@ TAG_GENOTYPE = "nfs.genotype_fp"  # fingerprint of the latest genotype.json
 TAG_EPOCH = "nfs.epoch"  # latest reported epoch (0-based)
 TAG_STATUS = "nfs.status"  # running | finished | early_stopped | failed | killed
 TAG_ERROR = "nfs.error"
+TAG_PREEMPTED = "nfs.preempted"  # "true" on trial runs ended KILLED by a SIGTERM / pre-emption
+TAG_LOST = "nfs.lost"  # "true" on trial runs Tune never recorded (campaign.finish_campaign)
 TAG_PARENT = "mlflow.parentRunId"
 
 GENOTYPE_ARTIFACT = "genotype.json"

@@ -158,22 +158,23 @@ def trial_driver(
     search = search_here if spec.resources.search_in_trial_actor else search_on_train_workers
     client = tracking.client(target.tracking_uri)
     try:
-        search(worker_config, spec, ctx)
+        search(trial, worker_config, spec, ctx)
     except Exception:
         # Other errors leave the run RUNNING: the campaign's callback ends it FAILED, or KILLED
         # when the error is Tune stopping the campaign (its controller dies with the trial's
         # placement group, which from here looks like any other failure).
         error = traceback.format_exc()
         if TrialInterrupted.__name__ in error:  # SIGTERM/pre-emption: resumes on the retry
-            client.set_tag(run_id, "nfs.preempted", "true")
+            client.set_tag(run_id, tracking.TAG_PREEMPTED, "true")
             tracking.end_run(client, run_id, "KILLED", label="preempted", error=error)
         raise
     tracking.end_run(client, run_id, "FINISHED")
 
 
-def search_here(config: dict[str, Any], spec: CampaignSpec, ctx: DriverContext) -> None:
+def search_here(
+    trial: TrialSpec, config: dict[str, Any], spec: CampaignSpec, ctx: DriverContext
+) -> None:
     """The one-worker search in this Tune trial actor, through an ActorRuntime."""
-    trial = TrialSpec.from_dict(config["trial"], path="trial")
     torch.set_num_threads(config["torch_threads"])
     runtime = ActorRuntime(
         RunCheckpoints(ctx.train_storage, trial.name, spec.resources.checkpoints_to_keep),
@@ -193,8 +194,11 @@ def search_here(config: dict[str, Any], spec: CampaignSpec, ctx: DriverContext) 
             torch.cuda.empty_cache()
 
 
-def search_on_train_workers(config: dict[str, Any], spec: CampaignSpec, ctx: DriverContext) -> None:
-    """The search on a Ray Train worker group (``search_worker`` on every worker)."""
+def search_on_train_workers(
+    trial: TrialSpec, config: dict[str, Any], spec: CampaignSpec, ctx: DriverContext
+) -> None:
+    """The search on a Ray Train worker group (``search_worker`` on every worker, which
+    receives ``trial`` in ``config``)."""
     # Ray Train's controller polls its workers for reports and completion every 2 s by default;
     # every epoch report and the trial's end wait for that poll. Ray propagates this variable
     # from here to the controller and the workers; a value set by the user wins.
@@ -205,7 +209,7 @@ def search_on_train_workers(config: dict[str, Any], spec: CampaignSpec, ctx: Dri
         scaling_config=scaling_config(spec.resources),
         torch_config=TorchConfig(backend=torch_backend(spec.resources)),
         run_config=ray.train.RunConfig(
-            name=config["trial"]["name"],
+            name=trial.name,
             storage_path=ctx.train_storage,
             callbacks=[TuneReportCallback()],
             checkpoint_config=ray.train.CheckpointConfig(

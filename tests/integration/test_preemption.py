@@ -20,7 +20,6 @@ import time
 import pytest
 
 from nfs_orchestrator.orchestration import tracking
-from nfs_orchestrator.orchestration.campaign import TAG_PREEMPTED
 from nfs_orchestrator.orchestration.ledger import read_ledger
 from nfs_orchestrator.specs import load_campaign
 from tests.integration.helpers import (
@@ -65,7 +64,7 @@ def test_sigterm_marks_runs_preempted_then_resume(tmp_path, ray_tmpdir):
     exp = c.get_experiment_by_name(tracking.experiment_name(cid))
     (run,) = tracking.find_runs(c, exp.experiment_id, {tracking.TAG_KIND: "trial"})
     assert run.info.status == "KILLED"
-    assert run.data.tags.get(TAG_PREEMPTED) == "true"
+    assert run.data.tags.get(tracking.TAG_PREEMPTED) == "true"
 
     resumed = subprocess.run(
         POSENFS + ["resume", cid, "--root", str(root)],

@@ -10,13 +10,9 @@ from pathlib import Path
 import pytest
 
 from nfs_orchestrator.orchestration import status, tracking
-from nfs_orchestrator.orchestration.campaign import (
-    TAG_LOST,
-    TAG_PREEMPTED,
-    finish_campaign,
-    make_record,
-)
+from nfs_orchestrator.orchestration.campaign import finish_campaign, make_record
 from nfs_orchestrator.orchestration.ledger import new_row, read_ledger, write_ledger
+from nfs_orchestrator.orchestration.tracking import TAG_LOST, TAG_PREEMPTED
 from nfs_orchestrator.specs import load_campaign
 
 REPO = Path(__file__).resolve().parents[2]
