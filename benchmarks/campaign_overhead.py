@@ -30,10 +30,10 @@ from pathlib import Path
 
 import torch
 
+from nfs_orchestrator.campaign_spec import load_campaign
 from nfs_orchestrator.hardware import detect
 from nfs_orchestrator.keypoints import load_grouping
 from nfs_orchestrator.runtime import LocalRuntime
-from nfs_orchestrator.specs import load_campaign
 
 SMOKE = Path(__file__).resolve().parents[1] / "experiments" / "smoke.yaml"
 

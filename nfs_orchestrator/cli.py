@@ -213,7 +213,7 @@ def evaluate_checkpoint(model_ref, data_file, overrides, json_out, root) -> None
 
     path = model_ref
     if model_ref.startswith("models:/"):
-        from nfs_orchestrator.orchestration.registry import download_model_file
+        from nfs_orchestrator.orchestration.model_refs import download_model_file
 
         path = download_model_file(model_ref, root)
     data = data_spec_from_file(data_file, tuple(overrides))
@@ -288,12 +288,10 @@ def describe_campaign(campaign) -> list[str]:
 @set_option
 def validate(files: tuple[str, ...], overrides: tuple[str, ...]) -> None:
     """Check campaign files: resolve every reference and print each campaign's id and plan."""
-    from nfs_orchestrator.orchestration.space import check_space
-    from nfs_orchestrator.specs import load_campaign
+    from nfs_orchestrator.campaign_spec import load_campaign
 
     for path in files:
         campaign = load_campaign(path, overrides)
-        check_space(campaign.outer)
         click.echo(f"{path}: ok, campaign {campaign.campaign_id}")
         for line in describe_campaign(campaign):
             click.echo(line)
@@ -313,12 +311,10 @@ def search(
     file: str, overrides: tuple[str, ...], address: str | None, root: str, dry_run: bool
 ) -> None:
     """Run a NAS campaign (or resume it: the same spec always has the same id)."""
-    from nfs_orchestrator.orchestration.campaign import plan_resources
-    from nfs_orchestrator.orchestration.space import check_space
-    from nfs_orchestrator.specs import load_campaign
+    from nfs_orchestrator.campaign_spec import load_campaign
+    from nfs_orchestrator.orchestration.ray_session import plan_resources
 
     campaign = load_campaign(file, overrides)
-    check_space(campaign.outer)
     if dry_run:
         click.echo(json.dumps(campaign.to_dict(), indent=2, sort_keys=True))
         click.echo(f"campaign id: {campaign.campaign_id}")
@@ -328,7 +324,9 @@ def search(
             per_trial = r.trial_cpus + r.workers_per_trial * r.cpus_per_worker
             click.echo(f"resources: {per_trial:g} CPU per trial; concurrency set by {address}")
         else:
-            click.echo(f"resources: {plan_resources(campaign).describe()}")
+            click.echo(
+                f"resources: {plan_resources(campaign.resources, campaign.budget).describe()}"
+            )
         return
     _run_campaign(campaign, root, address)
 
@@ -339,7 +337,7 @@ def search(
 @click.option("--address", default=None, help="Ray cluster to join; default: embedded Ray.")
 def resume(campaign_id: str, root: str, address: str | None) -> None:
     """Continue a stopped, killed or pre-empted campaign where it stopped."""
-    from nfs_orchestrator.orchestration.status import load_record
+    from nfs_orchestrator.orchestration.store import load_record
 
     record = load_record(root, campaign_id)  # the root given, even if the folder was moved
     _run_campaign(record.spec, root, address, base_dir=record.base_dir)
@@ -392,7 +390,7 @@ def status_command(
     """Campaigns under the root, or one campaign's trials (read from disk; starts nothing).
 
     With --address: the campaign's job (or every job) as the cluster's Jobs API reports it."""
-    from nfs_orchestrator.orchestration import status
+    from nfs_orchestrator.orchestration import status, store
 
     if address:
         from nfs_orchestrator.orchestration import jobs
@@ -402,9 +400,9 @@ def status_command(
             click.echo(info.line())
         return
     if campaign_id:
-        click.echo(status.format_trials(status.load_record(root, campaign_id)))
+        click.echo(status.format_trials(store.load_record(root, campaign_id)))
     else:
-        click.echo(status.format_campaigns(status.list_records(root)))
+        click.echo(status.format_campaigns(store.list_records(root)))
 
 
 def address_option(f):
@@ -553,10 +551,10 @@ def promote(campaign_id, rule, trial_id, alias, model_name, root) -> None:
     from nfs_orchestrator.orchestration.ledger import read_ledger
     from nfs_orchestrator.orchestration.promote import parse_rule
     from nfs_orchestrator.orchestration.promote import promote as do_promote
-    from nfs_orchestrator.orchestration.status import load_record
+    from nfs_orchestrator.orchestration.store import load_record
 
     if campaign_id.endswith((".yaml", ".yml")) and os.path.isfile(campaign_id):
-        from nfs_orchestrator.specs import load_campaign
+        from nfs_orchestrator.campaign_spec import load_campaign
 
         campaign_id = load_campaign(campaign_id).campaign_id  # the campaign of that file
     record = load_record(root, campaign_id)

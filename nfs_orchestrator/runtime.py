@@ -3,8 +3,12 @@
 ``search.loop.run_search`` and ``retrain.loop.run_retrain`` talk to the outside only through a
 ``Runtime``: which device and rank they are, how gradients and objects are synchronised across
 ranks, where the latest checkpoint is, and where a finished epoch is reported. ``LocalRuntime``
-runs everything in this process (tests, the CLI without Ray); ``orchestration.ray_runtime``
-implements the same protocol over Ray Train and MLflow. Nothing here imports ray/optuna/mlflow.
+runs everything in this process (tests, benchmarks); ``orchestration.train_worker`` implements
+the same protocol over Ray Train and MLflow, ``orchestration.trial`` in a Tune trial actor.
+Nothing here imports ray/optuna/mlflow.
+
+``RunCheckpoints`` is the one store of epoch checkpoints that a runtime writes itself (not
+through Ray Train): ``LocalRuntime``'s and that of a trial running in its Tune trial actor.
 
 Checkpoints are directories. A loop writes its state into a fresh temporary directory and hands
 it to ``report``; the runtime owns it from then on (persists, uploads, prunes old ones).
@@ -15,11 +19,13 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
+import pyarrow.fs as pafs
 import torch
 import torch.distributed as dist
 
@@ -123,8 +129,97 @@ class DistributedOps:
             dist.broadcast(t.data, src=0)
 
 
+LATEST = "latest.json"
+
+
+class RunCheckpoints:
+    """The epoch checkpoints of one run under ``<storage>/<name>/``, the newest ``keep`` kept.
+
+    The layout and guarantee of a Ray Train run: one folder per checkpoint (``epoch_NNNN``) and
+    a pointer file ``latest.json`` (the epoch and its folder) replaced only after the folder is
+    complete, so the pointer always names a whole checkpoint and a run killed at any moment
+    resumes from the last one it finished. Storage is a local path or a URI pyarrow understands
+    (``s3://``, ``gs://``), like Ray's ``storage_path``. Why not Tune's own checkpoints for a
+    trial in its actor: Tune records them in its experiment snapshot, saved every ≥ 1 s, so a
+    campaign killed hard would resume its trials from older epochs than they had written.
+    """
+
+    def __init__(self, storage: str, name: str, keep: int) -> None:
+        self.fs, base = pafs.FileSystem.from_uri(
+            storage if "://" in storage else str(Path(storage).expanduser().resolve())
+        )
+        self.root = f"{base.rstrip('/')}/{name}"
+        self.keep = max(1, keep)
+
+    def latest(self) -> dict[str, Any] | None:
+        """``{"epoch", "dir"}`` of the newest complete checkpoint, or None."""
+        try:
+            with self.fs.open_input_stream(f"{self.root}/{LATEST}") as f:
+                return json.loads(f.read().decode())
+        except FileNotFoundError:
+            return None
+
+    def save(self, local_dir: Path, epoch: int) -> None:
+        """Copies ``local_dir`` in as ``epoch``'s checkpoint, points ``latest.json`` at it, then
+        removes the folders beyond ``keep``."""
+        name = checkpoint_name(epoch)
+        target = f"{self.root}/{name}"
+        self.fs.delete_dir_contents(target, missing_dir_ok=True)  # a copy a kill interrupted
+        self.fs.create_dir(target)
+        pafs.copy_files(
+            str(Path(local_dir).resolve()),
+            target,
+            source_filesystem=pafs.LocalFileSystem(),
+            destination_filesystem=self.fs,
+        )
+        pointer = json.dumps({"epoch": epoch, "dir": name}, sort_keys=True)
+        self._replace(LATEST, pointer.encode())
+        for old in self._epoch_dirs()[: -self.keep]:
+            if old != name:
+                self.fs.delete_dir(f"{self.root}/{old}")
+
+    def download(self, entry: dict[str, Any]) -> Path:
+        """A fresh local copy of the checkpoint ``entry`` (from ``latest``) names."""
+        local = Path(tempfile.mkdtemp(prefix="posenfs-resume-"))
+        try:
+            pafs.copy_files(
+                f"{self.root}/{entry['dir']}",
+                str(local),
+                source_filesystem=self.fs,
+                destination_filesystem=pafs.LocalFileSystem(),
+            )
+        except BaseException:
+            shutil.rmtree(local, ignore_errors=True)
+            raise
+        return local
+
+    def local_path(self, entry: dict[str, Any]) -> Path | None:
+        """The folder of checkpoint ``entry`` itself when the store is local, else None."""
+        if isinstance(self.fs, pafs.LocalFileSystem):
+            return Path(f"{self.root}/{entry['dir']}")
+        return None
+
+    def _epoch_dirs(self) -> list[str]:
+        infos = self.fs.get_file_info(pafs.FileSelector(self.root, allow_not_found=True))
+        names = [i.base_name for i in infos if i.type == pafs.FileType.Directory]
+        return sorted(n for n in names if n.startswith("epoch_"))
+
+    def _replace(self, name: str, data: bytes) -> None:
+        """Writes ``name`` so that a reader sees the old or the new content, never a part: a
+        rename on a local file system; a single object put on an object store."""
+        if isinstance(self.fs, pafs.LocalFileSystem):
+            partial = f"{self.root}/.{name}.partial"
+            with self.fs.open_output_stream(partial) as f:
+                f.write(data)
+            self.fs.move(partial, f"{self.root}/{name}")
+        else:
+            with self.fs.open_output_stream(f"{self.root}/{name}") as f:
+                f.write(data)
+
+
 class LocalRuntime(DistributedOps):
-    """Runs a loop in this process: checkpoints under ``run_dir/checkpoints/epoch_NNNN``,
+    """Runs a loop in this process: checkpoints under ``run_dir/checkpoints/epoch_NNNN``
+    (``RunCheckpoints``),
     metrics appended to ``run_dir/metrics.jsonl``, artifacts under ``run_dir/artifacts``.
 
     Re-running with the same ``run_dir`` resumes from the latest checkpoint, as a Ray run does.
@@ -144,13 +239,14 @@ class LocalRuntime(DistributedOps):
         self.world_size = 1
         self.keep = keep
         self.verbose = verbose
+        self.checkpoints = RunCheckpoints(str(self.run_dir), "checkpoints", keep)
         self.history: list[dict[str, float]] = []
         self.stop_requested = False
         self._started = time.monotonic()
 
     def latest_checkpoint(self) -> Path | None:
-        ckpts = sorted((self.run_dir / "checkpoints").glob("epoch_*"))
-        return ckpts[-1] if ckpts else None
+        entry = self.checkpoints.latest()
+        return None if entry is None else self.checkpoints.local_path(entry)
 
     def report(
         self,
@@ -168,16 +264,7 @@ class LocalRuntime(DistributedOps):
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(content.encode() if isinstance(content, str) else content)
         if checkpoint_dir is not None:
-            root = self.run_dir / "checkpoints"
-            root.mkdir(parents=True, exist_ok=True)
-            final = root / checkpoint_name(int(metrics["epoch"]))
-            tmp = root / f".{final.name}.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            shutil.copytree(checkpoint_dir, tmp)
-            shutil.rmtree(final, ignore_errors=True)
-            tmp.rename(final)  # a checkpoint appears whole or not at all
-            for old in sorted(root.glob("epoch_*"))[: -self.keep]:
-                shutil.rmtree(old, ignore_errors=True)
+            self.checkpoints.save(checkpoint_dir, int(metrics["epoch"]))
         if self.verbose:
             shown = " ".join(f"{k}={v:.4g}" for k, v in row.items() if k not in ("epoch", "epochs"))
             elapsed = time.monotonic() - self._started

@@ -14,21 +14,13 @@ into *parts*, each with its own fabric.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from nfs_orchestrator.errors import SpecError
-from nfs_orchestrator.keypoints import PartGrouping, load_grouping, resolve_ref
-from nfs_orchestrator.strict import (
-    apply_overrides,
-    fingerprint,
-    from_mapping,
-    read_yaml,
-    suggest,
-    to_plain,
-)
+from nfs_orchestrator.keypoints import PartGrouping, resolve_ref
+from nfs_orchestrator.strict import Spec, apply_overrides, fingerprint, read_yaml, suggest, to_plain
 
 # Candidate op names (PoseNFS §1.6). nn/ops.py maps each to a module factory; kept here as names
 # only so that specs never build modules. A test checks the two stay equal.
@@ -53,7 +45,7 @@ PARAMETER_FREE_OPS = ("zero", "skip_connect", "avg_pool_3x3", "max_pool_3x3")
 
 
 @dataclass(frozen=True)
-class DerivationRule:
+class DerivationRule(Spec):
     """How a discrete genotype is read from alpha/beta (see genotype.derive_genotype).
 
     ops: ``argmax_nonzero`` keeps, per edge, the op with the largest alpha excluding ``zero``
@@ -72,7 +64,7 @@ class DerivationRule:
 
 
 @dataclass(frozen=True)
-class FabricSpace:
+class FabricSpace(Spec):
     """The differentiable search space of one part's Cell-based Neural Fabric (PoseNFS §1)."""
 
     name: str
@@ -143,13 +135,6 @@ class FabricSpace:
     def num_cells(self) -> int:
         return sum(self.layer_sizes())
 
-    def to_dict(self) -> dict[str, Any]:
-        return to_plain(self)
-
-    @classmethod
-    def from_dict(cls, data: Any, path: str = "") -> FabricSpace:
-        return from_mapping(cls, data, path)
-
 
 def load_fabric(ref: str, overrides: tuple[str, ...] = ()) -> FabricSpace:
     """Loads ``search_spaces/fabrics/<ref>.yaml`` (or a path) with dotted overrides."""
@@ -168,7 +153,7 @@ def load_fabric(ref: str, overrides: tuple[str, ...] = ()) -> FabricSpace:
 
 
 @dataclass(frozen=True)
-class AugmentSpec:
+class AugmentSpec(Spec):
     """Training augmentation of the top-down crop (defaults: the reference code, §3.3)."""
 
     scale_factor: float = 0.3  # scale = clip(1 + 0.3·N(0,1), 0.7, 1.3)
@@ -185,7 +170,7 @@ class AugmentSpec:
 
 
 @dataclass(frozen=True)
-class SyntheticSpec:
+class SyntheticSpec(Spec):
     """A generated COCO-format keypoint set (data/synthetic.py), written once under data.root."""
 
     train_images: int = 96
@@ -195,7 +180,7 @@ class SyntheticSpec:
 
 
 @dataclass(frozen=True)
-class DataSpec:
+class DataSpec(Spec):
     """A top-down pose dataset: where it is, how crops and targets are made, how it is scored.
 
     Relative paths resolve against ``root``. ``dataset: synthetic`` writes a small COCO-format set
@@ -242,13 +227,6 @@ class DataSpec:
         p = Path(relative)
         return p if p.is_absolute() else Path(self.root) / p
 
-    def to_dict(self) -> dict[str, Any]:
-        return to_plain(self)
-
-    @classmethod
-    def from_dict(cls, data: Any, path: str = "") -> DataSpec:
-        return from_mapping(cls, data, path)
-
 
 # --------------------------------------------------------------------------------------------
 # Backbone and inner search
@@ -256,7 +234,7 @@ class DataSpec:
 
 
 @dataclass(frozen=True)
-class BackboneSpec:
+class BackboneSpec(Spec):
     """The shared backbone: a name from nn.backbones and where its weights come from."""
 
     name: str = "tiny"
@@ -277,7 +255,7 @@ class BackboneSpec:
 
 
 @dataclass(frozen=True)
-class OptimSpec:
+class OptimSpec(Spec):
     """One optimizer group. Adam by default, as the reference code."""
 
     name: Literal["adam", "adamw", "sgd"] = "adam"
@@ -294,7 +272,7 @@ class OptimSpec:
 
 
 @dataclass(frozen=True)
-class ScheduleSpec:
+class ScheduleSpec(Spec):
     """Learning-rate schedule of the weights, a pure function of training progress.
 
     ``multistep`` multiplies by ``gamma`` at each milestone, given as fractions of the run
@@ -314,7 +292,7 @@ class ScheduleSpec:
 
 
 @dataclass(frozen=True)
-class TemperatureSpec:
+class TemperatureSpec(Spec):
     """Softmax temperature of alpha/beta, annealed linearly from start to end over the run.
     T = 1 throughout reproduces the reference (plain softmax)."""
 
@@ -336,7 +314,7 @@ MemoryFormat = Literal["auto", "contiguous", "channels_last"]
 
 
 @dataclass(frozen=True)
-class SearchSpec:
+class SearchSpec(Spec):
     """The inner, differentiable search of one trial (PoseNFS §3.1; DESIGN decision 4).
 
     Modes: ``first_order`` DARTS bilevel on an image-disjoint 2:1 split of train (default);
@@ -395,7 +373,7 @@ class SearchSpec:
 
 
 @dataclass(frozen=True)
-class TrialSpec:
+class TrialSpec(Spec):
     """A fully resolved inner search: no distributions, no file references left.
 
     Built by ``CampaignSpec.trial(params)`` from the campaign and the outer choices Optuna made;
@@ -413,13 +391,6 @@ class TrialSpec:
 
     def __post_init__(self) -> None:
         check_compatible(self.fabric, self.grouping, self.data.dataset, self.data.input_size)
-
-    def to_dict(self) -> dict[str, Any]:
-        return to_plain(self)
-
-    @classmethod
-    def from_dict(cls, data: Any, path: str = "") -> TrialSpec:
-        return from_mapping(cls, data, path)
 
     def fingerprint(self) -> str:
         return fingerprint(self)
@@ -443,76 +414,12 @@ def check_compatible(
 
 
 # --------------------------------------------------------------------------------------------
-# The campaign: outer (black-box) search over trials
+# Where a trial runs and where its state lives
 # --------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class OuterParam:
-    """One outer search dimension for Optuna, keyed in ``CampaignSpec.outer`` by the dotted path
-    of the trial field it sets (``fabric.depth``, ``search.arch_optimizer.lr``, ``grouping``).
-
-    ``when`` makes it conditional: suggested only when every named parameter has that value;
-    otherwise the campaign's base value stays.
-    """
-
-    type: Literal["int", "float", "categorical"]
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    step: float | None = None
-    choices: tuple[Any, ...] | None = None  # categorical; lists allowed (e.g. op sets)
-    when: dict[str, Any] | None = None
-
-    def __post_init__(self) -> None:
-        if self.type == "categorical":
-            if not self.choices:
-                raise SpecError("choices: required and non-empty for a categorical parameter")
-            if self.low is not None or self.high is not None:
-                raise SpecError("low/high: not used by a categorical parameter")
-        else:
-            if self.low is None or self.high is None or self.low > self.high:
-                raise SpecError(f"low/high: required with low ≤ high for a {self.type} parameter")
-            if self.choices is not None:
-                raise SpecError(f"choices: not used by a {self.type} parameter")
-            if self.log and self.low <= 0:
-                raise SpecError("log: needs low > 0")
-            if self.type == "int" and (self.low != int(self.low) or self.high != int(self.high)):
-                raise SpecError("low/high: an int parameter needs integer bounds")
-
-
-@dataclass(frozen=True)
-class Objective:
-    """A metric the campaign optimises: val_ap, val_pckh, val_loss, macs or params."""
-
-    metric: str = "val_ap"
-    mode: Literal["max", "min"] = "max"
-
-
-@dataclass(frozen=True)
-class AshaSpec:
-    """ASHA early stopping over epochs (single-objective campaigns only)."""
-
-    enabled: bool = True
-    grace_period: int = 1
-    reduction_factor: int = 2
-
-
-@dataclass(frozen=True)
-class BudgetSpec:
-    num_trials: int = 4
-    max_concurrent: int = 1
-    asha: AshaSpec = field(default_factory=AshaSpec)
-    trial_retries: int = 1  # Tune-level retries of a failed trial (it resumes from checkpoint)
-    worker_retries: int = 1  # Train-level restarts of the worker group within a trial
-
-    def __post_init__(self) -> None:
-        if self.num_trials < 1 or self.max_concurrent < 1:
-            raise SpecError("num_trials and max_concurrent must be ≥ 1")
-
-
-@dataclass(frozen=True)
-class ResourceSpec:
+class ResourceSpec(Spec):
     """Where trials run. Fractional CPUs are fine (a 2-core machine runs 2 workers at 0.5)."""
 
     workers_per_trial: int = 1
@@ -543,130 +450,12 @@ class ResourceSpec:
 
 
 @dataclass(frozen=True)
-class StorageSpec:
+class StorageSpec(Spec):
     """Where state lives. Empty values default under the root folder (``--root``)."""
 
     ray_storage: str | None = None  # Ray storage_path (shared: NFS/S3/GCS for multi-node)
     mlflow_uri: str | None = None  # default sqlite:///<root>/mlflow.db
     optuna_storage: str | None = None  # optional Optuna RDB URL
-
-
-@dataclass(frozen=True)
-class CampaignSpec:
-    """A campaign: a base trial plus the outer domains Optuna explores, objective and budget.
-
-    ``fabric`` and ``grouping`` are references into ``search_spaces/``; at load time every
-    reference the campaign can use (base and categorical choices) is resolved into ``catalog``,
-    so that workers never read spec files and the fingerprint covers what actually runs.
-    """
-
-    name: str
-    data: DataSpec
-    backbone: BackboneSpec
-    fabric: str
-    grouping: str
-    search: SearchSpec = field(default_factory=SearchSpec)
-    outer: dict[str, OuterParam] = field(default_factory=dict)
-    objectives: tuple[Objective, ...] = (Objective(),)
-    budget: BudgetSpec = field(default_factory=BudgetSpec)
-    resources: ResourceSpec = field(default_factory=ResourceSpec)
-    storage: StorageSpec = field(default_factory=StorageSpec)
-    seed: int = 0
-    catalog: dict[str, Any] = field(default_factory=dict)  # ref -> resolved spec dict
-
-    def __post_init__(self) -> None:
-        if not self.name.replace("-", "").replace("_", "").isalnum():
-            raise SpecError(f"name: {self.name!r} may hold only letters, digits, '-' and '_'")
-        if not self.objectives:
-            raise SpecError("objectives: at least one")
-        for key, param in self.outer.items():
-            head = key.split(".")[0]
-            if head not in ("fabric", "grouping", "search", "data", "backbone", "seed"):
-                raise SpecError(
-                    f"outer.{key}: must set a trial field (fabric.*, grouping, "
-                    f"search.*, data.*, backbone.*, seed)"
-                )
-            for cond in param.when or {}:
-                if cond not in self.outer:
-                    raise SpecError(f"outer.{key}.when: {cond!r} is not an outer parameter")
-        if self.catalog:  # already resolved: every trial the space allows must be valid
-            self.trial({})
-
-    @property
-    def multi_objective(self) -> bool:
-        return len(self.objectives) > 1
-
-    @property
-    def campaign_id(self) -> str:
-        """``<name>-<fingerprint[:8]>``: the same spec always gets the same id."""
-        return f"{self.name}-{self.fingerprint()[:8]}"
-
-    def fingerprint(self) -> str:
-        """Over what the campaign computes; where it runs (resources, storage) is left out."""
-        body = to_plain(self)
-        for key in ("resources", "storage"):
-            body.pop(key)
-        body["budget"].pop("max_concurrent")
-        return fingerprint(body)
-
-    def trial(self, params: dict[str, Any], name: str = "") -> TrialSpec:
-        """The concrete TrialSpec for outer choices ``params`` (dotted keys → values)."""
-        for key in params:
-            if key not in self.outer:
-                raise SpecError(f"trial parameter {key!r} is not in the campaign's outer space")
-        base: dict[str, Any] = {
-            "name": name or self.name,
-            "seed": self.seed,
-            "data": to_plain(self.data),
-            "backbone": to_plain(self.backbone),
-            "search": to_plain(self.search),
-        }
-        for kind in ("fabric", "grouping"):  # file references first, then fields inside them
-            ref = params.get(kind, getattr(self, kind))
-            if ref not in self.catalog:
-                raise SpecError(f"{kind}: {ref!r} was not resolved when the campaign loaded")
-            base[kind] = json.loads(json.dumps(self.catalog[ref]))
-        for key, value in params.items():
-            if key in ("fabric", "grouping"):
-                continue
-            node, parts = base, key.split(".")
-            for part in parts[:-1]:
-                node = node[part]
-            node[parts[-1]] = list(value) if isinstance(value, tuple) else value
-        base["params"] = dict(params)
-        return TrialSpec.from_dict(base, path=f"trial{params}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return to_plain(self)
-
-    @classmethod
-    def from_dict(cls, data: Any, path: str = "") -> CampaignSpec:
-        return from_mapping(cls, data, path)
-
-
-def load_campaign(path: str | Path, overrides: tuple[str, ...] = ()) -> CampaignSpec:
-    """Reads a campaign YAML, applies ``--set`` overrides, resolves references, validates."""
-    p = Path(path)
-    data = apply_overrides(read_yaml(p), overrides)
-    data.setdefault("name", p.stem)
-    try:
-        unresolved = CampaignSpec.from_dict({**data, "catalog": {}})
-        catalog: dict[str, Any] = {}
-        refs = {"fabric": {unresolved.fabric}, "grouping": {unresolved.grouping}}
-        for key, param in unresolved.outer.items():
-            if key in refs:
-                if param.type != "categorical" or not all(
-                    isinstance(c, str) for c in param.choices or ()
-                ):
-                    raise SpecError(f"outer.{key}: must be categorical over file references")
-                refs[key].update(param.choices or ())
-        for ref in sorted(refs["fabric"]):
-            catalog[ref] = load_fabric(ref).to_dict()
-        for ref in sorted(refs["grouping"]):
-            catalog[ref] = load_grouping(ref).to_dict()
-        return CampaignSpec.from_dict({**data, "catalog": catalog})
-    except SpecError as e:
-        raise SpecError(f"{p}: {e}") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -675,7 +464,7 @@ def load_campaign(path: str | Path, overrides: tuple[str, ...] = ()) -> Campaign
 
 
 @dataclass(frozen=True)
-class RetrainSpec:
+class RetrainSpec(Spec):
     """Training the derived network of a genotype (``posenfs retrain``).
 
     The genotype comes from the command line (registry alias, run artifact or file), never from
@@ -714,13 +503,6 @@ class RetrainSpec:
         for key in ("resources", "storage"):
             body.pop(key)
         return fingerprint(body)
-
-    def to_dict(self) -> dict[str, Any]:
-        return to_plain(self)
-
-    @classmethod
-    def from_dict(cls, data: Any, path: str = "") -> RetrainSpec:
-        return from_mapping(cls, data, path)
 
 
 def load_retrain(path: str | Path, overrides: tuple[str, ...] = ()) -> RetrainSpec:

@@ -141,6 +141,41 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
     raise TypeError(f"strict loader does not handle type {tp!r} at {where}")
 
 
+class Spec:
+    """What every frozen spec shares: ``to_dict`` (plain JSON-able values) and ``from_dict``
+    (strict loading, with the key path in every message)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_plain(self)
+
+    @classmethod
+    def from_dict(cls: type[T], data: Any, path: str = "") -> T:
+        return from_mapping(cls, data, path)
+
+
+def replace_path(spec: T, dotted: str, value: Any, path: str = "") -> T:
+    """``spec`` with the field at ``dotted`` (``search.arch_optimizer.lr``) set to ``value``:
+    the value is converted by the field's type hint, as loading would, and every spec on the way
+    is rebuilt by ``dataclasses.replace``, so each validates again. Unknown fields are an error
+    naming the path."""
+    head, _, rest = dotted.partition(".")
+    where = _join(path, head)
+    if not dataclasses.is_dataclass(spec):
+        raise SpecError(f"{path}: not a mapping, {head!r} cannot be set inside it")
+    fields = {f.name for f in dataclasses.fields(spec) if f.init}
+    if head not in fields:
+        raise SpecError(f"{where}: unknown key{suggest(head, fields)}")
+    current = getattr(spec, head)
+    if rest:
+        new = replace_path(current, rest, value, where)
+    else:
+        new = _convert(get_type_hints(type(spec))[head], value, where)
+    try:
+        return dataclasses.replace(spec, **{head: new})
+    except SpecError as e:
+        raise SpecError(f"{path or '<top>'}: {e}") from None
+
+
 def to_plain(obj: Any) -> Any:
     """Dataclasses, tuples and mappings → plain JSON-able dicts and lists (field order kept)."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):

@@ -1,133 +1,62 @@
 """A campaign: the outer search (Ray Tune + Optuna) over supernet searches, start to summary.
 
 What this is: ``run_campaign(campaign, root, address)``. It writes the campaign record
-(``<root>/campaigns/<id>/campaign.json``), gets or creates the campaign's MLflow experiment and
-parent run, starts Ray (embedded: ``ray.init()`` here with enough logical CPUs for the spec's
-fractional resources; or connects to ``address``), then either restores the Tune experiment
-``<ray storage>/<campaign_id>`` (``Tuner.restore``: finished trials are kept, unfinished and errored
-ones resume from their checkpoints, the Optuna searcher continues from its saved state) or starts
-it: ``Tuner(trial_driver, OptunaSearch(define-by-run), ASHA)``. Multi-objective campaigns give
-OptunaSearch lists of metrics and modes and run without ASHA (Ray schedulers are single-metric);
-their Pareto set is computed here from the ledger.
+(``store``: ``<root>/campaigns/<id>/campaign.json``), gets or creates the campaign's MLflow
+experiment and parent run, starts or joins Ray (``ray_session``), then either restores the Tune
+experiment ``<ray storage>/<campaign_id>`` (``Tuner.restore``: finished trials are kept,
+unfinished and errored ones resume from their checkpoints, the Optuna searcher continues from
+its saved state) or starts it: ``Tuner(trial_driver, OptunaSearch(define-by-run), ASHA)``.
+Multi-objective campaigns give OptunaSearch lists of metrics and modes and run without ASHA
+(Ray schedulers are single-metric); their Pareto set is computed here from the ledger.
 
 SIGINT/SIGTERM stop the campaign cleanly: Tune saves its state, trials stop, their registered
 checkpoints stay, runs end KILLED, and ``posenfs resume <id>`` continues. A SIGKILL loses nothing
 either: the next resume restores the same state.
 
-What it is not: a trial (``trial.py``) or the ledger/tracking code (``ledger.py``, ``tracking.py``).
-Ray is imported inside ``run_campaign`` only, after the environment is prepared (Ray reads its
-auth mode at import).
+What it is not: a trial (``trial.py``), the Tune callback that keeps the ledger
+(``tune_callback.py``), the record's layout (``store.py``) or the MLflow calls
+(``tracking.py``). Ray is imported inside functions only, after the environment is prepared
+(Ray reads its auth mode at import).
 """
 
 from __future__ import annotations
 
-import math
 import os
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import nfs_orchestrator
-from nfs_orchestrator.errors import PosenfsError
-from nfs_orchestrator.orchestration import status, tracking
+from nfs_orchestrator.campaign_spec import CampaignSpec
+from nfs_orchestrator.orchestration import ray_session, store, tracking
 from nfs_orchestrator.orchestration.compare import compare_campaign, pareto_front
 from nfs_orchestrator.orchestration.ledger import read_ledger, write_ledger
-from nfs_orchestrator.specs import CampaignSpec
-
-
-@dataclass(frozen=True)
-class ResourcePlan:
-    """How a campaign uses the cluster: per-trial resources and how many trials run at once."""
-
-    trial_cpus: float  # the Tune trial (driver) actor
-    workers_per_trial: int
-    in_trial_actor: bool  # the one worker's search runs in the trial actor (no worker group)
-    cpus_per_worker: float
-    gpus_per_worker: float
-    cpus_per_trial: float  # driver + workers
-    gpus_per_trial: float
-    cluster_cpus: float
-    cluster_gpus: float
-    max_concurrent: int
-    embedded_num_cpus: int | None  # ray.init(num_cpus=...) for an embedded cluster
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def describe(self) -> str:
-        gpus = f" + {self.gpus_per_trial:g} GPU" if self.gpus_per_trial else ""
-        where = " (in the trial actor)" if self.in_trial_actor else ""
-        return (
-            f"{self.workers_per_trial} worker(s){where} × {self.cpus_per_worker:g} CPU + driver "
-            f"{self.trial_cpus:g} CPU = {self.cpus_per_trial:g} CPU{gpus} per trial; "
-            f"{self.max_concurrent} trial(s) at once on {self.cluster_cpus:g} CPU / "
-            f"{self.cluster_gpus:g} GPU"
-        )
-
-
-def plan_resources(
-    campaign: CampaignSpec, cluster_cpus: float | None = None, cluster_gpus: float = 0.0
-) -> ResourcePlan:
-    """The resource plan. With ``cluster_cpus`` None the cluster is the embedded one: this
-    machine's cores, raised to what ``budget.max_concurrent`` trials need (logical CPUs, so a
-    2-core machine can hold a driver plus two fractional workers)."""
-    res, budget = campaign.resources, campaign.budget
-    cpus_per_trial = res.trial_cpus + res.workers_per_trial * res.cpus_per_worker
-    gpus_per_trial = res.workers_per_trial * res.gpus_per_worker
-    wanted = min(budget.max_concurrent, budget.num_trials)
-    embedded = None
-    if cluster_cpus is None:
-        embedded = max(os.cpu_count() or 1, math.ceil(cpus_per_trial * wanted - 1e-9))
-        cluster_cpus = float(embedded)
-    if cpus_per_trial > cluster_cpus + 1e-9:
-        raise PosenfsError(
-            f"resources: a trial needs {cpus_per_trial:g} CPUs, the cluster has {cluster_cpus:g}"
-        )
-    fit = int(cluster_cpus / cpus_per_trial + 1e-9)
-    if gpus_per_trial > 0:
-        if gpus_per_trial > cluster_gpus + 1e-9:
-            raise PosenfsError(
-                f"resources: a trial needs {gpus_per_trial:g} GPUs, the cluster has "
-                f"{cluster_gpus:g}"
-            )
-        fit = min(fit, int(cluster_gpus / gpus_per_trial + 1e-9))
-    return ResourcePlan(
-        trial_cpus=res.trial_cpus,
-        workers_per_trial=res.workers_per_trial,
-        in_trial_actor=res.search_in_trial_actor,
-        cpus_per_worker=res.cpus_per_worker,
-        gpus_per_worker=res.gpus_per_worker,
-        cpus_per_trial=cpus_per_trial,
-        gpus_per_trial=gpus_per_trial,
-        cluster_cpus=cluster_cpus,
-        cluster_gpus=cluster_gpus,
-        max_concurrent=max(1, min(wanted, fit)),
-        embedded_num_cpus=embedded,
-    )
+from nfs_orchestrator.orchestration.ray_session import ResourcePlan
 
 
 def make_record(
     campaign: CampaignSpec, root: str | Path, base_dir: str | Path | None = None
-) -> status.CampaignRecord:
+) -> store.CampaignRecord:
     """The campaign's record: where everything lives, from the spec's StorageSpec or under
-    ``root``. An existing record keeps its base_dir and parent run (a re-run resumes)."""
+    ``root`` (the MLflow store by ``tracking.resolve_tracking_uri``). An existing record keeps
+    its base_dir, MLflow store and parent run (a re-run resumes in the same runs)."""
     root = Path(root).resolve()
     storage = campaign.storage
-    record = status.CampaignRecord(
+    record = store.CampaignRecord(
         campaign_id=campaign.campaign_id,
         spec=campaign,
         root=str(root),
         base_dir=str(Path(base_dir or os.getcwd()).resolve()),
         ray_storage=storage.ray_storage or str(root / "ray"),
-        tracking_uri=storage.mlflow_uri or tracking.default_tracking_uri(root),
+        tracking_uri=tracking.resolve_tracking_uri(root, storage.mlflow_uri),
         experiment_name=tracking.experiment_name(campaign.campaign_id),
     )
-    if (record.folder / status.RECORD_NAME).is_file():
-        old = status.load_record(root, campaign.campaign_id)
+    if (record.folder / store.RECORD_NAME).is_file():
+        old = store.load_record(root, campaign.campaign_id)
         record.base_dir, record.parent_run_id = old.base_dir, old.parent_run_id
+        record.tracking_uri = old.tracking_uri
     return record
 
 
@@ -145,7 +74,7 @@ class CampaignResult:
     rows: list[dict[str, Any]]
     best: dict[str, Any] | None
     pareto: list[dict[str, Any]]
-    record: status.CampaignRecord
+    record: store.CampaignRecord
     plan: ResourcePlan
     wall_time_s: float
     failed: list[str] = field(default_factory=list)
@@ -169,33 +98,8 @@ def best_row(rows: list[dict[str, Any]], campaign: CampaignSpec) -> dict[str, An
 
 
 # --------------------------------------------------------------------------------------------
-# Ray
+# The Tuner
 # --------------------------------------------------------------------------------------------
-
-
-def prepare_ray_environment(address: str | None) -> None:
-    """Environment Ray reads at import: no usage stats; for a remote cluster, token auth when a
-    token is available (RAY-MULTINODE §1: an explicit address never turns auth on by itself);
-    for the embedded cluster, no pre-emption watcher and workers that can import this package
-    even when it is not installed."""
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # ours forwards to Tune's SIGUSR1
-    if address:
-        has_token = os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
-        has_token = has_token or (Path.home() / ".ray" / "auth_token").is_file()
-        if has_token:
-            os.environ.setdefault("RAY_AUTH_MODE", "token")
-        return
-    # One machine, nothing to reclaim: skip Ray Train's pre-emption watcher (an extra actor
-    # process per trial, seconds of start-up on a small machine).
-    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-    # A worker process starting on a busy small machine (importing torch) can take longer than
-    # Ray Train's 60 s default; each timeout restarts the whole worker group.
-    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "240")
-    package_parent = str(Path(nfs_orchestrator.__file__).resolve().parent.parent)
-    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    if package_parent not in paths:
-        os.environ["PYTHONPATH"] = os.pathsep.join([package_parent, *paths])
 
 
 def snapshot_period(campaign: CampaignSpec) -> float:
@@ -209,29 +113,9 @@ def snapshot_period(campaign: CampaignSpec) -> float:
     return min(10.0, max(1.0, campaign.budget.num_trials / 50))
 
 
-def start_ray(campaign: CampaignSpec, address: str | None) -> tuple[ResourcePlan, bool]:
-    """Starts or joins Ray; returns the resource plan and whether this call started Ray."""
-    import ray
-
-    if ray.is_initialized():
-        res = ray.cluster_resources()
-        return plan_resources(campaign, res.get("CPU", 0.0), res.get("GPU", 0.0)), False
-    if address:
-        ray.init(address=address, log_to_driver=True)
-        res = ray.cluster_resources()
-        return plan_resources(campaign, res.get("CPU", 0.0), res.get("GPU", 0.0)), True
-    plan = plan_resources(campaign)
-    # The dashboard (127.0.0.1 only) also serves the state API that Ray Train's placement-group
-    # cleaner polls; without it that cleaner logs a warning every few seconds.
-    dashboard = os.environ.get("POSENFS_RAY_DASHBOARD", "1") != "0"
-    ray.init(num_cpus=plan.embedded_num_cpus, include_dashboard=dashboard, log_to_driver=True)
-    gpus = ray.cluster_resources().get("GPU", 0.0)
-    return plan_resources(campaign, None, gpus), True
-
-
 def build_tuner(
     campaign: CampaignSpec,
-    record: status.CampaignRecord,
+    record: store.CampaignRecord,
     target: tracking.TrackingTarget,
     plan: ResourcePlan,
 ) -> Any:
@@ -240,23 +124,19 @@ def build_tuner(
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
-    from nfs_orchestrator.orchestration.progress import CampaignCallback
     from nfs_orchestrator.orchestration.space import define_by_run
-    from nfs_orchestrator.orchestration.trial import (
-        DriverContext,
-        trial_actor_resources,
-        trial_driver,
-    )
+    from nfs_orchestrator.orchestration.trial import DriverContext, trial_driver
+    from nfs_orchestrator.orchestration.tune_callback import CampaignCallback
 
     cid = campaign.campaign_id
     context = DriverContext(
         base_dir=record.base_dir,
         train_storage=_join(record.ray_storage, cid, "train"),
-        tracking=target.to_dict(),
+        tracking=target,
     )
     trainable = tune.with_resources(
-        tune.with_parameters(trial_driver, campaign=campaign.to_dict(), context=context.to_dict()),
-        trial_actor_resources(campaign.resources),
+        tune.with_parameters(trial_driver, campaign=campaign, context=context),
+        ray_session.trial_actor_resources(campaign.resources),
     )
     experiment = _join(record.ray_storage, cid)
     if tune.Tuner.can_restore(experiment):
@@ -284,7 +164,7 @@ def build_tuner(
             grace_period=asha.grace_period,
             reduction_factor=asha.reduction_factor,
         )
-    callback = CampaignCallback(campaign.to_dict(), str(record.ledger_path), target.to_dict())
+    callback = CampaignCallback(record.root, cid, target.to_dict())
     return tune.Tuner(
         trainable,
         param_space={},  # every domain lives in the define-by-run function
@@ -316,42 +196,22 @@ def build_tuner(
 # --------------------------------------------------------------------------------------------
 
 
-class _StopSignals:
-    """SIGINT/SIGTERM → Tune's graceful stop (SIGUSR1: save state, stop trials, return); a
-    second signal stops at once."""
+def _stop_tune(signum: int) -> None:
+    """A campaign's first SIGINT/SIGTERM: the Tune callback stops treating trial errors as
+    failures, and Tune gets SIGUSR1 (save state, stop trials, return)."""
+    from nfs_orchestrator.orchestration.tune_callback import STOP_REQUESTED
 
-    def __init__(self) -> None:
-        self.received: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> _StopSignals:
-        from nfs_orchestrator.orchestration.progress import STOP_REQUESTED
-
-        self._stop_requested = STOP_REQUESTED
-        STOP_REQUESTED.clear()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.received is not None:
-            raise KeyboardInterrupt
-        self.received = signum
-        self._stop_requested.set()
-        print(
-            f"\nposenfs: {signal.Signals(signum).name}: stopping the campaign; checkpoints are "
-            "kept (again to stop at once)",
-            flush=True,
-        )
-        os.kill(os.getpid(), signal.SIGUSR1)
+    STOP_REQUESTED.set()
+    print(
+        f"\nposenfs: {signal.Signals(signum).name}: stopping the campaign; checkpoints are "
+        "kept (again to stop at once)",
+        flush=True,
+    )
+    os.kill(os.getpid(), signal.SIGUSR1)
 
 
 def finish_campaign(
-    record: status.CampaignRecord,
+    record: store.CampaignRecord,
     target: tracking.TrackingTarget,
     interrupted: bool,
     error: str = "",
@@ -366,7 +226,6 @@ def finish_campaign(
     done = [r for r in rows if r["status"] in ("FINISHED", "EARLY_STOPPED", "FAILED")]
     complete = len(done) >= spec.budget.num_trials and not interrupted and not error
     outcome = "finished" if complete else ("failed" if error else "interrupted")
-    c = tracking.client(target.tracking_uri)
     for row in rows:
         if row["status"] in ("RUNNING", "PENDING"):
             row["status"] = "KILLED"
@@ -374,14 +233,12 @@ def finish_campaign(
     # reported to Tune); after a complete one, those of trials Tune never recorded: started
     # within its last snapshot period (snapshot_period) before a hard crash, so the restored
     # searcher gave their place in the budget to a new trial.
-    tags = {tracking.TAG_KIND: "trial", tracking.TAG_CAMPAIGN: record.campaign_id}
-    for run in tracking.find_runs(c, target.experiment_id, tags):
-        if run.info.status == "RUNNING":
-            if complete:
-                c.set_tag(run.info.run_id, tracking.TAG_LOST, "true")
-            elif preempted:  # SIGTERM: a pre-emption notice, not a user's Ctrl-C
-                c.set_tag(run.info.run_id, tracking.TAG_PREEMPTED, "true")
-            tracking.end_run(c, run.info.run_id, "KILLED")
+    tags = {}
+    if complete:
+        tags[tracking.TAG_LOST] = "true"
+    elif preempted:  # SIGTERM: a pre-emption notice, not a user's Ctrl-C
+        tags[tracking.TAG_PREEMPTED] = "true"
+    tracking.end_open_trial_runs(target, record.campaign_id, tags)
     write_ledger(rows, record.ledger_path)
     tracking.log_ledger(target, record.ledger_path)
     if rows:
@@ -390,8 +247,9 @@ def finish_campaign(
         except Exception as e:  # noqa: BLE001 - a plot must not fail a finished campaign
             print(f"posenfs: comparison not written ({e!r})", file=sys.stderr)
     parent_status = {"finished": "FINISHED", "interrupted": "KILLED", "failed": "FAILED"}[outcome]
+    c = tracking.client(target.tracking_uri)
     tracking.end_run(c, target.parent_run_id, parent_status, label=outcome, error=error)
-    status.write_state(record.folder, outcome, trials=len(rows), done=len(done))
+    store.write_state(record.folder, outcome, trials=len(rows), done=len(done))
     return outcome, rows
 
 
@@ -412,19 +270,22 @@ def run_campaign(
         artifacts = tracking.default_artifact_location(record.root, campaign.campaign_id)
     target = tracking.open_campaign(record.tracking_uri, campaign, artifacts)
     record.parent_run_id = target.parent_run_id
-    status.write_record(record)
-    status.write_state(record.folder, "running")
+    store.write_record(record)
+    store.write_state(record.folder, "running")
 
-    prepare_ray_environment(address)
+    ray_session.prepare_ray_environment(address)
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", f"{snapshot_period(campaign):g}")
     import ray
 
     started_ray = False
     try:
-        plan, started_ray = start_ray(campaign, address)
+        plan, started_ray = ray_session.start_ray(campaign.resources, campaign.budget, address)
         print(f"posenfs: campaign {campaign.campaign_id}: {plan.describe()}", flush=True)
         tuner = build_tuner(campaign, record, target, plan)
-        with _StopSignals() as stop:
+        from nfs_orchestrator.orchestration.tune_callback import STOP_REQUESTED
+
+        STOP_REQUESTED.clear()
+        with ray_session.StopSignals(_stop_tune) as stop:
             try:
                 tuner.fit()
             except KeyboardInterrupt:  # a second signal: stop at once

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nfs_orchestrator.campaign_spec import Objective
 from nfs_orchestrator.orchestration.ledger import final_values
-from nfs_orchestrator.specs import Objective
 
 GROUP_KEYS = ("grouping", "depth", "scales")
 
@@ -237,17 +237,16 @@ def comparison_json(comparison: Comparison) -> str:
 def compare_campaign(root: str | Path, campaign_id: str, *, log: bool = True) -> Comparison:
     """Reads a campaign's ledger, writes compare.json/compare.png beside it and (``log``) logs
     both to the campaign's MLflow parent run."""
-    from nfs_orchestrator.orchestration import status, tracking
+    from nfs_orchestrator.orchestration import store, tracking
     from nfs_orchestrator.orchestration.ledger import read_ledger
 
-    record = status.load_record(root, campaign_id)
+    record = store.load_record(root, campaign_id)
     rows = read_ledger(record.ledger_path)
     comparison = compare_rows(record.campaign_id, rows, record.spec.objectives)
     comparison.json_path = record.folder / "compare.json"
     comparison.json_path.write_text(comparison_json(comparison) + "\n")
     comparison.plot_path = plot_comparison(comparison, record.folder / "compare.png")
     if log and record.tracking_uri and record.parent_run_id:
-        client = tracking.client(record.tracking_uri)
-        for path in (comparison.json_path, comparison.plot_path):
-            client.log_artifact(record.parent_run_id, str(path), "compare")
+        paths = [comparison.json_path, comparison.plot_path]
+        tracking.log_files(record.tracking_uri, record.parent_run_id, paths, "compare")
     return comparison

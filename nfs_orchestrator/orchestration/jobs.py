@@ -254,11 +254,9 @@ def submit_campaign(
     """Submits the campaign as job ``<campaign id>``, or reports the job already there.
 
     ``token`` is a token *file* (``--token-file``); the other places are searched as well."""
-    from nfs_orchestrator.orchestration.space import check_space
-    from nfs_orchestrator.specs import load_campaign
+    from nfs_orchestrator.campaign_spec import load_campaign
 
     campaign = load_campaign(spec_path, tuple(overrides))  # a bad spec fails here, not remotely
-    check_space(campaign.outer)
     job_id = campaign.campaign_id
     workdir = working_dir()
     command = entrypoint(spec_path, overrides, root, workdir)

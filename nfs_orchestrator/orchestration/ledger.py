@@ -7,9 +7,13 @@ primary objective, the final value of every objective, best val_ap/val_pckh/val_
 derived (MACs, params, genotype fingerprint) and what it cost (wall time, worker-seconds held).
 The schema is fixed, so ledgers of different campaigns concatenate.
 
+The columns that describe a trial (``trial_columns``) are computed once, by the trial driver
+from the TrialSpec it built, and reach the ledger's writer in every result of the trial
+(``update_with_result``); until a trial's first result its row holds only its outer choices.
+
 Writes are atomic (temporary file + rename), so a reader (``posenfs status``) never sees half a
-file. What it is not: the code that decides when to write (the Tune callback in ``campaign.py``)
-or the MLflow upload (``tracking.py``).
+file. What it is not: the code that decides when to write (the campaign's Tune callback,
+``tune_callback.py``) or the MLflow upload (``tracking.py``).
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from nfs_orchestrator.specs import Objective, TrialSpec
+from nfs_orchestrator.campaign_spec import Objective
+from nfs_orchestrator.specs import TrialSpec
 
 LEDGER_SCHEMA = pa.schema(
     [
@@ -65,27 +70,43 @@ _BEST_MAX = ("val_ap", "val_pckh")
 _BEST_MIN = ("val_loss",)
 
 
-def new_row(campaign_id: str, trial_id: str, trial: TrialSpec, objective: Objective) -> dict:
-    """A PENDING row describing ``trial`` before it reports anything."""
+TRIAL_COLUMNS = ("grouping", "num_parts", "fabric", "depth", "scales", "ops", "epochs")
+
+
+def trial_columns(trial: TrialSpec) -> dict[str, Any]:
+    """The ledger columns that describe ``trial`` (``TRIAL_COLUMNS``)."""
+    return {
+        "grouping": trial.grouping.name,
+        "num_parts": trial.grouping.num_parts,
+        "fabric": trial.fabric.name,
+        "depth": trial.fabric.depth,
+        "scales": list(trial.fabric.scales),
+        "ops": list(trial.fabric.ops),
+        "epochs": trial.search.epochs,
+    }
+
+
+def pending_row(
+    campaign_id: str, trial_id: str, params: Mapping[str, Any], objective: Objective
+) -> dict:
+    """A PENDING row of a trial known only by its outer choices ``params``."""
     row: dict[str, Any] = {name: None for name in LEDGER_SCHEMA.names}
     row.update(
         campaign_id=campaign_id,
         trial_id=trial_id,
         status="PENDING",
-        grouping=trial.grouping.name,
-        num_parts=trial.grouping.num_parts,
-        fabric=trial.fabric.name,
-        depth=trial.fabric.depth,
-        scales=list(trial.fabric.scales),
-        ops=list(trial.fabric.ops),
-        params_json=json.dumps(trial.params, sort_keys=True, separators=(",", ":")),
-        epochs=trial.search.epochs,
+        params_json=json.dumps(params, sort_keys=True, separators=(",", ":")),
         epochs_run=0,
         objective=objective.metric,
         wall_time_s=0.0,
         worker_seconds=0.0,
     )
     return row
+
+
+def new_row(campaign_id: str, trial_id: str, trial: TrialSpec, objective: Objective) -> dict:
+    """A PENDING row describing ``trial`` before it reports anything."""
+    return {**pending_row(campaign_id, trial_id, trial.params, objective), **trial_columns(trial)}
 
 
 def _finite(value: Any) -> float | None:
@@ -107,6 +128,9 @@ def update_with_result(
     redoing the last one) only updates values, never the count.
     """
     out = dict(row)
+    if isinstance(result.get("trial_columns"), str):
+        described = json.loads(result["trial_columns"])
+        out.update((k, described[k]) for k in TRIAL_COLUMNS if k in described)
     epoch = int(result.get("epoch", -1))
     out["epochs_run"] = max(int(out.get("epochs_run") or 0), epoch + 1)
     if "start_epoch" in result:

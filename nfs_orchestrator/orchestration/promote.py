@@ -27,7 +27,6 @@ import math
 import operator
 import re
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -135,7 +134,7 @@ class Promotion:
 
 
 def promote(
-    record: Any,  # status.CampaignRecord
+    record: Any,  # store.CampaignRecord
     rows: list[dict[str, Any]],
     rule: Rule,
     *,
@@ -144,17 +143,15 @@ def promote(
     model_name: str | None = None,
 ) -> Promotion:
     """Registers the selected trial's genotype as a model version and points ``alias`` at it."""
-    from mlflow.exceptions import MlflowException
-
     row = select_trial(rows, rule, trial_id)
     run_id = row.get("run_id")
     if not run_id:
         raise PromoteError(f"trial {row['trial_id']} has no MLflow run in the ledger")
-    c = tracking.client(record.tracking_uri)
+    uri = record.tracking_uri
     with tempfile.TemporaryDirectory(prefix="posenfs-promote-") as tmp:
         try:
-            path = c.download_artifacts(run_id, tracking.GENOTYPE_ARTIFACT, tmp)
-        except MlflowException as e:
+            path = tracking.download_artifact(uri, run_id, tracking.GENOTYPE_ARTIFACT, tmp)
+        except tracking.ArtifactError as e:
             raise PromoteError(f"run {run_id}: cannot read genotype.json ({e})") from None
         text = Path(path).read_text()
     genotype = Genotype.from_json(text, source=f"runs:/{run_id}/genotype.json")
@@ -165,21 +162,24 @@ def promote(
             f"{row['genotype_fp'][:12]}: the run moved on since the ledger was written"
         )
     name = model_name or f"posenfs-{record.spec.data.dataset}-genotypes"
-    try:
-        c.get_registered_model(name)
-    except MlflowException:
-        c.create_registered_model(
-            name, description="Genotypes promoted from posenfs campaigns (genotype.json)."
-        )
-    existing = c.search_model_versions(
-        f"name='{name}' and tags.`{tracking.TAG_GENOTYPE}`='{fp}' "
-        f"and tags.`{TAG_SOURCE_RUN}`='{run_id}'"
+    tracking.ensure_registered_model(
+        uri, name, "Genotypes promoted from posenfs campaigns (genotype.json)."
     )
-    created = not existing
-    if existing:
-        version = str(existing[0].version)
-    else:
-        _log_promotion_artifacts(c, run_id, genotype, text)
+    version = tracking.find_model_version(
+        uri, name, {tracking.TAG_GENOTYPE: fp, TAG_SOURCE_RUN: run_id}
+    )
+    created = version is None
+    if version is None:
+        tracking.log_texts(
+            uri,
+            run_id,
+            {
+                "genotype.json": text,
+                "space.json": json.dumps(genotype.space.to_dict(), indent=1),
+                "grouping.json": json.dumps(genotype.grouping.to_dict(), indent=1),
+            },
+            ARTIFACT_DIR,
+        )
         tags = {
             tracking.TAG_CAMPAIGN: record.campaign_id,
             tracking.TAG_TRIAL: row["trial_id"],
@@ -191,19 +191,12 @@ def promote(
             "nfs.grouping": genotype.grouping.name,
             "nfs.space": genotype.space.name,
         }
-        mv = c.create_model_version(
-            name, source=f"runs:/{run_id}/{ARTIFACT_DIR}", run_id=run_id, tags=tags
+        version = tracking.create_model_version(
+            uri, name, f"runs:/{run_id}/{ARTIFACT_DIR}", run_id, tags
         )
-        version = str(mv.version)
-    previous = None
-    try:
-        previous = str(c.get_model_version_by_alias(name, alias).version)
-    except MlflowException:
-        previous = None
+    previous = tracking.alias_holder(uri, name, alias)
     if previous != version:
-        c.set_model_version_tag(name, version, TAG_PREVIOUS, previous or "none")
-        c.set_registered_model_alias(name, alias, version)
-        _append_alias_history(c, name, alias, version, previous)
+        tracking.move_alias(uri, name, alias, version, previous, TAG_PREVIOUS)
     return Promotion(
         name,
         version,
@@ -216,22 +209,3 @@ def promote(
         previous if previous != version else None,
         created,
     )
-
-
-def _log_promotion_artifacts(c: Any, run_id: str, genotype: Genotype, text: str) -> None:
-    """genotype.json, space.json and grouping.json under the run's ``promotion/`` folder."""
-    with tempfile.TemporaryDirectory(prefix="posenfs-promote-") as tmp:
-        folder = Path(tmp) / ARTIFACT_DIR
-        folder.mkdir()
-        (folder / "genotype.json").write_text(text)
-        (folder / "space.json").write_text(json.dumps(genotype.space.to_dict(), indent=1))
-        (folder / "grouping.json").write_text(json.dumps(genotype.grouping.to_dict(), indent=1))
-        c.log_artifacts(run_id, str(folder), ARTIFACT_DIR)
-
-
-def _append_alias_history(c: Any, name: str, alias: str, version: str, previous: str | None):
-    key = f"nfs.alias_history.{alias}"
-    model = c.get_registered_model(name)
-    history = json.loads(model.tags.get(key, "[]"))
-    history.append({"version": version, "previous": previous, "time": int(time.time())})
-    c.set_registered_model_tag(name, key, json.dumps(history[-50:]))

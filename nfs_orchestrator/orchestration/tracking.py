@@ -1,8 +1,16 @@
-"""Every MLflow call of posenfs: experiments, runs, tags, params, metrics and artifacts.
+"""Every MLflow call of posenfs: experiments, runs, tags, params, metrics, artifacts, and the
+Model Registry.
 
-What this is: a thin layer over ``mlflow.MlflowClient`` (never the fluent ``mlflow.start_run``,
-whose active-run state and ``MLFLOW_RUN_ID`` override, mlflow#15713, do not mix with Ray
-processes). One experiment per campaign (``posenfs/<campaign_id>``); in it one parent run per
+What this is: a thin layer over ``mlflow.MlflowClient``. The fluent API (``mlflow.start_run``),
+whose active-run state and ``MLFLOW_RUN_ID`` override (mlflow#15713) do not mix with Ray
+processes, is used in one place only: ``log_torch_model``, because MLflow's model flavours log
+into the active run.
+
+Which store (``resolve_tracking_uri``, the one rule, for campaigns, promote, retrain and
+``evaluate``): the spec's ``storage.mlflow_uri`` if set, else ``$MLFLOW_TRACKING_URI`` if set,
+else ``sqlite:///<root>/mlflow.db``. A campaign keeps the store it started with: its record
+(``campaign.json``) names it, and ``resume``, ``status``, ``compare`` and ``promote`` read it
+from there. One experiment per campaign (``posenfs/<campaign_id>``); in it one parent run per
 campaign and one child run per trial, each found again by its tags, so a resumed or retried
 campaign reuses its runs instead of duplicating them (``get_or_create_run``). Rank 0 of a trial
 logs each epoch's metrics (step = epoch), ``genotype.json`` (latest, plus ``genotype/epoch_NNNN``),
@@ -11,7 +19,8 @@ Runs end FINISHED, FAILED (with the error as a tag) or KILLED, never left RUNNIN
 
 Default store (embedded campaigns): ``sqlite:///<root>/mlflow.db``, artifacts under
 ``<root>/mlartifacts/<campaign_id>``. What it is not: the decision of *when* to log (that is
-``ray_runtime.py``, ``trial.py`` and the campaign callback).
+``train_worker.TrialRuntime``, ``trial.py``, the campaign's ``tune_callback.py``, ``promote.py``
+and ``retrain.py``).
 """
 
 from __future__ import annotations
@@ -31,7 +40,9 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, Run
 from mlflow.exceptions import MlflowException
 
-from nfs_orchestrator.specs import CampaignSpec, TrialSpec
+from nfs_orchestrator.campaign_spec import CampaignSpec
+from nfs_orchestrator.errors import InputError
+from nfs_orchestrator.specs import TrialSpec
 
 TAG_KIND = "nfs.kind"  # "campaign" | "trial"
 TAG_CAMPAIGN = "nfs.campaign_id"
@@ -52,6 +63,12 @@ LEDGER_ARTIFACT = "ledger.parquet"
 # --------------------------------------------------------------------------------------------
 # Stores, experiments and runs
 # --------------------------------------------------------------------------------------------
+
+
+def resolve_tracking_uri(root: str | Path, explicit: str | None = None) -> str:
+    """The store to use: ``explicit`` (a spec's ``storage.mlflow_uri``), else
+    ``$MLFLOW_TRACKING_URI``, else the root's SQLite store."""
+    return explicit or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(root)
 
 
 def default_tracking_uri(root: str | Path) -> str:
@@ -136,10 +153,19 @@ def get_or_create_run(
 
 
 def end_run(
-    c: MlflowClient, run_id: str, status: str, *, label: str | None = None, error: str = ""
+    c: MlflowClient,
+    run_id: str,
+    status: str,
+    *,
+    label: str | None = None,
+    error: str = "",
+    tags: Mapping[str, str] | None = None,
 ) -> None:
     """Ends a run as FINISHED, FAILED or KILLED; ``label`` (e.g. early_stopped) goes to the
-    ``nfs.status`` tag, ``error`` (its last 5000 characters) to ``nfs.error``."""
+    ``nfs.status`` tag, ``error`` (its last 5000 characters) to ``nfs.error``, ``tags`` (e.g.
+    ``nfs.preempted``) are set first."""
+    for key, value in (tags or {}).items():
+        c.set_tag(run_id, key, value)
     c.set_tag(run_id, TAG_STATUS, label or status.lower())
     if error:
         c.set_tag(run_id, TAG_ERROR, error[-5000:])
@@ -297,6 +323,191 @@ def log_epoch(
     return fingerprint
 
 
+def end_open_trial_runs(
+    target: TrackingTarget, campaign_id: str, tags: Mapping[str, str] | None = None
+) -> list[str]:
+    """Ends every trial run of the campaign still RUNNING as KILLED, with ``tags``; returns
+    their ids."""
+    c = client(target.tracking_uri)
+    ended = []
+    for run in find_runs(c, target.experiment_id, {TAG_KIND: "trial", TAG_CAMPAIGN: campaign_id}):
+        if run.info.status == "RUNNING":
+            end_run(c, run.info.run_id, "KILLED", tags=tags)
+            ended.append(run.info.run_id)
+    return ended
+
+
 def log_ledger(target: TrackingTarget, path: str | Path) -> None:
     """Uploads the campaign ledger to the parent run (overwriting the previous copy)."""
     client(target.tracking_uri).log_artifact(target.parent_run_id, str(path))
+
+
+def log_files(
+    tracking_uri: str, run_id: str, paths: list[str | Path], artifact_path: str | None = None
+) -> None:
+    """Uploads files into a run's artifacts (under ``artifact_path``)."""
+    c = client(tracking_uri)
+    for path in paths:
+        c.log_artifact(run_id, str(path), artifact_path)
+
+
+def log_texts(
+    tracking_uri: str, run_id: str, texts: Mapping[str, str], artifact_path: str | None = None
+) -> None:
+    """Writes ``{name: text}`` as files into a run's artifacts (under ``artifact_path``)."""
+    with tempfile.TemporaryDirectory(prefix="posenfs-art-") as tmp:
+        for name, text in texts.items():
+            (Path(tmp) / name).write_text(text)
+        client(tracking_uri).log_artifacts(run_id, tmp, artifact_path)
+
+
+class ArtifactError(InputError):
+    """An artifact could not be read from the store (the message is MLflow's first line)."""
+
+
+def download_artifact(tracking_uri: str, run_id: str, path: str, dst: str | Path) -> str:
+    """A local copy of the artifact ``path`` of a run, under ``dst``."""
+    try:
+        return client(tracking_uri).download_artifacts(run_id, path, str(dst))
+    except MlflowException as e:
+        raise ArtifactError(str(e).splitlines()[0]) from None
+
+
+def run_tags(tracking_uri: str, run_id: str) -> dict[str, str]:
+    """The tags of a run."""
+    try:
+        return dict(client(tracking_uri).get_run(run_id).data.tags)
+    except MlflowException as e:
+        raise ArtifactError(str(e).splitlines()[0]) from None
+
+
+# --------------------------------------------------------------------------------------------
+# Retrain runs
+# --------------------------------------------------------------------------------------------
+
+
+def open_retrain(
+    tracking_uri: str,
+    experiment: str,
+    artifact_location: str | None,
+    *,
+    run_name: str,
+    tags: Mapping[str, str],
+    lineage: Mapping[str, str],
+    texts: Mapping[str, str],
+) -> str:
+    """Gets or creates a retrain run (found by ``tags``), tags it with its lineage, marks it
+    running and writes ``texts`` (spec, genotype) as artifacts. Returns the run id."""
+    c = client(tracking_uri)
+    exp_id = get_or_create_experiment(c, experiment, artifact_location)
+    run_id = get_or_create_run(c, exp_id, run_name=run_name, tags=tags)
+    for key, value in lineage.items():
+        c.set_tag(run_id, key, value)
+    c.set_tag(run_id, TAG_STATUS, "running")
+    log_texts(tracking_uri, run_id, texts)
+    return run_id
+
+
+def log_torch_model(tracking_uri: str, run_id: str, model: Any) -> str:
+    """Logs ``model`` with MLflow's PyTorch flavour into the run; returns its model URI."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pytorch.log_model(
+            model,
+            name="model",
+            serialization_format="pickle",  # pt2 would need tracing
+        )
+    return info.model_uri
+
+
+# --------------------------------------------------------------------------------------------
+# Model Registry
+# --------------------------------------------------------------------------------------------
+
+
+def ensure_registered_model(tracking_uri: str, name: str, description: str) -> None:
+    """Creates the registered model ``name`` unless it exists."""
+    c = client(tracking_uri)
+    try:
+        c.get_registered_model(name)
+    except MlflowException:
+        try:
+            c.create_registered_model(name, description=description)
+        except MlflowException:  # created meanwhile by another process
+            c.get_registered_model(name)
+
+
+def find_model_version(tracking_uri: str, name: str, tags: Mapping[str, str]) -> str | None:
+    """The version of ``name`` carrying all ``tags``, or None."""
+    condition = " and ".join([f"name='{name}'"] + [f"tags.`{k}`='{v}'" for k, v in tags.items()])
+    found = client(tracking_uri).search_model_versions(condition)
+    return str(found[0].version) if found else None
+
+
+def create_model_version(
+    tracking_uri: str, name: str, source: str, run_id: str, tags: Mapping[str, str]
+) -> str:
+    """A new version of ``name`` from ``source`` (an artifact URI of ``run_id``)."""
+    mv = client(tracking_uri).create_model_version(
+        name, source=source, run_id=run_id, tags=dict(tags)
+    )
+    return str(mv.version)
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """What posenfs reads of a registered model version."""
+
+    name: str
+    version: str
+    run_id: str
+    tags: dict[str, str]
+
+
+def get_model_version(tracking_uri: str, uri: str) -> ModelVersion:
+    """``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``; a one-line InputError if absent."""
+    c = client(tracking_uri)
+    body = uri.removeprefix("models:/")
+    try:
+        if "@" in body:
+            name, alias = body.split("@", 1)
+            mv = c.get_model_version_by_alias(name, alias)
+        else:
+            name, version = body.rsplit("/", 1)
+            mv = c.get_model_version(name, version)
+    except (MlflowException, ValueError) as e:
+        raise InputError(
+            f"{uri}: no such registered model version ({str(e).splitlines()[0]})"
+        ) from None
+    return ModelVersion(mv.name, str(mv.version), mv.run_id, dict(mv.tags))
+
+
+def alias_holder(tracking_uri: str, name: str, alias: str) -> str | None:
+    """The version ``alias`` points at, or None."""
+    try:
+        return str(client(tracking_uri).get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
+
+
+def move_alias(
+    tracking_uri: str, name: str, alias: str, version: str, previous: str | None, tag: str
+) -> None:
+    """Points ``alias`` at ``version``: the version is tagged (``tag``) with who held the alias
+    before, and the move is appended to the registered model's alias history (the last 50;
+    MLflow keeps none) in its tag ``nfs.alias_history.<alias>``."""
+    c = client(tracking_uri)
+    c.set_model_version_tag(name, version, tag, previous or "none")
+    c.set_registered_model_alias(name, alias, version)
+    key = f"nfs.alias_history.{alias}"
+    history = json.loads(c.get_registered_model(name).tags.get(key, "[]"))
+    history.append({"version": version, "previous": previous, "time": int(time.time())})
+    c.set_registered_model_tag(name, key, json.dumps(history[-50:]))
+
+
+def alias_history(tracking_uri: str, name: str, alias: str) -> list[dict[str, Any]]:
+    """The recorded moves of ``alias`` (see ``move_alias``), oldest first."""
+    model = client(tracking_uri).get_registered_model(name)
+    return json.loads(model.tags.get(f"nfs.alias_history.{alias}", "[]"))

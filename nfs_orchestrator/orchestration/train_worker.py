@@ -1,24 +1,240 @@
-"""What a Ray Train worker of a search trial runs: ``search_worker``, the core search loop
-through a ``RayTrainRuntime``; and ``run_trial_search``, what every runtime of a trial does
-around that loop (the one-worker trials that run in their Tune trial actor use it too).
+"""The Ray Train worker side of a trial, and the runtime every search trial shares.
 
-It lives apart from the trial driver (``trial.py``) so that the processes which only need this
-function (the Train controller unpickles it, every worker runs it) import torch and Ray Train
-and nothing else: no Tune, Optuna or MLflow (rank 0 loads MLflow at its first report). Each
-trial starts a controller and its workers afresh, so every import here is paid per trial.
+What this is: ``search_worker``, what each Ray Train worker of a search trial runs (the core
+search loop through a ``RayTrainRuntime``); ``run_trial_search``, what every runtime of a trial
+does around that loop (the one-worker trials that run in their Tune trial actor use it too);
+and the runtimes:
 
-What it is not: the trial driver, or the search loop itself (``search.loop``).
+- ``TrialRuntime`` holds what every runtime of a search trial does the same way, whoever runs
+  it. ``report`` logs the epoch to the trial's MLflow child run (rank 0: metrics at step =
+  epoch, genotype.json, fabric drawing, alpha/beta plot, genotype fingerprint tag), then
+  publishes the result and rank 0's checkpoint (``_publish``). Tune requires the objective
+  metrics in every result, but the loop validates only every ``val_every`` epochs: an objective
+  missing from an epoch repeats its last value in the Ray report (NaN before the first one,
+  which ASHA never stops on); MLflow gets only what the loop measured. Every result also
+  carries ``trial_columns``, the trial's description for its ledger row as the driver built it
+  (the campaign's Tune callback reads it instead of deriving the trial again). Each checkpoint
+  keeps its epoch's report (``posenfs_report.json``): a trial killed after its last checkpoint
+  but before Tune saw the result resumes with nothing left to run, and
+  ``replay_final_report`` hands Tune that result again. ``should_stop`` agrees across ranks on
+  "a SIGTERM reached some rank, or Ray announced a pre-emption".
+- ``RayTrainRuntime`` is the one of a Ray Train worker: rank and world size from
+  ``ray.train.get_context()``, the device from ``ray.train.torch.get_device()``, collectives
+  over the process group the TorchTrainer set up, checkpoints through ``ray.train.report`` /
+  ``get_checkpoint`` under ``epoch_NNNN``. Inside Train workers only ``ray.train.*`` is used
+  (never ``ray.tune.*``); the runtime of a trial without a worker group is
+  ``trial.ActorRuntime``. ``retrain.py``'s workers use it as well.
+
+This module lives apart from the trial driver (``trial.py``) so that the processes which only
+need it (the Train controller unpickles ``search_worker``, every worker runs it) import torch
+and Ray Train and nothing else: no Tune, Optuna or MLflow (rank 0 loads MLflow at its first
+report). Each trial starts a controller and its workers afresh, so every import here is paid
+per trial.
+
+What it is not: the trial driver (``trial.py``) or the search loop itself (``search.loop``).
 """
 
 from __future__ import annotations
 
+import json
+import math
+import shutil
+import signal
+import sys
+import tempfile
+import threading
 import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import ray.train
+import ray.train.torch
 import torch
 
-from nfs_orchestrator.orchestration.ray_runtime import RayTrainRuntime, TrialRuntime
+from nfs_orchestrator.runtime import DistributedOps, checkpoint_name
 from nfs_orchestrator.specs import TrialSpec
+
+REPORT_FILE = "posenfs_report.json"  # the Ray report of a checkpoint's epoch, kept inside it
+
+# Shown first, in this order, so that Ray's progress table (first 4 metrics) is useful.
+LEADING_METRICS = ("epoch",)
+
+
+def ordered_metrics(metrics: Mapping[str, float], leading: Sequence[str]) -> dict[str, Any]:
+    """``metrics`` with ``epoch``, then the objectives, first; ``epochs_done`` (1-based, the
+    scheduler's time axis) added."""
+    first = [k for k in (*LEADING_METRICS, *leading) if k in metrics]
+    row: dict[str, Any] = {k: metrics[k] for k in dict.fromkeys(first)}
+    row.update((k, v) for k, v in metrics.items() if k not in row)
+    row["epochs_done"] = int(metrics["epoch"]) + 1
+    return row
+
+
+class TrialRuntime(DistributedOps):
+    """What every runtime of a search trial shares; subclasses say where results and
+    checkpoints go (``_publish``), where the latest checkpoint comes from (``_fetch_latest``)
+    and whether Ray announced a pre-emption (``_preempted``)."""
+
+    def __init__(
+        self,
+        *,
+        rank: int,
+        world_size: int,
+        device: torch.device,
+        tracking_uri: str | None = None,
+        run_id: str | None = None,
+        objectives: Sequence[str] = (),
+        constant_metrics: Mapping[str, float] | None = None,
+        trial_columns: str | None = None,
+    ) -> None:
+        self.rank = rank
+        self.world_size = world_size
+        self.device = device
+        self.tracking_uri = tracking_uri
+        self.run_id = run_id
+        self.objectives = tuple(objectives)
+        self.constant_metrics = dict(constant_metrics or {})  # added to every report
+        self.trial_columns = trial_columns  # added to every Ray result (not to MLflow)
+        self.stop_requested = False  # True once should_stop() said so
+        self._sigterm = threading.Event()
+        self._checkpoint: Path | None = None
+        self._checkpoint_loaded = False
+        self._tracking_warned = False
+        self._objective_values: dict[str, float] = {}
+        self.reports = 0  # results published by this process
+        self._install_sigterm_handler()
+
+    def _publish(self, row: dict[str, Any], checkpoint_dir: Path | None, epoch: int) -> None:
+        """Hands one epoch's result, and rank 0's checkpoint folder, to Ray."""
+        raise NotImplementedError
+
+    def _fetch_latest(self) -> Path | None:
+        """A fresh local copy of the run's latest complete checkpoint, or None."""
+        raise NotImplementedError
+
+    def _preempted(self) -> bool:
+        return False
+
+    def _install_sigterm_handler(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # Train runs the worker function in a thread: signals are Ray's there
+        previous = signal.getsignal(signal.SIGTERM)
+
+        def on_sigterm(signum: int, frame: Any) -> None:
+            self._sigterm.set()
+            if callable(previous):
+                previous(signum, frame)
+
+        signal.signal(signal.SIGTERM, on_sigterm)
+
+    def close(self) -> None:
+        """Removes the local copy of the resume checkpoint."""
+        if self._checkpoint is not None:
+            shutil.rmtree(self._checkpoint, ignore_errors=True)
+
+    def latest_checkpoint(self) -> Path | None:
+        """A local copy of the run's latest committed checkpoint (downloaded once), or None."""
+        if not self._checkpoint_loaded:
+            self._checkpoint_loaded = True
+            self._checkpoint = self._fetch_latest()
+        return self._checkpoint
+
+    def report(
+        self,
+        metrics: Mapping[str, float],
+        checkpoint_dir: Path | None = None,
+        artifacts: Mapping[str, str | bytes] | None = None,
+    ) -> None:
+        metrics = {**metrics, **self.constant_metrics}
+        row = ordered_metrics(metrics, self.objectives)
+        for name in self.objectives:  # an objective not measured this epoch repeats its last
+            if name in row:
+                self._objective_values[name] = row[name]
+            else:
+                row[name] = self._objective_values.get(name, math.nan)
+        epoch = int(row["epoch"])
+        if self.rank == 0:
+            fingerprint = self._log_to_mlflow(metrics, artifacts)
+            if fingerprint:
+                row["genotype_fp"] = fingerprint  # rank 0's metrics are the ones Tune sees
+        if self.trial_columns is not None:
+            row["trial_columns"] = self.trial_columns
+        checkpoint = Path(checkpoint_dir) if self.rank == 0 and checkpoint_dir else None
+        if checkpoint is not None:
+            (checkpoint / REPORT_FILE).write_text(json.dumps(row, sort_keys=True))
+        self._publish(row, checkpoint, epoch)
+        self.reports += 1
+        if checkpoint_dir is not None:
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)  # persisted by now
+
+    def replay_final_report(self) -> bool:
+        """After a loop that had nothing left to do (its run was already complete when it
+        resumed), reports the last epoch's result again from the checkpoint, so that Tune sees
+        the trial's metrics and completes it. Collective like ``report``; True if it reported."""
+        checkpoint = self.latest_checkpoint()
+        if self.reports or checkpoint is None or not (checkpoint / REPORT_FILE).is_file():
+            return False
+        row = json.loads((checkpoint / REPORT_FILE).read_text())
+        self._publish(row, None, int(row["epoch"]))
+        return True
+
+    def _log_to_mlflow(
+        self, metrics: Mapping[str, float], artifacts: Mapping[str, str | bytes] | None
+    ) -> str | None:
+        """Rank 0's MLflow logging. A tracking failure is reported once and training goes on:
+        the epoch's metrics and checkpoint still reach Ray."""
+        if not (self.tracking_uri and self.run_id):
+            return None
+        from nfs_orchestrator.orchestration import tracking  # rank 0 only loads MLflow
+
+        try:
+            return tracking.log_epoch(self.tracking_uri, self.run_id, metrics, artifacts)
+        except Exception as e:  # noqa: BLE001 - tracking must never kill a search
+            if not self._tracking_warned:
+                print(f"posenfs: MLflow logging failed ({e!r}); continuing", file=sys.stderr)
+                self._tracking_warned = True
+            return None
+
+    def should_stop(self) -> bool:
+        """True on every rank when any rank got SIGTERM or Ray announced a pre-emption of a node
+        of this worker group. Collective: every rank calls it once per epoch."""
+        local = 1.0 if (self._sigterm.is_set() or self._preempted()) else 0.0
+        stop = self.all_reduce_mean({"stop": local})["stop"] > 0.0
+        self.stop_requested = self.stop_requested or stop
+        return stop
+
+
+class RayTrainRuntime(TrialRuntime):
+    """The Runtime of one Ray Train worker; construct it inside the worker function."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        context = ray.train.get_context()
+        super().__init__(
+            rank=context.get_world_rank(),
+            world_size=context.get_world_size(),
+            device=torch.device(ray.train.torch.get_device()),
+            **kwargs,
+        )
+
+    def _publish(self, row: dict[str, Any], checkpoint_dir: Path | None, epoch: int) -> None:
+        checkpoint = None
+        if checkpoint_dir is not None:
+            checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir))
+        # a barrier: every rank calls it
+        ray.train.report(row, checkpoint=checkpoint, checkpoint_dir_name=checkpoint_name(epoch))
+
+    def _fetch_latest(self) -> Path | None:
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            return None
+        local = Path(tempfile.mkdtemp(prefix="posenfs-resume-"))
+        checkpoint.to_directory(str(local))
+        return local
+
+    def _preempted(self) -> bool:
+        return ray.train.get_preemption_info() is not None
 
 
 class TrialInterrupted(RuntimeError):
@@ -40,16 +256,46 @@ def run_trial_search(trial: TrialSpec, runtime: TrialRuntime) -> None:
         runtime.close()
 
 
+@dataclass(frozen=True)
+class SearchLaunch:
+    """What the trial driver hands the search of one trial, wherever it runs: the trial built
+    once, its MLflow run, and how the runtime reports. Crosses to Train workers as one plain dict
+    (``to_dict``), decoded once there (``from_dict``)."""
+
+    trial: TrialSpec
+    tracking_uri: str
+    run_id: str
+    objectives: tuple[str, ...]
+    torch_threads: int  # the CPUs a worker holds
+    driver_started: float  # time.time() when the trial driver started
+    trial_columns: str  # the ledger columns describing the trial, JSON (ledger.trial_columns)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "trial": self.trial.to_dict(), "objectives": list(self.objectives)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SearchLaunch:
+        body = dict(data)
+        trial = TrialSpec.from_dict(body.pop("trial"), path="trial")
+        return cls(trial=trial, **{**body, "objectives": tuple(body["objectives"])})
+
+    def runtime_options(self, startup_s: float) -> dict[str, Any]:
+        """The keyword arguments of a ``TrialRuntime`` for this trial."""
+        return {
+            "tracking_uri": self.tracking_uri,
+            "run_id": self.run_id,
+            "objectives": self.objectives,
+            "constant_metrics": {"startup_s": startup_s},
+            "trial_columns": self.trial_columns,
+        }
+
+
 def search_worker(config: dict[str, Any]) -> None:
-    """Runs on every Train worker: the core search loop through a RayTrainRuntime."""
+    """Runs on every Train worker: the core search loop through a RayTrainRuntime
+    (``config`` is ``SearchLaunch.to_dict()``)."""
+    launch = SearchLaunch.from_dict(config)
     # from the trial driver's start to here: actor, controller and worker group start-up
-    startup_s = time.time() - config.get("driver_started", time.time())
-    trial = TrialSpec.from_dict(config["trial"], path="trial")
-    torch.set_num_threads(config.get("torch_threads", 1))  # the CPUs this worker holds
-    runtime = RayTrainRuntime(
-        tracking_uri=config.get("tracking_uri"),
-        run_id=config.get("run_id"),
-        objectives=config.get("objectives", ()),
-        constant_metrics={"startup_s": startup_s},
-    )
-    run_trial_search(trial, runtime)
+    startup_s = time.time() - launch.driver_started
+    torch.set_num_threads(launch.torch_threads)  # the CPUs this worker holds
+    runtime = RayTrainRuntime(**launch.runtime_options(startup_s))
+    run_trial_search(launch.trial, runtime)

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from nfs_orchestrator.orchestration.run_checkpoints import LATEST
+from nfs_orchestrator.runtime import LATEST
 
 REPO = Path(__file__).resolve().parents[2]
 POSENFS = [sys.executable, "-m", "nfs_orchestrator"]

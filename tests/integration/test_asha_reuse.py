@@ -18,9 +18,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
+from nfs_orchestrator.campaign_spec import load_campaign
 from nfs_orchestrator.orchestration import tracking
 from nfs_orchestrator.orchestration.ledger import read_ledger
-from nfs_orchestrator.specs import load_campaign
 from tests.integration.helpers import one_worker_smoke
 from tests.integration.test_campaign_smoke import posenfs
 

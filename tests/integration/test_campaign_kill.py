@@ -24,9 +24,9 @@ import time
 import psutil
 import pytest
 
+from nfs_orchestrator.campaign_spec import load_campaign
 from nfs_orchestrator.orchestration import tracking
 from nfs_orchestrator.orchestration.ledger import read_ledger
-from nfs_orchestrator.specs import load_campaign
 from tests.integration.helpers import (
     POSENFS,
     local_ray_env,

@@ -22,11 +22,11 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 
+from nfs_orchestrator.campaign_spec import load_campaign
 from nfs_orchestrator.genotype import Genotype
-from nfs_orchestrator.orchestration import status, tracking
+from nfs_orchestrator.orchestration import status, store, tracking
 from nfs_orchestrator.orchestration.compare import compare_campaign
 from nfs_orchestrator.orchestration.ledger import read_ledger
-from nfs_orchestrator.specs import load_campaign
 from tests.integration.helpers import POSENFS, REPO, local_ray_env
 
 pytestmark = pytest.mark.ray
@@ -99,8 +99,8 @@ def test_smoke_campaign(tmp_path, ray_tmpdir):
     assert pq.read_table(ledger_copy).num_rows == trials
 
     # status and compare read what the campaign left on disk (no Ray)
-    record = status.load_record(root, cid)
-    assert status.effective_status(record.state) == "finished"
+    record = store.load_record(root, cid)
+    assert store.effective_status(record.state) == "finished"
     assert "FINISHED" in status.format_trials(record)
     comparison = compare_campaign(root, cid)
     assert {e["grouping"] for e in comparison.tables["grouping"]} == {r["grouping"] for r in rows}

@@ -36,9 +36,9 @@ from pathlib import Path
 import psutil
 import pytest
 
+from nfs_orchestrator.campaign_spec import load_campaign
 from nfs_orchestrator.orchestration import jobs, tracking
 from nfs_orchestrator.orchestration.ledger import read_ledger
-from nfs_orchestrator.specs import load_campaign
 from tests.integration.helpers import POSENFS, REPO, registered_epoch
 
 pytestmark = pytest.mark.ray

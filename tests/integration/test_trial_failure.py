@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
+from nfs_orchestrator.campaign_spec import load_campaign
 from nfs_orchestrator.data.synthetic import write_synthetic_coco
 from nfs_orchestrator.keypoints import load_schema
 from nfs_orchestrator.orchestration import tracking
 from nfs_orchestrator.orchestration.ledger import read_ledger
-from nfs_orchestrator.specs import load_campaign
 from tests.integration.helpers import one_worker_smoke
 from tests.integration.test_campaign_smoke import posenfs
 

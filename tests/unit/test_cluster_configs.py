@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from nfs_orchestrator.specs import load_campaign
+from nfs_orchestrator.campaign_spec import load_campaign
 
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER = REPO / "cluster"

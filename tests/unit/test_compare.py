@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from nfs_orchestrator.campaign_spec import Objective
 from nfs_orchestrator.orchestration.compare import (
     compare_rows,
     comparison_json,
@@ -12,7 +13,6 @@ from nfs_orchestrator.orchestration.compare import (
     pareto_front,
     plot_comparison,
 )
-from nfs_orchestrator.specs import Objective
 
 AP = Objective("val_ap", "max")
 MACS = Objective("macs", "min")

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from nfs_orchestrator.orchestration import status, tracking
+from nfs_orchestrator.campaign_spec import load_campaign
+from nfs_orchestrator.orchestration import store, tracking
 from nfs_orchestrator.orchestration.campaign import finish_campaign, make_record
 from nfs_orchestrator.orchestration.ledger import new_row, read_ledger, write_ledger
 from nfs_orchestrator.orchestration.tracking import TAG_LOST, TAG_PREEMPTED
-from nfs_orchestrator.specs import load_campaign
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -26,7 +26,7 @@ def campaign_with_trials(tmp_path: Path, statuses: dict[str, str]):
     record.folder.mkdir(parents=True)
     target = tracking.open_campaign(tracking.default_tracking_uri(tmp_path), campaign)
     record.parent_run_id = target.parent_run_id
-    status.write_record(record)
+    store.write_record(record)
     c = tracking.client(target.tracking_uri)
     rows = []
     for trial_id, state in statuses.items():

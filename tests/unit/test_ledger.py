@@ -7,6 +7,7 @@ import math
 
 import pyarrow.parquet as pq
 
+from nfs_orchestrator.campaign_spec import CampaignSpec, Objective, load_campaign
 from nfs_orchestrator.orchestration.ledger import (
     LEDGER_SCHEMA,
     final_values,
@@ -16,7 +17,6 @@ from nfs_orchestrator.orchestration.ledger import (
     update_with_result,
     write_ledger,
 )
-from nfs_orchestrator.specs import CampaignSpec, Objective, load_campaign
 
 SPEC = """
 name: ledgertest
@@ -114,10 +114,10 @@ def test_status_reads_the_ledger_without_ray_or_mlflow(tmp_path):
     import subprocess
     import sys
 
-    from nfs_orchestrator.orchestration import status
+    from nfs_orchestrator.orchestration import store
 
     c = campaign(tmp_path)
-    record = status.CampaignRecord(
+    record = store.CampaignRecord(
         campaign_id=c.campaign_id,
         spec=c,
         root=str(tmp_path / "runs"),
@@ -126,8 +126,8 @@ def test_status_reads_the_ledger_without_ray_or_mlflow(tmp_path):
         tracking_uri="sqlite:///unused.db",
         experiment_name="posenfs/x",
     )
-    status.write_record(record)
-    status.write_state(record.folder, "running")
+    store.write_record(record)
+    store.write_state(record.folder, "running")
     row = update_with_result(
         new_row(c.campaign_id, "t1", c.trial({}), c.objectives[0]),
         result(0, val_ap=0.25),
@@ -136,10 +136,10 @@ def test_status_reads_the_ledger_without_ray_or_mlflow(tmp_path):
     write_ledger([{**row, "status": "RUNNING"}], record.ledger_path)
     code = (
         "import sys\n"
-        "from nfs_orchestrator.orchestration import status\n"
-        f"r = status.load_record({str(tmp_path / 'runs')!r}, 'ledgertest')\n"
+        "from nfs_orchestrator.orchestration import status, store\n"
+        f"r = store.load_record({str(tmp_path / 'runs')!r}, 'ledgertest')\n"
         "print(status.format_trials(r))\n"
-        "print(status.format_campaigns(status.list_records(r.root)))\n"
+        "print(status.format_campaigns(store.list_records(r.root)))\n"
         "print(sorted(m for m in ('ray', 'mlflow', 'optuna') if m in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -148,5 +148,5 @@ def test_status_reads_the_ledger_without_ray_or_mlflow(tmp_path):
     assert f"campaign {c.campaign_id}: running" in out.stdout
     assert "t1" in out.stdout and "RUNNING" in out.stdout and "0.25" in out.stdout
     assert "trials 0/4 (started 1)" in out.stdout
-    state = status.read_state(record.folder)
-    assert status.effective_status({**state, "pid": 2**22 + 17}) == "stopped"  # process gone
+    state = store.read_state(record.folder)
+    assert store.effective_status({**state, "pid": 2**22 + 17}) == "stopped"  # process gone

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from nfs_orchestrator.orchestration.run_checkpoints import LATEST, RunCheckpoints
+from nfs_orchestrator.runtime import LATEST, RunCheckpoints
 
 
 def checkpoint(tmp_path: Path, epoch: int) -> Path:

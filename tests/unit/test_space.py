@@ -5,14 +5,14 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from nfs_orchestrator.errors import SpecError
-from nfs_orchestrator.orchestration.space import (
+from nfs_orchestrator.campaign_spec import (
+    OuterParam,
     choice_label,
     decode_params,
-    define_by_run,
     suggestion_order,
 )
-from nfs_orchestrator.specs import OuterParam
+from nfs_orchestrator.errors import SpecError
+from nfs_orchestrator.orchestration.space import define_by_run
 
 OPS_A = ["zero", "skip_connect", "sep_conv_3x3"]
 OPS_B = ["zero", "skip_connect", "atr_conv_3x3", "sep_conv_3x3"]

@@ -4,16 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from nfs_orchestrator.campaign_spec import CampaignSpec, load_campaign
 from nfs_orchestrator.errors import SpecError
 from nfs_orchestrator.keypoints import spaces_root
-from nfs_orchestrator.specs import (
-    OP_NAMES,
-    CampaignSpec,
-    FabricSpace,
-    SearchSpec,
-    load_campaign,
-    load_fabric,
-)
+from nfs_orchestrator.specs import OP_NAMES, FabricSpace, SearchSpec, load_fabric
 from nfs_orchestrator.strict import apply_overrides
 
 
@@ -114,6 +108,6 @@ def test_campaign_trial_applies_outer_choices(tmp_path):
     grouping_param = campaign.outer["grouping"]
     for choice in grouping_param.choices:
         trial = campaign.trial({"grouping": choice})
-        assert trial.grouping.name == campaign.catalog[choice]["name"]
+        assert trial.grouping.name == campaign.catalog[choice].name
     with pytest.raises(SpecError, match="not in the campaign's outer space"):
         campaign.trial({"fabric.depth": 5})

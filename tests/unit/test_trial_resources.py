@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nfs_orchestrator.orchestration.campaign import plan_resources
-from nfs_orchestrator.orchestration.trial import trial_actor_resources
-from nfs_orchestrator.specs import ResourceSpec, load_campaign, replace
+from nfs_orchestrator.campaign_spec import load_campaign
+from nfs_orchestrator.orchestration.ray_session import plan_resources, trial_actor_resources
+from nfs_orchestrator.specs import ResourceSpec, replace
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -38,7 +38,8 @@ def test_a_worker_group_leaves_the_actor_the_drivers_share():
 def test_the_plan_counts_the_same_cpus_either_way():
     quickstart = load_campaign(REPO / "experiments" / "quickstart.yaml")
     group = replace(quickstart, resources=replace(quickstart.resources, worker_group="always"))
-    here, there = plan_resources(quickstart, 2.0), plan_resources(group, 2.0)
+    here = plan_resources(quickstart.resources, quickstart.budget, 2.0)
+    there = plan_resources(group.resources, group.budget, 2.0)
     assert here.in_trial_actor and not there.in_trial_actor
     assert here.cpus_per_trial == there.cpus_per_trial == 1.0
     assert here.max_concurrent == there.max_concurrent == 2

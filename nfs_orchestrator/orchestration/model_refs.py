@@ -1,18 +1,20 @@
-"""Reading what the MLflow store holds back: genotypes and models by URI.
+"""References to genotypes and trained models in the MLflow store, resolved to local objects.
 
-``resolve_genotype`` accepts what ``posenfs retrain --genotype`` takes:
+What this is: ``resolve_genotype`` accepts what ``posenfs retrain --genotype`` takes:
 
     models:/NAME@ALIAS  or  models:/NAME/VERSION   a promoted genotype (its version's artifacts)
     runs:/RUN_ID/genotype.json                     a trial run's latest genotype
     a path                                         a genotype.json file
 
 and returns the genotype with its lineage (model version, source run, campaign), so retraining
-can tag its run and registered model with where the architecture came from.
+can tag its run and registered model with where the architecture came from;
+``download_model_file`` fetches the posenfs model file a registered retrained model holds.
+
+What it is not: the MLflow calls themselves (``tracking.py``) or promotion (``promote.py``).
 """
 
 from __future__ import annotations
 
-import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,10 +23,7 @@ from nfs_orchestrator.errors import InputError
 from nfs_orchestrator.genotype import Genotype, read_genotype
 from nfs_orchestrator.orchestration import tracking
 
-
-def tracking_uri_for(root: str | Path, explicit: str | None = None) -> str:
-    """``explicit``, else ``$MLFLOW_TRACKING_URI``, else the root's SQLite store."""
-    return explicit or os.environ.get("MLFLOW_TRACKING_URI") or tracking.default_tracking_uri(root)
+MODEL_FILE_ARTIFACT = "posenfs/model.pt"  # the posenfs model file, beside the MLflow model
 
 
 @dataclass(frozen=True)
@@ -34,55 +33,37 @@ class Lineage:
     tags: dict[str, str] = field(default_factory=dict)
 
 
-def _model_version(c, uri: str):
-    from mlflow.exceptions import MlflowException
-
-    body = uri.removeprefix("models:/")
-    try:
-        if "@" in body:
-            name, alias = body.split("@", 1)
-            return c.get_model_version_by_alias(name, alias)
-        name, version = body.rsplit("/", 1)
-        return c.get_model_version(name, version)
-    except (MlflowException, ValueError) as e:
-        raise InputError(
-            f"{uri}: no such registered model version ({str(e).splitlines()[0]})"
-        ) from None
-
-
 def resolve_genotype(ref: str, tracking_uri: str) -> tuple[Genotype, Lineage]:
     if not ref.startswith(("models:/", "runs:/")):
         return read_genotype(ref), Lineage({"nfs.genotype_source": str(Path(ref).resolve())})
-    from mlflow.exceptions import MlflowException
-
-    c = tracking.client(tracking_uri)
     with tempfile.TemporaryDirectory(prefix="posenfs-genotype-") as tmp:
         try:
             if ref.startswith("models:/"):
-                mv = _model_version(c, ref)
-                path = c.download_artifacts(mv.run_id, "promotion/genotype.json", tmp)
+                mv = tracking.get_model_version(tracking_uri, ref)
+                path = tracking.download_artifact(
+                    tracking_uri, mv.run_id, "promotion/genotype.json", tmp
+                )
                 tags = {k: v for k, v in mv.tags.items() if k.startswith("nfs.")}
                 tags.update(
                     {
                         "nfs.promoted_model": mv.name,
-                        "nfs.promoted_version": str(mv.version),
+                        "nfs.promoted_version": mv.version,
                         "nfs.genotype_source": ref,
                     }
                 )
             else:
                 run_id, _, artifact = ref.removeprefix("runs:/").partition("/")
-                path = c.download_artifacts(run_id, artifact or "genotype.json", tmp)
-                run = c.get_run(run_id)
+                path = tracking.download_artifact(
+                    tracking_uri, run_id, artifact or "genotype.json", tmp
+                )
                 tags = {
                     k: v
-                    for k, v in run.data.tags.items()
+                    for k, v in tracking.run_tags(tracking_uri, run_id).items()
                     if k in (tracking.TAG_CAMPAIGN, tracking.TAG_TRIAL)
                 }
                 tags.update({"nfs.source_run_id": run_id, "nfs.genotype_source": ref})
-        except MlflowException as e:
-            raise InputError(
-                f"{ref}: cannot download the genotype ({str(e).splitlines()[0]})"
-            ) from None
+        except tracking.ArtifactError as e:
+            raise InputError(f"{ref}: cannot download the genotype ({e})") from None
         genotype = Genotype.from_json(Path(path).read_text(), source=ref)
     tags[tracking.TAG_GENOTYPE] = genotype.fingerprint()
     return genotype, Lineage(tags)
@@ -90,13 +71,10 @@ def resolve_genotype(ref: str, tracking_uri: str) -> tuple[Genotype, Lineage]:
 
 def download_model_file(ref: str, root: str | Path, tracking_uri: str | None = None) -> str:
     """A local copy of the posenfs model file (``model.pt``) a registered model version holds."""
-    from mlflow.exceptions import MlflowException
-
-    c = tracking.client(tracking_uri_for(root, tracking_uri))
-    mv = _model_version(c, ref)
+    uri = tracking.resolve_tracking_uri(root, tracking_uri)
+    mv = tracking.get_model_version(uri, ref)
     tmp = tempfile.mkdtemp(prefix="posenfs-model-")
     try:
-        path = c.download_artifacts(mv.run_id, "posenfs/model.pt", tmp)
-    except MlflowException as e:
-        raise InputError(f"{ref}: holds no posenfs model file ({str(e).splitlines()[0]})") from None
-    return path
+        return tracking.download_artifact(uri, mv.run_id, MODEL_FILE_ARTIFACT, tmp)
+    except tracking.ArtifactError as e:
+        raise InputError(f"{ref}: holds no posenfs model file ({e})") from None

@@ -9,8 +9,13 @@ parent run. It is the only place a trial run is ended FAILED: the trial driver c
 failure from Tune tearing it down. And a trial stopped by the scheduler is killed: code after its
 ``fit()`` never runs, so its run would otherwise stay RUNNING.
 
+A row starts from the trial's outer choices (``ledger.pending_row``); the columns describing the
+trial come with its results, as the trial driver built them (``ledger.trial_columns``): the
+trial is never derived again here.
+
 The callback holds only plain data until ``setup`` (Tune pickles it with the Tuner and restores it
-on ``Tuner.restore``); ``setup`` reloads the rows from the ledger on disk. What it is not: the
+on ``Tuner.restore``: the root and campaign id, to read the campaign's record with ``store``,
+and where it logs); ``setup`` reloads the rows from the ledger on disk. What it is not: the
 ledger schema (``ledger.py``) or the MLflow layer (``tracking.py``).
 """
 
@@ -24,10 +29,10 @@ from typing import Any
 
 import ray.tune as tune
 
-from nfs_orchestrator.orchestration import space, tracking
-from nfs_orchestrator.orchestration.ledger import new_row, read_ledger, update_with_result
+from nfs_orchestrator.campaign_spec import decode_params
+from nfs_orchestrator.orchestration import store, tracking
+from nfs_orchestrator.orchestration.ledger import pending_row, read_ledger, update_with_result
 from nfs_orchestrator.orchestration.ledger import write_ledger as write_rows
-from nfs_orchestrator.specs import CampaignSpec
 
 # Set by the campaign's SIGINT/SIGTERM handler in this process. Tune then tears the running trials
 # down (their placement groups go, so their Train controllers die with an error); those errors are
@@ -38,22 +43,24 @@ STOP_REQUESTED = threading.Event()
 class CampaignCallback(tune.Callback):
     """Ledger rows and MLflow run statuses per Tune trial (see the module docstring)."""
 
-    def __init__(self, campaign: dict[str, Any], ledger_path: str, target: dict[str, str]):
-        self.campaign_dict = campaign
-        self.ledger_path = ledger_path
+    def __init__(self, root: str, campaign_id: str, target: dict[str, str]):
+        self.root = root
+        self.campaign_id = campaign_id
         self.target_dict = target
 
     # -- state rebuilt in every process that runs the experiment --------------------------
 
     def setup(self, **info: Any) -> None:
-        self.spec = CampaignSpec.from_dict(self.campaign_dict, path="campaign")
+        record = store.load_record(self.root, self.campaign_id)
+        self.spec = record.spec
+        self.ledger_path = str(record.ledger_path)
         self.target = tracking.TrackingTarget.from_dict(self.target_dict)
         self.rows = {r["trial_id"]: r for r in read_ledger(self.ledger_path)}
         self.clock: dict[str, tuple[float, float]] = {}  # trial -> (start, wall time before)
         self.warned = False
 
     def __getstate__(self) -> dict[str, Any]:
-        keep = ("campaign_dict", "ledger_path", "target_dict")
+        keep = ("root", "campaign_id", "target_dict")
         return {k: v for k, v in self.__dict__.items() if k in keep}
 
     # -- helpers ---------------------------------------------------------------------------
@@ -61,9 +68,9 @@ class CampaignCallback(tune.Callback):
     def _row(self, trial: Any) -> dict[str, Any]:
         tid = trial.trial_id
         if tid not in self.rows:
-            params = space.decode_params(self.spec.outer, trial.config)
-            spec = self.spec.trial(params)
-            self.rows[tid] = new_row(self.spec.campaign_id, tid, spec, self.spec.objectives[0])
+            params = decode_params(self.spec.outer, trial.config)
+            objective = self.spec.objectives[0]
+            self.rows[tid] = pending_row(self.spec.campaign_id, tid, params, objective)
         row = self.rows[tid]
         if not row.get("run_id"):
             row["run_id"] = self._safe(
@@ -121,7 +128,7 @@ class CampaignCallback(tune.Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         row = self._row(trial)
-        early = (row.get("epochs_run") or 0) < row["epochs"]
+        early = (row.get("epochs_run") or 0) < (row.get("epochs") or self.spec.search.epochs)
         self._end(row, "FINISHED", "early_stopped" if early else "finished")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
