@@ -287,10 +287,18 @@ def describe_campaign(campaign) -> list[str]:
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @set_option
 def validate(files: tuple[str, ...], overrides: tuple[str, ...]) -> None:
-    """Check campaign files: resolve every reference and print each campaign's id and plan."""
+    """Check campaign and retrain files: resolve every reference and print each campaign's id
+    and plan (a file with top-level ``epochs`` and no ``search`` is a retrain spec)."""
     from nfs_orchestrator.campaign_spec import load_campaign
+    from nfs_orchestrator.specs import load_retrain
+    from nfs_orchestrator.strict import read_yaml
 
     for path in files:
+        body = read_yaml(path)
+        if "search" not in body and "outer" not in body and "epochs" in body:
+            spec = load_retrain(path, overrides)
+            click.echo(f"{path}: ok, retrain {spec.name}-{spec.fingerprint()[:8]}")
+            continue
         campaign = load_campaign(path, overrides)
         click.echo(f"{path}: ok, campaign {campaign.campaign_id}")
         for line in describe_campaign(campaign):

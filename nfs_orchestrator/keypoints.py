@@ -18,10 +18,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from nfs_orchestrator.errors import SpecError
-from nfs_orchestrator.strict import from_mapping, read_yaml, suggest, to_plain
+from nfs_orchestrator.strict import Spec, load_spec, read_yaml, suggest
 
 
 def spaces_root() -> Path:
@@ -46,7 +46,7 @@ def resolve_ref(ref: str, kind: str) -> Path:
 
 
 @dataclass(frozen=True)
-class KeypointSchema:
+class KeypointSchema(Spec):
     """Ordered keypoints of a dataset, their left/right flip pairs and OKS sigmas."""
 
     name: str
@@ -89,13 +89,6 @@ class KeypointSchema:
             perm[ia], perm[ib] = ib, ia
         return perm
 
-    def to_dict(self) -> dict[str, Any]:
-        return to_plain(self)
-
-    @classmethod
-    def from_dict(cls, data: Any, path: str = "") -> KeypointSchema:
-        return from_mapping(cls, data, path)
-
 
 @dataclass(frozen=True)
 class Part:
@@ -106,7 +99,7 @@ class Part:
 
 
 @dataclass(frozen=True)
-class PartGrouping:
+class PartGrouping(Spec):
     """Body parts over one keypoint schema; each part gets its own fabric (PoseNFS §2.2)."""
 
     name: str
@@ -165,22 +158,10 @@ class PartGrouping:
                 counts[i] += 1
         return counts
 
-    def to_dict(self) -> dict[str, Any]:
-        return to_plain(self)
-
-    @classmethod
-    def from_dict(cls, data: Any, path: str = "") -> PartGrouping:
-        return from_mapping(cls, data, path)
-
 
 def load_schema(ref: str) -> KeypointSchema:
     """Loads ``search_spaces/keypoints/<ref>.yaml`` (or a path)."""
-    path = resolve_ref(ref, "keypoints")
-    data = read_yaml(path)
-    try:
-        return KeypointSchema.from_dict(data)
-    except SpecError as e:
-        raise SpecError(f"{path}: {e}") from None
+    return load_spec(KeypointSchema, resolve_ref(ref, "keypoints"), named=False)
 
 
 def load_grouping(ref: str) -> PartGrouping:

@@ -20,7 +20,15 @@ from typing import Any, Literal
 
 from nfs_orchestrator.errors import SpecError
 from nfs_orchestrator.keypoints import PartGrouping, resolve_ref
-from nfs_orchestrator.strict import Spec, apply_overrides, fingerprint, read_yaml, suggest, to_plain
+from nfs_orchestrator.strict import (
+    Spec,
+    apply_overrides,
+    fingerprint,
+    load_spec,
+    read_yaml,
+    suggest,
+    to_plain,
+)
 
 # Candidate op names (PoseNFS §1.6). nn/ops.py maps each to a module factory; kept here as names
 # only so that specs never build modules. A test checks the two stay equal.
@@ -138,13 +146,7 @@ class FabricSpace(Spec):
 
 def load_fabric(ref: str, overrides: tuple[str, ...] = ()) -> FabricSpace:
     """Loads ``search_spaces/fabrics/<ref>.yaml`` (or a path) with dotted overrides."""
-    path = resolve_ref(ref, "fabrics")
-    data = apply_overrides(read_yaml(path), overrides)
-    data.setdefault("name", path.stem)
-    try:
-        return FabricSpace.from_dict(data)
-    except SpecError as e:
-        raise SpecError(f"{path}: {e}") from None
+    return load_spec(FabricSpace, resolve_ref(ref, "fabrics"), overrides)
 
 
 # --------------------------------------------------------------------------------------------
@@ -506,13 +508,8 @@ class RetrainSpec(Spec):
 
 
 def load_retrain(path: str | Path, overrides: tuple[str, ...] = ()) -> RetrainSpec:
-    p = Path(path)
-    data = apply_overrides(read_yaml(p), overrides)
-    data.setdefault("name", p.stem)
-    try:
-        return RetrainSpec.from_dict(data)
-    except SpecError as e:
-        raise SpecError(f"{p}: {e}") from None
+    """Reads a retrain YAML with dotted ``--set`` overrides."""
+    return load_spec(RetrainSpec, path, overrides)
 
 
 def data_spec_from_file(path: str | Path, overrides: tuple[str, ...] = ()) -> DataSpec:

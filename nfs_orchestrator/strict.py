@@ -153,6 +153,21 @@ class Spec:
         return from_mapping(cls, data, path)
 
 
+def load_spec(
+    cls: type[T], path: str | Path, overrides: typing.Iterable[str] = (), *, named: bool = True
+) -> T:
+    """The spec ``cls`` in the YAML file ``path``, with dotted ``overrides``; ``named`` specs
+    take the file's stem as their ``name`` unless it sets one. Errors name the file."""
+    p = Path(path)
+    data = apply_overrides(read_yaml(p), overrides)
+    if named:
+        data.setdefault("name", p.stem)
+    try:
+        return from_mapping(cls, data)
+    except SpecError as e:
+        raise SpecError(f"{p}: {e}") from None
+
+
 def replace_path(spec: T, dotted: str, value: Any, path: str = "") -> T:
     """``spec`` with the field at ``dotted`` (``search.arch_optimizer.lr``) set to ``value``:
     the value is converted by the field's type hint, as loading would, and every spec on the way

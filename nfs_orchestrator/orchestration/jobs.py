@@ -15,7 +15,7 @@ Every failure a user can cause (nothing answers at the address, no token, a reje
 unknown job id) is a one-line ``JobsError``.
 
 What it is not: the campaign itself (``campaign.py``, which the job runs) or the stored state
-(``status.py``, read without any cluster).
+(``store.py``, read without any cluster).
 """
 
 from __future__ import annotations

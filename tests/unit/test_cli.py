@@ -131,3 +131,13 @@ def test_bad_spec_files_are_one_line(tmp_path):
 def test_debug_shows_the_traceback():
     proc = posenfs("--debug", "genotype", "show", "missing.json")
     assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+def test_validate_accepts_every_shipped_file_and_names_its_kind():
+    repo = Path(__file__).resolve().parents[2]
+    files = sorted(str(p) for p in (repo / "experiments").glob("*.yaml"))
+    proc = posenfs("validate", *files)
+    assert proc.returncode == 0, proc.stderr
+    for path in files:
+        kind = "retrain" if Path(path).name.startswith("retrain") else "campaign"
+        assert f"{path}: ok, {kind} " in proc.stdout

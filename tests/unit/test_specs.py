@@ -111,3 +111,32 @@ def test_campaign_trial_applies_outer_choices(tmp_path):
         assert trial.grouping.name == campaign.catalog[choice].name
     with pytest.raises(SpecError, match="not in the campaign's outer space"):
         campaign.trial({"fabric.depth": 5})
+
+
+def test_an_outer_value_that_makes_an_invalid_trial_fails_at_load(tmp_path):
+    """Every value an outer domain can produce is built into a trial when the campaign loads:
+    here fabric.depth's lower bound is not above the fabric's cut."""
+    import yaml
+
+    shipped = spaces_root().parent / "experiments" / "smoke.yaml"
+    load_campaign(shipped)  # as shipped: every value valid
+    body = yaml.safe_load(shipped.read_text())
+    for key, domain, message in [
+        ("fabric.depth", {"type": "int", "low": 1, "high": 5}, r"= 1: .*cut"),
+        ("search.epochs", {"type": "int", "low": 0, "high": 2}, r"= 0: .*epochs"),
+    ]:
+        path = tmp_path / "bad.yaml"
+        path.write_text(yaml.safe_dump({**body, "outer": {key: domain}}))
+        with pytest.raises(SpecError, match=rf"outer\.{key} {message}"):
+            load_campaign(path)
+
+
+def test_campaign_trial_is_built_from_typed_specs():
+    """The base trial shares the campaign's specs; an outer choice replaces only its path."""
+    campaign = load_campaign(spaces_root().parent / "experiments" / "quickstart.yaml")
+    base = campaign.trial({})
+    assert base.search is campaign.search and base.data is campaign.data
+    trial = campaign.trial({"search.arch_optimizer.lr": 0.01, "fabric.depth": 4})
+    assert trial.search.arch_optimizer.lr == 0.01 and trial.fabric.depth == 4
+    assert trial.search.weight_optimizer is campaign.search.weight_optimizer
+    assert trial.search.arch_optimizer.weight_decay == campaign.search.arch_optimizer.weight_decay
