@@ -544,9 +544,9 @@ def _raise_keyboard_interrupt(signum, frame):
 @click.argument("campaign_id")
 @click.option(
     "--rule",
-    default="best:val_ap",
-    show_default=True,
-    help="best:<metric>[:max|min] or pareto:<metric>@<metric><=<value>.",
+    default=None,
+    help="best:<metric>[:max|min] or pareto:<metric>@<metric><=<value>; default: the "
+    "campaign's primary objective.",
 )
 @click.option("--trial", "trial_id", help="Promote this trial instead of applying the rule.")
 @click.option("--alias", default="champion", show_default=True)
@@ -566,7 +566,8 @@ def promote(campaign_id, rule, trial_id, alias, model_name, root) -> None:
 
         campaign_id = load_campaign(campaign_id).campaign_id  # the campaign of that file
     record = load_record(root, campaign_id)
-    parsed = parse_rule(rule)
+    primary = record.spec.objectives[0]
+    parsed = parse_rule(rule or f"best:{primary.metric}:{primary.mode}")
     p = do_promote(
         record,
         read_ledger(record.ledger_path),

@@ -57,6 +57,9 @@ LEDGER_SCHEMA = pa.schema(
         ("macs", pa.int64()),  # of the latest derived network
         ("params", pa.int64()),
         ("genotype_fp", pa.string()),  # of the latest genotype
+        # for each metric whose best is kept (the primary objective, val_ap, val_pckh,
+        # val_loss): {metric: [epoch, genotype fingerprint]} of the epoch that scored it
+        ("best_genotypes_json", pa.string()),
         ("wall_time_s", pa.float64()),
         ("worker_seconds", pa.float64()),  # wall time × workers held
     ]
@@ -136,9 +139,12 @@ def update_with_result(
     if "start_epoch" in result:
         out["start_epoch"] = int(result["start_epoch"])
     primary = objectives[0]
+    fp = result.get("genotype_fp") if isinstance(result.get("genotype_fp"), str) else None
+    sources = json.loads(out["best_genotypes_json"]) if out.get("best_genotypes_json") else {}
     value = _finite(result.get(primary.metric))
     if value is not None and _better(value, out.get("best"), primary.mode):
         out["best"], out["best_epoch"] = value, epoch
+        sources[primary.metric] = [epoch, fp]
     final = json.loads(out["final_json"]) if out.get("final_json") else {}
     for objective in objectives:
         v = _finite(result.get(objective.metric))
@@ -149,6 +155,8 @@ def update_with_result(
         v = _finite(result.get(name))
         if v is not None and _better(v, out.get(name), "max" if name in _BEST_MAX else "min"):
             out[name] = v
+            sources[name] = [epoch, fp]
+    out["best_genotypes_json"] = json.dumps(sources, sort_keys=True)
     for name in ("macs", "params"):
         v = _finite(result.get(name))
         if v is not None:
@@ -180,9 +188,27 @@ def write_ledger(rows: Iterable[Mapping[str, Any]], path: str | Path) -> Path:
     return path
 
 
+def best_genotype(row: Mapping[str, Any], metric: str) -> tuple[int | None, str | None]:
+    """The epoch and genotype fingerprint behind the row's best ``metric`` (a metric whose best
+    is kept); (None, latest fingerprint) for any other metric, whose value is the latest."""
+    sources = json.loads(row["best_genotypes_json"]) if row.get("best_genotypes_json") else {}
+    if metric == "best":
+        metric = row.get("objective") or metric
+    if metric in sources:
+        epoch, fp = sources[metric]
+        return int(epoch), fp
+    return None, row.get("genotype_fp")
+
+
 def read_ledger(path: str | Path) -> list[dict]:
-    """The rows of a ledger file (an absent file is an empty ledger)."""
+    """The rows of a ledger file (an absent file is an empty ledger). A ledger written before
+    a column existed reads with that column empty."""
     path = Path(path)
     if not path.is_file():
         return []
-    return pq.read_table(path, schema=LEDGER_SCHEMA).to_pylist()
+    table = pq.read_table(path)
+    for name in LEDGER_SCHEMA.names:
+        if name not in table.column_names:
+            field = LEDGER_SCHEMA.field(name)
+            table = table.append_column(field, pa.nulls(table.num_rows, field.type))
+    return table.select(LEDGER_SCHEMA.names).cast(LEDGER_SCHEMA).to_pylist()

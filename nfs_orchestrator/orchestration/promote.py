@@ -12,6 +12,14 @@ Only trials that finished or were early-stopped and derived a genotype are candi
 without the metric is left out (and named if nothing is left). Ties go to fewer MACs, then the
 smaller trial id, so the same ledger always promotes the same trial.
 
+What is registered is what the rule scored: a rule on a metric whose best over epochs the
+ledger keeps (the primary objective, ``best``, ``val_ap``, ``val_pckh``, ``val_loss``) scores
+each trial by that best, and the genotype registered is the one derived at that very epoch
+(``genotype/epoch_NNNN.json`` of the trial run; ``ledger.best_genotype``); a rule on any other
+metric (``macs``, ``params``, a final objective value) scores the latest epoch and registers the
+latest genotype. The version's tags ``nfs.metric``, ``nfs.value`` and ``nfs.epoch`` say which.
+The CLI's default rule is the campaign's primary objective.
+
 Registration (``promote``): the genotype is read back from the trial's MLflow run and its
 fingerprint checked against the ledger; a model version is created whose artifacts hold the
 genotype, the resolved search space and grouping, tagged with campaign, trial run and
@@ -34,6 +42,7 @@ from typing import Any
 from nfs_orchestrator.errors import PosenfsError
 from nfs_orchestrator.genotype import Genotype
 from nfs_orchestrator.orchestration import tracking
+from nfs_orchestrator.orchestration.ledger import best_genotype
 
 MIN_METRICS = ("val_loss", "macs", "params")
 DONE = ("FINISHED", "EARLY_STOPPED")
@@ -148,18 +157,25 @@ def promote(
     if not run_id:
         raise PromoteError(f"trial {row['trial_id']} has no MLflow run in the ledger")
     uri = record.tracking_uri
+    epoch, recorded = best_genotype(row, rule.metric)
+    if not recorded:
+        raise PromoteError(
+            f"trial {row['trial_id']}: no genotype was recorded for its {rule.metric} "
+            f"(epoch {epoch})"
+        )
+    artifact = tracking.GENOTYPE_ARTIFACT if epoch is None else tracking.epoch_genotype(epoch)
     with tempfile.TemporaryDirectory(prefix="posenfs-promote-") as tmp:
         try:
-            path = tracking.download_artifact(uri, run_id, tracking.GENOTYPE_ARTIFACT, tmp)
+            path = tracking.download_artifact(uri, run_id, artifact, tmp)
         except tracking.ArtifactError as e:
-            raise PromoteError(f"run {run_id}: cannot read genotype.json ({e})") from None
+            raise PromoteError(f"run {run_id}: cannot read {artifact} ({e})") from None
         text = Path(path).read_text()
-    genotype = Genotype.from_json(text, source=f"runs:/{run_id}/genotype.json")
+    genotype = Genotype.from_json(text, source=f"runs:/{run_id}/{artifact}")
     fp = genotype.fingerprint()
-    if fp != row["genotype_fp"]:
+    if fp != recorded:
         raise PromoteError(
-            f"run {run_id}: genotype.json has fingerprint {fp[:12]}, the ledger says "
-            f"{row['genotype_fp'][:12]}: the run moved on since the ledger was written"
+            f"run {run_id}: {artifact} has fingerprint {fp[:12]}, the ledger says "
+            f"{recorded[:12]}: the run moved on since the ledger was written"
         )
     name = model_name or f"posenfs-{record.spec.data.dataset}-genotypes"
     tracking.ensure_registered_model(
@@ -188,6 +204,7 @@ def promote(
             TAG_RULE: rule.text,
             "nfs.metric": rule.metric,
             "nfs.value": str(_value(row, rule.metric)),
+            "nfs.epoch": "latest" if epoch is None else str(epoch),
             "nfs.grouping": genotype.grouping.name,
             "nfs.space": genotype.space.name,
         }

@@ -283,6 +283,11 @@ def genotype_fingerprint(text: str) -> str:
     return Genotype.from_json(text).fingerprint()
 
 
+def epoch_genotype(epoch: int) -> str:
+    """The artifact path of the genotype a trial run derived at ``epoch``."""
+    return f"genotype/epoch_{epoch:04d}.json"
+
+
 def log_epoch(
     tracking_uri: str,
     run_id: str,
@@ -313,7 +318,7 @@ def log_epoch(
             if genotype is not None:
                 text = genotype if isinstance(genotype, str) else genotype.decode()
                 fingerprint = genotype_fingerprint(text)
-                snapshot = Path(tmp) / "genotype" / f"epoch_{epoch:04d}.json"
+                snapshot = Path(tmp) / epoch_genotype(epoch)
                 snapshot.parent.mkdir(parents=True, exist_ok=True)
                 snapshot.write_text(text)
             c.log_artifacts(run_id, tmp)

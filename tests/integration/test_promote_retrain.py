@@ -24,7 +24,7 @@ import pytest
 
 from nfs_orchestrator.campaign_spec import load_campaign
 from nfs_orchestrator.orchestration import tracking
-from nfs_orchestrator.orchestration.ledger import read_ledger
+from nfs_orchestrator.orchestration.ledger import best_genotype, read_ledger
 from tests.integration.helpers import POSENFS, REPO
 from tests.integration.test_campaign_smoke import posenfs
 
@@ -51,7 +51,9 @@ def test_promote_then_retrain(tmp_path, ray_tmpdir):
     assert len(versions) == 1
     champion = c.get_model_version_by_alias(name, "champion")
     assert champion.tags["nfs.campaign_id"] == cid
-    assert champion.tags["nfs.genotype_fp"] == best["genotype_fp"]
+    # the genotype of the epoch that scored the trial's best val_ap (what the rule used)
+    assert champion.tags["nfs.genotype_fp"] == best_genotype(best, "val_ap")[1]
+    assert champion.tags["nfs.epoch"] == str(best_genotype(best, "val_ap")[0])
     assert champion.tags["nfs.source_run_id"] == best["run_id"]
     again = posenfs(["promote", cid, "--root", str(root)], tmp_path, ray_tmpdir)
     assert again.returncode == 0 and "already registered" in again.stdout

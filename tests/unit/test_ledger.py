@@ -150,3 +150,18 @@ def test_status_reads_the_ledger_without_ray_or_mlflow(tmp_path):
     assert "trials 0/4 (started 1)" in out.stdout
     state = store.read_state(record.folder)
     assert store.effective_status({**state, "pid": 2**22 + 17}) == "stopped"  # process gone
+
+
+def test_a_ledger_written_before_a_column_existed_still_reads(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    c = campaign(tmp_path)
+    row = new_row(c.campaign_id, "t1", c.trial({}), c.objectives[0])
+    path = write_ledger([row], tmp_path / "ledger.parquet")
+    old = pq.read_table(path).drop_columns(["best_genotypes_json"])
+    pq.write_table(old, path)
+    assert "best_genotypes_json" not in pq.read_table(path).column_names
+    (back,) = read_ledger(path)
+    assert back["trial_id"] == "t1" and back["best_genotypes_json"] is None
+    assert pa.Table.from_pylist([back]).num_columns == len(back)
