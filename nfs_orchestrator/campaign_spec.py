@@ -101,17 +101,35 @@ class AshaSpec(Spec):
 
 @dataclass(frozen=True)
 class BudgetSpec(Spec):
-    """How many trials, how many at once, early stopping and retries."""
+    """How many trials, how many at once, early stopping and retries.
+
+    ``seeds``: every configuration Optuna suggests runs as that many trials, with trial seeds
+    ``seed``, ``seed + 1``, …; Optuna is told their mean. ``num_trials`` counts them all, so it
+    must be a multiple of ``seeds``. ASHA is off when seeds > 1 (it would stop some seeds of a
+    configuration and not others)."""
 
     num_trials: int = 4
     max_concurrent: int = 1
     asha: AshaSpec = field(default_factory=AshaSpec)
     trial_retries: int = 1  # Tune-level retries of a failed trial (it resumes from checkpoint)
     worker_retries: int = 1  # Train-level restarts of the worker group within a trial
+    seeds: int = 1  # trials per suggested configuration, each with its own seed
 
     def __post_init__(self) -> None:
         if self.num_trials < 1 or self.max_concurrent < 1:
             raise SpecError("num_trials and max_concurrent must be ≥ 1")
+        if self.seeds < 1:
+            raise SpecError(f"seeds: {self.seeds} must be ≥ 1")
+        if self.num_trials % self.seeds:
+            raise SpecError(
+                f"num_trials: {self.num_trials} is not a multiple of seeds ({self.seeds}); "
+                f"it counts every seed of every configuration"
+            )
+
+    @property
+    def early_stopping(self) -> bool:
+        """Whether ASHA runs (single-objective campaigns also need it; see CampaignSpec)."""
+        return self.asha.enabled and self.seeds == 1
 
 
 # --------------------------------------------------------------------------------------------
@@ -275,6 +293,8 @@ class CampaignSpec(Spec):
         for key in ("resources", "storage"):
             body.pop(key)
         body["budget"].pop("max_concurrent")
+        if body["budget"]["seeds"] == 1:  # added later: at its default, ids stay as they were
+            body["budget"].pop("seeds")
         return fingerprint(body)
 
     def references(self, kind: str) -> list[str]:

@@ -261,8 +261,8 @@ def describe_campaign(campaign) -> list[str]:
         )
         when = f" when {p.when}" if p.when else ""
         outer.append(f"{key} ∈ {domain}{when}")
-    asha = "off"
-    if b.asha.enabled and not campaign.multi_objective:
+    asha = "off" if b.seeds == 1 else "off (seeds > 1)"
+    if b.early_stopping and not campaign.multi_objective:
         asha = f"grace {b.asha.grace_period}, reduction {b.asha.reduction_factor}"
     return [
         f"  data        {d.dataset} {d.input_size[0]}x{d.input_size[1]} (root {d.root})",
@@ -273,7 +273,9 @@ def describe_campaign(campaign) -> list[str]:
         + (f", {s.steps_per_epoch} steps/epoch" if s.steps_per_epoch else ""),
         f"  outer       {'; '.join(outer) or '(none: repeated trials of the base)'}",
         "  objectives  " + ", ".join(f"{o.metric} ({o.mode})" for o in campaign.objectives),
-        f"  budget      {b.num_trials} trials, {b.max_concurrent} at once, ASHA {asha}, "
+        f"  budget      {b.num_trials} trials"
+        + (f" ({b.num_trials // b.seeds} configurations × {b.seeds} seeds)" if b.seeds > 1 else "")
+        + f", {b.max_concurrent} at once, ASHA {asha}, "
         f"retries: trial {b.trial_retries}, worker group {b.worker_retries}",
         f"  resources   {r.workers_per_trial} worker(s)"
         + (" in the trial actor" if r.search_in_trial_actor else "")

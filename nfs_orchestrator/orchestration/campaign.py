@@ -122,6 +122,7 @@ def build_tuner(
     """``Tuner.restore`` of the campaign's experiment if it exists, else a new Tuner."""
     import ray.tune as tune
     from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import Repeater
     from ray.tune.search.optuna import OptunaSearch
 
     from nfs_orchestrator.orchestration.space import define_by_run
@@ -155,9 +156,12 @@ def build_tuner(
         study_name=cid,
         storage=campaign.storage.optuna_storage,
     )
+    if campaign.budget.seeds > 1:  # each suggestion runs as `seeds` trials; Optuna sees the mean
+        searcher = Repeater(searcher, repeat=campaign.budget.seeds)
     asha = campaign.budget.asha
     scheduler = None
-    if not multi and asha.enabled and campaign.search.epochs > asha.grace_period:
+    early = campaign.budget.early_stopping and campaign.search.epochs > asha.grace_period
+    if not multi and early:
         scheduler = ASHAScheduler(
             time_attr="epochs_done",  # 1-based epochs (TrialRuntime adds it to each report)
             max_t=campaign.search.epochs,

@@ -43,6 +43,7 @@ LEDGER_SCHEMA = pa.schema(
         ("depth", pa.int32()),
         ("scales", pa.list_(pa.int32())),
         ("ops", pa.list_(pa.string())),
+        ("seed", pa.int64()),  # the trial's seed (budget.seeds: one configuration, many seeds)
         ("params_json", pa.string()),  # the outer choices, canonical JSON
         ("epochs", pa.int32()),  # planned
         ("epochs_run", pa.int32()),  # epochs reported so far
@@ -73,7 +74,7 @@ _BEST_MAX = ("val_ap", "val_pckh")
 _BEST_MIN = ("val_loss",)
 
 
-TRIAL_COLUMNS = ("grouping", "num_parts", "fabric", "depth", "scales", "ops", "epochs")
+TRIAL_COLUMNS = ("grouping", "num_parts", "fabric", "depth", "scales", "ops", "seed", "epochs")
 
 
 def trial_columns(trial: TrialSpec) -> dict[str, Any]:
@@ -85,6 +86,7 @@ def trial_columns(trial: TrialSpec) -> dict[str, Any]:
         "depth": trial.fabric.depth,
         "scales": list(trial.fabric.scales),
         "ops": list(trial.fabric.ops),
+        "seed": trial.seed,
         "epochs": trial.search.epochs,
     }
 

@@ -39,6 +39,7 @@ import ray.tune as tune
 import torch
 from ray.train.torch import TorchConfig, TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.search.repeater import TRIAL_INDEX
 
 from nfs_orchestrator.campaign_spec import CampaignSpec, decode_params
 from nfs_orchestrator.orchestration import ray_session, tracking
@@ -109,6 +110,9 @@ def trial_driver(config: dict[str, Any], *, campaign: CampaignSpec, context: Dri
     trial_id = tune.get_context().get_trial_id()
     params = decode_params(campaign.outer, config)
     trial = build_trial(campaign, params, trial_id, context.base_dir)
+    seed_index = int(config.get(TRIAL_INDEX, 0))  # set by Tune's Repeater (budget.seeds)
+    if seed_index:
+        trial = replace(trial, seed=trial.seed + seed_index)
     target = context.tracking
     run_id = tracking.open_trial(target, campaign.campaign_id, trial_id, trial, run_name=trial.name)
     launch = SearchLaunch(
