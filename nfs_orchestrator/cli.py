@@ -561,13 +561,8 @@ def promote(campaign_id, rule, trial_id, alias, model_name, root) -> None:
     from nfs_orchestrator.orchestration.ledger import read_ledger
     from nfs_orchestrator.orchestration.promote import parse_rule
     from nfs_orchestrator.orchestration.promote import promote as do_promote
-    from nfs_orchestrator.orchestration.store import load_record
 
-    if campaign_id.endswith((".yaml", ".yml")) and os.path.isfile(campaign_id):
-        from nfs_orchestrator.campaign_spec import load_campaign
-
-        campaign_id = load_campaign(campaign_id).campaign_id  # the campaign of that file
-    record = load_record(root, campaign_id)
+    record = _campaign_record(campaign_id, root)
     primary = record.spec.objectives[0]
     parsed = parse_rule(rule or f"best:{primary.metric}:{primary.mode}")
     p = do_promote(
@@ -585,6 +580,56 @@ def promote(campaign_id, rule, trial_id, alias, model_name, root) -> None:
         f"{p.value}, genotype {p.genotype_fp[:12]}); alias @{p.alias} -> version {p.version}{was}"
     )
     click.echo(f"retrain it: posenfs retrain FILE --genotype models:/{p.model_name}@{p.alias}")
+
+
+@main.command()
+@click.argument("campaign_id")
+@click.option(
+    "--retrain",
+    "retrain_file",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="The retrain spec every arm is trained with (same pipeline and budget).",
+)
+@click.option("--rule", default=None, help="Promotion rule choosing the champion (as promote).")
+@click.option("--random", "random_arms", default=2, show_default=True, type=int)
+@click.option("--seeds", default=2, show_default=True, type=int, help="Seeds per arm.")
+@set_option
+@click.option("--address", help="Ray cluster address (default: start Ray here).")
+@root_option
+def controls(campaign_id, retrain_file, rule, random_arms, seeds, overrides, address, root):
+    """Retrain the champion beside its controls (uniform baseline, random genotypes of matched
+    size), each with several seeds, and say whether it beats them by more than the spread.
+
+    CAMPAIGN_ID is a campaign id, or the campaign's YAML file."""
+    from nfs_orchestrator.orchestration.controls import format_controls, run_controls
+    from nfs_orchestrator.orchestration.ledger import read_ledger
+    from nfs_orchestrator.orchestration.promote import parse_rule, select_genotype
+    from nfs_orchestrator.specs import load_retrain
+
+    if random_arms < 0 or seeds < 1:
+        raise PosenfsError(f"--random {random_arms} / --seeds {seeds}: need ≥ 0 and ≥ 1")
+    record = _campaign_record(campaign_id, root)
+    spec = load_retrain(retrain_file, tuple(overrides))
+    primary = record.spec.objectives[0]
+    rule = parse_rule(rule or f"best:{primary.metric}:{primary.mode}")
+    chosen = select_genotype(record, read_ledger(record.ledger_path), rule)
+    result = run_controls(
+        record, spec, chosen.genotype, random_arms=random_arms, seeds=seeds, address=address
+    )
+    click.echo(format_controls(json.loads(result.json_path.read_text())))
+    click.echo(f"wrote {result.json_path} and {result.plot_path} ({result.wall_time_s:.0f} s)")
+
+
+def _campaign_record(campaign_id: str, root: str):
+    """The record of a campaign given by id (or unique prefix) or by its YAML file."""
+    from nfs_orchestrator.orchestration.store import load_record
+
+    if campaign_id.endswith((".yaml", ".yml")) and os.path.isfile(campaign_id):
+        from nfs_orchestrator.campaign_spec import load_campaign
+
+        campaign_id = load_campaign(campaign_id).campaign_id  # the campaign of that file
+    return load_record(root, campaign_id)
 
 
 @main.command()

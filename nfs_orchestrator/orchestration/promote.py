@@ -142,16 +142,22 @@ class Promotion:
     created: bool  # False when this promotion already existed
 
 
-def promote(
-    record: Any,  # store.CampaignRecord
-    rows: list[dict[str, Any]],
-    rule: Rule,
-    *,
-    trial_id: str | None = None,
-    alias: str = "champion",
-    model_name: str | None = None,
-) -> Promotion:
-    """Registers the selected trial's genotype as a model version and points ``alias`` at it."""
+@dataclass(frozen=True)
+class Selection:
+    """The trial a rule selects and the genotype it scored, read back from the trial's run."""
+
+    row: dict[str, Any]
+    run_id: str
+    epoch: int | None  # the epoch whose genotype the rule scored; None: the latest
+    genotype: Genotype
+    text: str  # the genotype's JSON as stored
+
+
+def select_genotype(
+    record: Any, rows: list[dict[str, Any]], rule: Rule, trial_id: str | None = None
+) -> Selection:
+    """The selected trial's scored genotype (module docstring), its fingerprint checked
+    against the ledger's."""
     row = select_trial(rows, rule, trial_id)
     run_id = row.get("run_id")
     if not run_id:
@@ -177,6 +183,23 @@ def promote(
             f"run {run_id}: {artifact} has fingerprint {fp[:12]}, the ledger says "
             f"{recorded[:12]}: the run moved on since the ledger was written"
         )
+    return Selection(row, run_id, epoch, genotype, text)
+
+
+def promote(
+    record: Any,  # store.CampaignRecord
+    rows: list[dict[str, Any]],
+    rule: Rule,
+    *,
+    trial_id: str | None = None,
+    alias: str = "champion",
+    model_name: str | None = None,
+) -> Promotion:
+    """Registers the selected trial's genotype as a model version and points ``alias`` at it."""
+    chosen = select_genotype(record, rows, rule, trial_id)
+    row, run_id, epoch, genotype = chosen.row, chosen.run_id, chosen.epoch, chosen.genotype
+    uri = record.tracking_uri
+    fp = genotype.fingerprint()
     name = model_name or f"posenfs-{record.spec.data.dataset}-genotypes"
     tracking.ensure_registered_model(
         uri, name, "Genotypes promoted from posenfs campaigns (genotype.json)."
@@ -190,7 +213,7 @@ def promote(
             uri,
             run_id,
             {
-                "genotype.json": text,
+                "genotype.json": chosen.text,
                 "space.json": json.dumps(genotype.space.to_dict(), indent=1),
                 "grouping.json": json.dumps(genotype.grouping.to_dict(), indent=1),
             },

@@ -44,7 +44,7 @@ from nfs_orchestrator.campaign_spec import CampaignSpec
 from nfs_orchestrator.errors import InputError
 from nfs_orchestrator.specs import TrialSpec
 
-TAG_KIND = "nfs.kind"  # "campaign" | "trial"
+TAG_KIND = "nfs.kind"  # "campaign" | "trial" | "control" | "retrain"
 TAG_CAMPAIGN = "nfs.campaign_id"
 TAG_TRIAL = "nfs.trial_id"
 TAG_SPEC_FP = "nfs.spec_fp"  # campaign or trial spec fingerprint
@@ -54,6 +54,8 @@ TAG_STATUS = "nfs.status"  # running | finished | early_stopped | failed | kille
 TAG_ERROR = "nfs.error"
 TAG_PREEMPTED = "nfs.preempted"  # "true" on trial runs ended KILLED by a SIGTERM / pre-emption
 TAG_LOST = "nfs.lost"  # "true" on trial runs Tune never recorded (campaign.finish_campaign)
+TAG_ARM = "nfs.arm"  # control runs: champion | uniform | random-N
+TAG_SEED = "nfs.seed"
 TAG_PARENT = "mlflow.parentRunId"
 
 GENOTYPE_ARTIFACT = "genotype.json"
@@ -266,6 +268,29 @@ def open_trial(
     c.set_tag(run_id, TAG_SPEC_FP, trial.fingerprint())
     c.set_tag(run_id, TAG_STATUS, "running")
     c.log_batch(run_id, params=[Param(k, v) for k, v in trial_params(trial).items()])
+    return run_id
+
+
+def open_control(
+    target: TrackingTarget,
+    campaign_id: str,
+    arm: str,
+    seed: int,
+    genotype: Any,
+    run_name: str,
+) -> str:
+    """Gets or creates the child run of one control retrain (found by campaign, arm and seed),
+    marks it running and logs its arm, seed and genotype."""
+    c = client(target.tracking_uri)
+    tags = {TAG_KIND: "control", TAG_CAMPAIGN: campaign_id, TAG_ARM: arm, TAG_SEED: str(seed)}
+    run_id = get_or_create_run(
+        c, target.experiment_id, run_name=run_name, tags=tags, parent_run_id=target.parent_run_id
+    )
+    c.set_tag(run_id, TAG_GENOTYPE, genotype.fingerprint())
+    c.set_tag(run_id, TAG_STATUS, "running")
+    params = {"arm": arm, "seed": str(seed), "params_derived": str(genotype.params)}
+    c.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
+    log_texts(target.tracking_uri, run_id, {GENOTYPE_ARTIFACT: genotype.to_json()})
     return run_id
 
 
