@@ -58,6 +58,8 @@ def group_summary(
         scored = [(objective_value(r, objective), r) for r in members]
         scored = [(v, r) for v, r in scored if v is not None]
         entry: dict[str, Any] = {key: label, "trials": len(members), "scored": len(scored)}
+        entry["worker_s"] = sum(r.get("worker_seconds") or 0.0 for r in members)
+        entry["gpu_h"] = sum(r.get("gpu_seconds") or 0.0 for r in members) / 3600
         if scored:
             best_value, best_row = (max if objective.mode == "max" else min)(
                 scored, key=lambda vr: vr[0]
@@ -144,6 +146,7 @@ class Comparison:
             f"({primary.mode})"
         ]
         cols = ["trials", "scored", "best", "median", "macs", "params", "trial_id", "genotype_fp"]
+        cols += ["worker_s", "gpu_h"]
         for key, entries in self.tables.items():
             lines += ["", f"per {key}:", format_table(entries, [key, *cols])]
         if len(self.objectives) > 1:

@@ -63,6 +63,7 @@ LEDGER_SCHEMA = pa.schema(
         ("best_genotypes_json", pa.string()),
         ("wall_time_s", pa.float64()),
         ("worker_seconds", pa.float64()),  # wall time × workers held
+        ("gpu_seconds", pa.float64()),  # wall time × GPUs held (workers × GPUs per worker)
     ]
 )
 
@@ -105,6 +106,7 @@ def pending_row(
         objective=objective.metric,
         wall_time_s=0.0,
         worker_seconds=0.0,
+        gpu_seconds=0.0,
     )
     return row
 

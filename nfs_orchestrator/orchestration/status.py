@@ -38,6 +38,7 @@ def summarize(record: CampaignRecord) -> dict[str, Any]:
         "best_trial": best["trial_id"] if best else None,
         "best_grouping": best["grouping"] if best else None,
         "worker_seconds": sum(r.get("worker_seconds") or 0.0 for r in rows),
+        "gpu_hours": sum(r.get("gpu_seconds") or 0.0 for r in rows) / 3600,
     }
 
 
@@ -52,7 +53,7 @@ def format_campaigns(records: list[CampaignRecord]) -> str:
         lines.append(
             f"{s['campaign_id']:<36} {s['status']:<12} trials {s['trials_done']}/{s['budget']}"
             f" (started {s['trials_started']})  best {s['metric']} {best}"
-            f"  worker-s {s['worker_seconds']:.0f}"
+            f"  worker-s {s['worker_seconds']:.0f}  GPU-h {s['gpu_hours']:.2f}"
         )
     return "\n".join(lines)
 
@@ -64,22 +65,27 @@ def format_trials(record: CampaignRecord) -> str:
     head = [
         f"campaign {record.campaign_id}: {s['status']} (updated {s['updated']})",
         f"trials {s['trials_done']} done, {s['trials_started']} started, budget {s['budget']}",
+        f"cost so far: {s['worker_seconds']:.0f} worker-seconds, {s['gpu_hours']:.2f} GPU-hours",
         f"ledger {record.ledger_path}",
         "",
     ]
-    cols = ["trial_id", "status", "epochs", s["metric"], "grouping", "depth", "scales", "genotype"]
+    cols = ["trial_id", "status", "epochs", s["metric"], "grouping", "depth", "scales", "seed"]
+    cols += ["genotype", "worker-s", "GPU-h"]
     table = [cols]
     for r in rows:
         table.append(
             [
                 r["trial_id"],
                 r["status"],
-                f"{r['epochs_run']}/{r['epochs']}",
+                f"{r['epochs_run']}/{r['epochs'] or '-'}",
                 "-" if r["best"] is None else f"{r['best']:.4g}",
-                str(r["grouping"]),
-                str(r["depth"]),
+                str(r["grouping"] or "-"),
+                str(r["depth"] or "-"),
                 "-".join(str(v) for v in r["scales"] or []),
+                "-" if r.get("seed") is None else str(r["seed"]),
                 (r["genotype_fp"] or "-")[:12],
+                f"{r.get('worker_seconds') or 0.0:.0f}",
+                f"{(r.get('gpu_seconds') or 0.0) / 3600:.2f}",
             ]
         )
     widths = [max(len(row[i]) for row in table) for i in range(len(cols))]

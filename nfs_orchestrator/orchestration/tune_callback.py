@@ -83,7 +83,9 @@ class CampaignCallback(tune.Callback):
             row["trial_id"], (time.monotonic(), row.get("wall_time_s") or 0.0)
         )
         row["wall_time_s"] = before + time.monotonic() - start
-        row["worker_seconds"] = row["wall_time_s"] * self.spec.resources.workers_per_trial
+        resources = self.spec.resources
+        row["worker_seconds"] = row["wall_time_s"] * resources.workers_per_trial
+        row["gpu_seconds"] = row["worker_seconds"] * resources.gpus_per_worker
 
     def _write(self) -> None:
         write_rows(self.rows.values(), self.ledger_path)

@@ -1,0 +1,76 @@
+"""The controls of a champion: the uniform baseline and matched-size random genotypes are what
+they claim, the arms' retrain specs differ only in the genotype (and seed), and the verdict
+says "beats" only when the difference is larger than the seed spread."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nfs_orchestrator import baselines
+from nfs_orchestrator.genotype import Genotype
+from nfs_orchestrator.geometry import fabric_sites
+from nfs_orchestrator.orchestration.controls import control_jobs
+from nfs_orchestrator.specs import load_retrain
+
+REPO = Path(__file__).resolve().parents[2]
+GOLDEN = REPO / "tests" / "golden" / "genotype_tiny_coco-p3.json"
+
+
+def champion() -> Genotype:
+    return Genotype.from_json(GOLDEN.read_text())
+
+
+def test_uniform_baseline_is_a_regular_fabric_of_convolutions():
+    g = champion()
+    uniform = baselines.uniform_genotype(g)
+    assert uniform.space.ops == g.space.ops and uniform.grouping == g.grouping
+    for part in uniform.parts:
+        for cell in part.cells:
+            assert set(cell.ops) == {"sep_conv_3x3"}
+            assert len(cell.inputs) >= 1
+    # every cell of the fabric is kept (all inputs kept: every cell reaches the output)
+    sites = sum(len(layer) for layer in fabric_sites(g.space))
+    assert all(len(p.cells) == sites for p in uniform.parts)
+    assert uniform.params and uniform.macs
+
+
+def test_random_genotypes_are_distinct_and_matched_in_size():
+    g = champion()
+    randoms = baselines.random_genotypes(g, 2, seed=0)
+    fps = {r.fingerprint() for r in randoms}
+    assert len(randoms) == 2 and len(fps) == 2 and g.fingerprint() not in fps
+    for r in randoms:
+        assert abs(r.params - g.params) / g.params <= baselines.SIZE_TOLERANCE
+    again = baselines.random_genotypes(g, 2, seed=0)
+    assert [r.fingerprint() for r in again] == [r.fingerprint() for r in randoms]
+
+
+def test_arms_differ_only_in_the_genotype():
+    spec = load_retrain(REPO / "experiments" / "retrain_quickstart.yaml")
+    g = champion()
+    arms = [("champion", g), ("uniform", baselines.uniform_genotype(g))]
+    jobs = control_jobs(spec, arms, seeds=2)
+    assert [(j.arm, j.seed) for j in jobs] == [
+        ("champion", 0),
+        ("uniform", 0),
+        ("champion", 1),
+        ("uniform", 1),
+    ]
+    by_seed = {}
+    for job in jobs:
+        by_seed.setdefault(job.seed, set()).add(job.spec.fingerprint())
+    assert all(len(fps) == 1 for fps in by_seed.values())  # same spec within a seed
+    assert jobs[0].spec == spec  # the first seed is the spec itself
+    assert jobs[0].genotype is g and jobs[1].genotype is not g
+
+
+def test_verdict_needs_more_than_the_spread():
+    clear = baselines.summarize(
+        {"champion": [0.30, 0.31], "uniform": [0.20, 0.21], "random-1": [0.10, 0.12]}, "max"
+    )
+    assert "beats every control" in baselines.verdict(clear, "val_ap", "max")
+    close = baselines.summarize({"champion": [0.30, 0.20], "uniform": [0.24, 0.25]}, "max")
+    sentence = baselines.verdict(close, "val_ap", "max")
+    assert "does not beat uniform" in sentence and "not shown" in sentence
+    entry = close[0]
+    assert entry["mean"] == 0.25 and abs(entry["spread"] - 0.0707107) < 1e-6
