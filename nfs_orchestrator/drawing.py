@@ -18,8 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from nfs_orchestrator.genotype import Genotype  # noqa: E402
-from nfs_orchestrator.nn.cell import SLOTS  # noqa: E402
-from nfs_orchestrator.nn.fabric import fabric_sites  # noqa: E402
+from nfs_orchestrator.geometry import SLOTS, fabric_sites  # noqa: E402
 
 SLOT_COLORS = {"parallel": "#333333", "above": "#1f77b4", "below": "#d62728"}
 OP_SHORT = {

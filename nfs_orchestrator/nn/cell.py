@@ -25,15 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nfs_orchestrator.geometry import edge_sources
 from nfs_orchestrator.nn.ops import RESAMPLE, build_op
-
-SLOTS = ("parallel", "above", "below")  # beta's three inputs, in beta's column order
-
-
-def edge_sources(hidden_nodes: int) -> list[int]:
-    """For each edge e (in alpha's row order), the index of the node it reads: node 0 is the
-    input node, node 1 + h is hidden node h. Hidden node h reads nodes 0 … h."""
-    return [src for h in range(hidden_nodes) for src in range(h + 1)]
 
 
 class MixedOp(nn.Module):

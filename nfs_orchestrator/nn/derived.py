@@ -13,8 +13,9 @@ import torch
 from torch import nn
 
 from nfs_orchestrator.genotype import Genotype
+from nfs_orchestrator.geometry import SLOTS, fabric_sites
 from nfs_orchestrator.hardware import Execution, compute_context, to_layout
-from nfs_orchestrator.nn.fabric import DerivedFabric, fabric_sites
+from nfs_orchestrator.nn.fabric import DerivedFabric
 from nfs_orchestrator.nn.supernet import merge_parts
 
 
@@ -77,8 +78,6 @@ def derived_state_from_supernet(
     moves to its position among the kept slots; an edge keeps only its chosen op's weights.
     α and β have no place in a derived network.
     """
-    from nfs_orchestrator.nn.cell import SLOTS
-
     out: dict[str, torch.Tensor] = {}
     cells = {
         (part.name, f"s{c.scale}_d{c.depth}"): c for part in genotype.parts for c in part.cells

@@ -19,6 +19,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
+from nfs_orchestrator.genotype import Genotype, derive_genotype
 from nfs_orchestrator.hardware import Execution, compute_context, to_layout
 from nfs_orchestrator.keypoints import PartGrouping
 from nfs_orchestrator.nn.batched import batched_parts
@@ -107,8 +108,13 @@ class PoseSupernet(nn.Module):
         arch = {id(p) for p in self.arch_parameters()}
         return (p for p in self.parameters() if id(p) not in arch)
 
-    def genotype(self, input_size: tuple[int, int] | None = None, backbone: str = ""):
-        """The discrete architecture these α/β derive (see ``genotype.derive_genotype``)."""
-        from nfs_orchestrator.genotype import derive_genotype
+    def genotype(self, input_size: tuple[int, int] | None = None, backbone: str = "") -> Genotype:
+        """The discrete architecture these α/β derive (see ``genotype.derive_genotype``); with
+        ``input_size``, its derived network is built and measured (params, MACs) at that size."""
+        arch = {name: (fabric.alpha, fabric.beta) for name, fabric in self.parts.items()}
+        genotype = derive_genotype(self.space, self.grouping, arch, backbone=backbone)
+        if input_size is not None:
+            from nfs_orchestrator.nn.counting import measure_genotype
 
-        return derive_genotype(self, input_size=input_size, backbone=backbone)
+            genotype = measure_genotype(genotype, self.backbone, input_size)
+        return genotype

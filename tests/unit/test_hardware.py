@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from nfs_orchestrator.genotype import derive_genotype
 from nfs_orchestrator.hardware import Hardware, choose_execution, detect, prepare_model
 from nfs_orchestrator.keypoints import load_grouping
 from nfs_orchestrator.nn.backbones import build_backbone
@@ -113,7 +112,7 @@ def test_bf16_autocast_keeps_arch_params_and_heatmaps_fp32():
     for name, p in low.named_arch_parameters():
         assert p.dtype == torch.float32 and g1[f"parts.{name}"].dtype == torch.float32
         assert g1[f"parts.{name}"].abs().sum() > 0, name
-    genotype = derive_genotype(base)
+    genotype = base.genotype()  # derive_genotype on base's α/β, unmeasured
     derived = DerivedPoseNet(genotype, build_backbone("tiny", random_init=True))
     prepare_model(derived, choose_execution(CPU, "bf16", "channels_last"))
     assert derived(x).dtype == torch.float32
