@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from nfs_orchestrator.errors import InputError, SpecError
+from nfs_orchestrator.files import first_line, read_checked
 from nfs_orchestrator.strict import suggest
 
 BN_MOMENTUM = 0.1  # PyTorch's default; written out because the reference code spells it out too
@@ -476,12 +477,12 @@ def load_backbone_weights(model: nn.Module, name: str, path: str | os.PathLike[s
     first few such keys. Floating tensors are cast to the model's dtype (e.g. float16 files).
     """
     file = Path(path)
-    if not file.is_file():
-        raise InputError(f"backbone {name}: weights file {file} does not exist")
-    try:
-        loaded = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for corrupt or non-tensor pickles
-        raise InputError(f"backbone {name}: cannot read weights file {file}: {exc}") from exc
+    loaded = read_checked(
+        file,
+        lambda f: torch.load(f, map_location="cpu", weights_only=True),
+        missing=f"no such weights file (backbone {name})",
+        failure=lambda e: f"cannot read the weights of backbone {name}: {first_line(e)}",
+    )
 
     source = _unwrap_state_dict(loaded, file, name)
     ignored = IGNORED_WEIGHT_PREFIXES.get(name, ())
