@@ -21,11 +21,7 @@ import torch
 from nfs_orchestrator.errors import SpecError
 from nfs_orchestrator.genotype import Genotype
 from nfs_orchestrator.hardware import choose_execution, detect, prepare_model
-from nfs_orchestrator.runtime import Runtime
-from nfs_orchestrator.search.bilevel import weight_step
-from nfs_orchestrator.search.schedules import lr_factor
-from nfs_orchestrator.specs import RetrainSpec, check_compatible
-from nfs_orchestrator.training import (
+from nfs_orchestrator.loop_utils import (
     batch_plan,
     epoch_batches,
     make_optimizer,
@@ -35,6 +31,10 @@ from nfs_orchestrator.training import (
     to_device,
     validate,
 )
+from nfs_orchestrator.runtime import Runtime
+from nfs_orchestrator.search.bilevel import weight_step
+from nfs_orchestrator.search.schedules import lr_factor
+from nfs_orchestrator.specs import RetrainSpec, check_compatible
 
 STATE_FILE = "state.pt"
 MODEL_FILE = "model.pt"

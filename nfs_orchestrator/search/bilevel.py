@@ -11,11 +11,16 @@
 
 Every step takes a list of micro-batches (gradient accumulation) and averages gradients over
 ranks through the runtime, so α/β are identical on every rank after every step.
+
+``STEPS`` maps each search mode to its whole training step (α/β step, if any, then the weights),
+so the search loop chooses the step once per epoch (``WEIGHTS_ONLY`` while α/β rest) and calls it
+on every batch, like DARTS' ``architect.step``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -142,3 +147,78 @@ def arch_step_second_order(
     runtime.sync_gradients(arch)
     optimizer.step()
     return float(val_loss.detach())
+
+
+# --------------------------------------------------------------------------------------------
+# One training step per search mode
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StepState:
+    """What a training step of any mode works on; ``eta`` is this epoch's weight lr."""
+
+    model: nn.Module
+    weights: list[nn.Parameter]
+    arch: list[nn.Parameter]
+    w_optimizer: torch.optim.Optimizer
+    a_optimizer: torch.optim.Optimizer | None
+    runtime: Runtime
+    grad_clip: float | None
+    eta: float
+    weight_decay: float
+
+
+# (state, the step's micro-batches, the arch micro-batches to draw from) -> (train loss,
+# arch loss or None); a step draws one item of arch batches only when it steps α/β.
+TrainStep = Callable[
+    [StepState, Sequence[Batch], Iterator[Sequence[Batch]]], tuple[float, float | None]
+]
+
+
+def _weights_only(s: StepState, batches, arch_batches) -> tuple[float, float | None]:
+    loss = weight_step(s.model, batches, s.weights, s.w_optimizer, s.runtime, s.grad_clip)
+    return loss, None
+
+
+def _first_order(s: StepState, batches, arch_batches) -> tuple[float, float | None]:
+    arch_loss = arch_step_first_order(s.model, next(arch_batches), s.arch, s.a_optimizer, s.runtime)
+    return _weights_only(s, batches, arch_batches)[0], arch_loss
+
+
+def _second_order(s: StepState, batches, arch_batches) -> tuple[float, float | None]:
+    arch_loss = arch_step_second_order(
+        s.model,
+        batches,
+        next(arch_batches),
+        s.arch,
+        s.a_optimizer,
+        s.runtime,
+        s.eta,
+        s.weight_decay,
+    )
+    return _weights_only(s, batches, arch_batches)[0], arch_loss
+
+
+def _sync(s: StepState, batches, arch_batches) -> tuple[float, float | None]:
+    loss = joint_step(
+        s.model,
+        batches,
+        s.weights,
+        s.arch,
+        s.w_optimizer,
+        s.a_optimizer,
+        s.runtime,
+        s.grad_clip,
+    )
+    return loss, None
+
+
+WEIGHTS_ONLY: TrainStep = _weights_only  # any mode while α/β are not trained
+STEPS: dict[str, TrainStep] = {
+    "first_order": _first_order,
+    "second_order": _second_order,
+    "sync": _sync,
+    "random": _weights_only,
+    "none": _weights_only,
+}

@@ -1,5 +1,9 @@
-"""Pieces shared by the search loop and the retrain loop: batching, seeding, optimizers,
-validation. Pure PyTorch; no loop lives here.
+"""Loop helpers: what the search loop (``search/loop.py``) and the retrain loop
+(``retrain/loop.py``) share — batch plans and batch streams, seeding, optimizers and learning
+rates, moving batches to the device, validation — and ``evaluate_on`` behind
+``posenfs evaluate checkpoint``. It sits at the top of the package because neither loop owns
+it (``search/`` and ``retrain/`` are siblings). Pure PyTorch. What it is not: a loop; the loops
+read top to bottom in their own modules.
 
 Batches: ``batch_size`` images per optimizer step over all workers; each of the W workers runs
 ``micro`` images per forward and accumulates ``batch_size / (W · micro)`` micro-batches, so the
