@@ -13,6 +13,11 @@ Derivation rule (recorded in every genotype as ``rule``; PoseNFS has none, see P
 ``fingerprint`` over its identity fields only (space, grouping, backbone, rule, parts): the
 softmax weights at derivation time and the measured size are kept beside them but never change
 the fingerprint. Reading an unknown schema version or a malformed file is a ``SpecError``.
+
+What this is not: a network. ``derive_genotype`` reads α/β tensors and the fabric geometry
+(``geometry.py``) and imports nothing under ``nn/``; the size of the derived network
+(``params``, ``macs``) is filled in by whoever builds that network (``PoseSupernet.genotype``
+through ``nn.counting.measure_genotype``), with ``Genotype.with_size``.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from nfs_orchestrator.errors import SpecError
+from nfs_orchestrator.hardware import Execution
 from nfs_orchestrator.nn.losses import joints_mse
 from nfs_orchestrator.runtime import Runtime
 from nfs_orchestrator.specs import DataSpec, OptimSpec
@@ -148,8 +149,10 @@ def validate(
     schema,
     device: torch.device,
     workers: int = 0,
+    execution: Execution | None = None,
 ) -> dict[str, float]:
-    """Heatmap loss and the dataset's metric (COCO AP / MPII PCKh) on the validation split."""
+    """Heatmap loss and the dataset's metric (COCO AP / MPII PCKh) on the validation split,
+    forward passes under the loop's ``execution``."""
     from nfs_orchestrator.data import evaluate_model
 
     losses = []
@@ -168,6 +171,7 @@ def validate(
             work_dir=work,
             num_workers=workers,
             observe=heatmap_loss,
+            execution=execution,
         )
     out = {"val_loss": mean(losses)}
     if data.dataset == "mpii":

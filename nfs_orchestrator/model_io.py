@@ -11,6 +11,8 @@ A checkpoint is a ``torch.save``d dict:
 
 ``posenfs reference import`` writes supernet checkpoints; retraining writes derived ones; both
 ``posenfs evaluate checkpoint`` and ``posenfs retrain`` (initial weights) read them.
+What this is not: the file mechanics (``files.py``: atomic write, checked read) or the MLflow
+model registry (``orchestration/``).
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ Any other missing or unexpected key, or a shape mismatch, is an ``InputError`` n
 The reference orders MPII joints differently (head_top, upper_neck, thorax, …; §2.1); we keep
 MPII's own order, so ``--check`` permutes the reference output before comparing. The op order of
 the fabric space must be the reference config's (the shipped spaces are).
+What this is not: the reference code itself (never imported) or a downloader; files are local.
 """
 
 from __future__ import annotations

@@ -15,6 +15,8 @@ A ``FixedCell`` is what ``genotype`` derives: only the kept inputs (summed, then
 per edge, with no mixing weights; dropped inputs and ops are absent, not zeroed.
 
 Shapes: every tensor inside a cell is (B, C, H_i, W_i); inputs arrive at their own scale.
+What this is not: the fabric grid (``geometry.py``: slots, edge sources) or a whole fabric
+(``fabric.py``).
 """
 
 from __future__ import annotations

@@ -5,6 +5,9 @@
 Only the kept cells, inputs and ops exist as modules: a derived network has strictly fewer
 parameters and MACs than its supernet whenever the genotype dropped anything (and it always drops
 the unchosen ops of every edge). There is no α or β.
+
+What this is not: the derivation rule (``genotype.py``) or a training loop; like the supernet,
+its forward carries no precision policy (the loops call ``hardware.run_model``).
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ from torch import nn
 
 from nfs_orchestrator.genotype import Genotype
 from nfs_orchestrator.geometry import SLOTS, fabric_sites
-from nfs_orchestrator.hardware import Execution, compute_context, to_layout
 from nfs_orchestrator.nn.fabric import DerivedFabric
 from nfs_orchestrator.nn.supernet import merge_parts
 
@@ -43,7 +45,6 @@ class DerivedPoseNet(nn.Module):
             self.register_buffer(
                 f"index_{i}", torch.tensor(grouping.indices(p), dtype=torch.long), persistent=False
             )
-        self.execution: Execution | None = None  # precision/layout (hardware.prepare_model)
 
     @classmethod
     def from_genotype(
@@ -60,12 +61,12 @@ class DerivedPoseNet(nn.Module):
         return cls(genotype, backbone)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) → fp32 heatmaps (B, K, H/4, W/4), whatever the execution's precision."""
-        with compute_context(images, self.execution):
-            pyramid = self.backbone(to_layout(images, self.execution))
-            maps = [fabric(pyramid) for fabric in self.parts.values()]
-            index = [getattr(self, f"index_{i}") for i in range(len(self.parts))]
-            out = merge_parts(maps, self.genotype.grouping, index)
+        """(B, 3, H, W) → fp32 heatmaps (B, K, H/4, W/4), also under autocast. Precision and
+        input layout are the caller's (``hardware.run_model``)."""
+        pyramid = self.backbone(images)
+        maps = [fabric(pyramid) for fabric in self.parts.values()]
+        index = [getattr(self, f"index_{i}") for i in range(len(self.parts))]
+        out = merge_parts(maps, self.genotype.grouping, index)
         return out.float()
 
 

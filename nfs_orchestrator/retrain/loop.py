@@ -117,7 +117,9 @@ def run_retrain(spec: RetrainSpec, genotype: Genotype, runtime: Runtime) -> dict
         set_lr(optimizer, lr)
         model.train()
         losses = [
-            weight_step(model, to_device(b, device), weights, optimizer, runtime, spec.grad_clip)
+            weight_step(
+                model, to_device(b, device), weights, optimizer, runtime, spec.grad_clip, execution
+            )
             for b in epoch_batches(
                 train_set,
                 indices,
@@ -132,7 +134,7 @@ def run_retrain(spec: RetrainSpec, genotype: Genotype, runtime: Runtime) -> dict
         metrics = runtime.all_reduce_mean({"train_loss": mean(losses)})
         if (epoch + 1) % spec.val_every == 0 or epoch == spec.epochs - 1:
             val = (
-                validate(model, val_set, spec.data, schema, device, spec.loader_workers)
+                validate(model, val_set, spec.data, schema, device, spec.loader_workers, execution)
                 if runtime.rank == 0
                 else {}
             )

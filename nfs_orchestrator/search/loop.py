@@ -137,6 +137,7 @@ def run_search(trial: TrialSpec, runtime: Runtime) -> dict[str, float]:
             search.grad_clip,
             eta,
             search.weight_optimizer.weight_decay,
+            execution,
         )
 
         train_losses, arch_losses = [], []
@@ -153,7 +154,9 @@ def run_search(trial: TrialSpec, runtime: Runtime) -> dict[str, float]:
         metrics = runtime.all_reduce_mean(losses)
         if (epoch + 1) % search.val_every == 0 or last:
             val = (
-                validate(model, val_set, trial.data, schema, device, search.loader_workers)
+                validate(
+                    model, val_set, trial.data, schema, device, search.loader_workers, execution
+                )
                 if runtime.rank == 0
                 else {}
             )
