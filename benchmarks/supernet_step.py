@@ -5,7 +5,7 @@ P (grouping ``<dataset>-p<P>``) and search mode (``sync``: one forward/backward 
 optimizers; ``first_order``: an α/β step and a weight step) one child process builds the
 supernet twice with the same weights:
 
-- baseline: per-part eager fp32 in NCHW, the reference path (``execution`` unset);
+- baseline: per-part eager fp32 in NCHW, the reference path (no execution);
 - fast: the execution ``hardware.choose_execution`` picks for this machine (``--precision`` and
   ``--memory-format`` override it), exactly what the search loop uses.
 
@@ -64,8 +64,9 @@ def supernet(args: argparse.Namespace):
     return net, [b1], [b2]
 
 
-def stepper(net, b1, b2, mode: str):
-    """One search step of ``mode`` on ``net`` (own Adam optimizers), as a closure."""
+def stepper(net, b1, b2, mode: str, ex=None):
+    """One search step of ``mode`` on ``net`` (own Adam optimizers) under execution ``ex``
+    (None: the fp32 NCHW baseline), as a closure."""
     from nfs_orchestrator.runtime import LocalRuntime
     from nfs_orchestrator.search import bilevel
 
@@ -77,10 +78,10 @@ def stepper(net, b1, b2, mode: str):
 
     def step() -> None:
         if mode == "sync":
-            bilevel.joint_step(net, b1, weights, arch, w_opt, a_opt, runtime)
+            bilevel.joint_step(net, b1, weights, arch, w_opt, a_opt, runtime, execution=ex)
         else:
-            bilevel.arch_step_first_order(net, b2, arch, a_opt, runtime)
-            bilevel.weight_step(net, b1, weights, w_opt, runtime)
+            bilevel.arch_step_first_order(net, b2, arch, a_opt, runtime, execution=ex)
+            bilevel.weight_step(net, b1, weights, w_opt, runtime, execution=ex)
 
     return step
 
@@ -95,7 +96,7 @@ def timing_case(args: argparse.Namespace) -> dict:
     base, b1, b2 = supernet(args)
     fast = prepare_model(copy.deepcopy(base), ex)
     steps = {"baseline": stepper(base, b1, b2, args.case_mode)}
-    steps["fast"] = stepper(fast, b1, b2, args.case_mode)
+    steps["fast"] = stepper(fast, b1, b2, args.case_mode, ex)
     macs = {}
     for name, step in steps.items():  # the counted step is also the first warm-up step
         with FlopCounterMode(display=False) as counter:
@@ -124,8 +125,9 @@ def timing_case(args: argparse.Namespace) -> dict:
 def memory_case(args: argparse.Namespace) -> dict:
     """Child process: peak RSS of one path over a warm-up step and one more."""
     base, b1, b2 = supernet(args)
-    net = base if args.case_path == "baseline" else prepare_model(base, execution(args))
-    step = stepper(net, b1, b2, args.case_mode)
+    ex = None if args.case_path == "baseline" else execution(args)
+    net = base if ex is None else prepare_model(base, ex)
+    step = stepper(net, b1, b2, args.case_mode, ex)
     step()
     step()
     return {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}

@@ -207,9 +207,9 @@ def evaluate_mpii_command(annotations: str, predictions: str, json_out: str | No
 def evaluate_checkpoint(model_ref, data_file, overrides, json_out, root) -> None:
     """Evaluate a trained model on the validation split of a dataset spec."""
     from nfs_orchestrator.evaluation import format_table, write_json_atomic
+    from nfs_orchestrator.loop_utils import evaluate_on
     from nfs_orchestrator.model_io import load_model
     from nfs_orchestrator.specs import data_spec_from_file
-    from nfs_orchestrator.training import evaluate_on
 
     path = model_ref
     if model_ref.startswith("models:/"):

@@ -5,6 +5,7 @@ the backbone pyramid as the first column), every cell of the space as a faint ci
 cells solid with their ops, and each kept input as an arrow coloured by its slot (parallel,
 above = from the finer row, below = from the coarser row). ``draw_arch_trajectory`` plots
 softmax(α) per op and the mean softmax(β) per slot over epochs, one row per part.
+What this is not: the networks; it reads genotypes and the geometry only (no torch modules).
 """
 
 from __future__ import annotations
@@ -18,8 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from nfs_orchestrator.genotype import Genotype  # noqa: E402
-from nfs_orchestrator.nn.cell import SLOTS  # noqa: E402
-from nfs_orchestrator.nn.fabric import fabric_sites  # noqa: E402
+from nfs_orchestrator.geometry import SLOTS, fabric_sites  # noqa: E402
 
 SLOT_COLORS = {"parallel": "#333333", "above": "#1f77b4", "below": "#d62728"}
 OP_SHORT = {

@@ -1,8 +1,9 @@
 """Scoring of keypoint predictions: COCO OKS AP (pycocotools) and MPII PCKh (standard protocol).
 
 What this is: validation of ground-truth and prediction files (every problem is one
-``InputError`` line naming the file and the record), the two scorers, readable tables, atomic
-writers for results files, and ``run_evaluate_cli`` behind ``posenfs evaluate coco|mpii``.
+``InputError`` line naming the file and the record; ``validate_coco`` is also the check
+``data.coco`` indexes with), the two scorers, readable tables, writers of results files (through
+``files.write_atomic``), and ``run_evaluate_cli`` behind ``posenfs evaluate coco|mpii``.
 What it is not: a model runner; ``data.inference`` turns a model's heatmaps into the
 prediction files scored here. Pure numpy / scipy / pycocotools: no torch needed.
 
@@ -28,8 +29,6 @@ import contextlib
 import io
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ from typing import Any, Literal
 import numpy as np
 
 from nfs_orchestrator.errors import InputError
+from nfs_orchestrator.files import read_checked, read_json, write_atomic
 
 COCO_STATS = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
 MPII_STATS = ("Head", "Shoulder", "Elbow", "Wrist", "Hip", "Knee", "Ankle", "Mean", "Mean@0.1")
@@ -47,38 +47,24 @@ MPII_JOINT_NAMES = (
 )  # fmt: skip
 PCKH_SC_BIAS = 0.6
 PCKH_THRESHOLD = 0.5
+PERSON_CATEGORY = 1
 
 # --------------------------------------------------------------------------------------------
-# Atomic writers (results files are never left half-written)
+# Results files (written through files.write_atomic: never left half-written)
 # --------------------------------------------------------------------------------------------
-
-
-def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
-    """Writes ``data`` to ``path`` via a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> Path:
-    return write_bytes_atomic(path, json.dumps(obj).encode())
+    return write_atomic(path, json.dumps(obj))
 
 
 def write_mat_atomic(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:
-    """``scipy.io.savemat`` through a temporary file + rename."""
+    """``scipy.io.savemat`` through ``files.write_atomic``."""
     from scipy.io import savemat
 
     buf = io.BytesIO()
     savemat(buf, arrays)
-    return write_bytes_atomic(path, buf.getvalue())
+    return write_atomic(path, buf.getvalue())
 
 
 # --------------------------------------------------------------------------------------------
@@ -86,23 +72,7 @@ def write_mat_atomic(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:
 # --------------------------------------------------------------------------------------------
 
 
-def read_json(path: str | Path) -> Any:
-    """Reads a json file; a missing or malformed file is a one-line ``InputError``."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
-    try:
-        with open(path, "rb") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise InputError(
-            f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}"
-        ) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"{path}: cannot read: {e}") from None
-
-
-def _finite_number(v: Any) -> bool:
+def finite_number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
@@ -120,39 +90,69 @@ def _quiet():
         builtins.print = saved
 
 
-def _coco_gt(path: Path) -> tuple[Any, int]:
-    """A pycocotools ``COCO`` of the ground truth and its number of keypoints K."""
-    from pycocotools.coco import COCO
+def validate_coco(
+    data: Any, path: Path, require: Sequence[str] = ()
+) -> tuple[dict[int, dict], int]:
+    """Checks a COCO keypoint annotation file's layout; returns images by id and the number of
+    keypoints K. ``require``: annotation keys that must be present besides the checked ones
+    (scoring needs ``area`` and ``num_keypoints``).
 
-    data = read_json(path)
+    Raises ``InputError`` naming the file and the first bad record.
+    """
     if not isinstance(data, dict):
         raise InputError(f"{path}: expected a COCO json object, got {type(data).__name__}")
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
             raise InputError(f"{path}: missing list {key!r} (not a COCO annotation file)")
-    image_ids = set()
+    images: dict[int, dict] = {}
     for i, img in enumerate(data["images"]):
-        if not isinstance(img, dict) or not isinstance(img.get("id"), int):
-            raise InputError(f"{path}: images record {i}: 'id' missing or not an integer")
-        image_ids.add(img["id"])
-    k = None
-    for cat in data["categories"]:
-        if isinstance(cat, dict) and isinstance(cat.get("keypoints"), list):
-            k = len(cat["keypoints"])
-    if k is None:
-        raise InputError(f"{path}: no category lists 'keypoints' (not a keypoint annotation file)")
+        if not isinstance(img, dict):
+            raise InputError(f"{path}: images record {i}: not an object")
+        for key in ("id", "width", "height"):
+            if not isinstance(img.get(key), int):
+                raise InputError(f"{path}: images record {i}: {key!r} missing or not an integer")
+        if not isinstance(img.get("file_name"), str):
+            raise InputError(f"{path}: images record {i}: 'file_name' missing or not a string")
+        images[img["id"]] = img
+    k = _num_keypoints(data, path)
     for i, ann in enumerate(data["annotations"]):
         where = f"{path}: annotations record {i}"
         if not isinstance(ann, dict):
             raise InputError(f"{where}: not an object")
-        if ann.get("image_id") not in image_ids:
+        if ann.get("image_id") not in images:
             raise InputError(f"{where}: image_id {ann.get('image_id')!r} is not in 'images'")
         kps = ann.get("keypoints")
-        if not isinstance(kps, list) or len(kps) != 3 * k:
+        if not isinstance(kps, list) or len(kps) != 3 * k or not all(map(finite_number, kps)):
             raise InputError(f"{where}: 'keypoints' must be {3 * k} numbers (x, y, v) * {k}")
-        for key in ("area", "bbox", "id", "num_keypoints"):
+        bbox = ann.get("bbox")
+        if not isinstance(bbox, list) or len(bbox) != 4 or not all(map(finite_number, bbox)):
+            raise InputError(f"{where}: 'bbox' must be 4 numbers [x, y, w, h]")
+        if not finite_number(ann.get("area", 0)) or not isinstance(ann.get("id"), int):
+            raise InputError(f"{where}: 'area' must be a number and 'id' an integer")
+        for key in require:
             if key not in ann:
                 raise InputError(f"{where}: missing {key!r}")
+    return images, k
+
+
+def _num_keypoints(data: dict, path: Path) -> int:
+    for cat in data["categories"]:
+        if isinstance(cat, dict) and cat.get("id") == PERSON_CATEGORY:
+            names = cat.get("keypoints")
+            if isinstance(names, list) and names:
+                return len(names)
+    for ann in data["annotations"]:
+        if isinstance(ann, dict) and isinstance(ann.get("keypoints"), list):
+            return len(ann["keypoints"]) // 3
+    raise InputError(f"{path}: no person category with 'keypoints' and no annotations")
+
+
+def _coco_gt(path: Path) -> tuple[Any, int]:
+    """A pycocotools ``COCO`` of the ground truth (checked by ``validate_coco``) and its K."""
+    from pycocotools.coco import COCO
+
+    data = read_json(path)
+    _, k = validate_coco(data, path, require=("area", "num_keypoints"))
     gt = COCO()
     gt.dataset = data
     with _quiet():
@@ -186,9 +186,9 @@ def validate_coco_results(results: Any, path: Path, gt: Any, num_keypoints: int)
             raise InputError(
                 f"{where}: 'keypoints' has {got} values, expected {n} ({num_keypoints} × x, y, v)"
             )
-        if not all(map(_finite_number, kps)):
+        if not all(map(finite_number, kps)):
             raise InputError(f"{where}: 'keypoints' holds a value that is not a finite number")
-        if not _finite_number(rec["score"]):
+        if not finite_number(rec["score"]):
             raise InputError(f"{where}: 'score' is not a finite number")
     return results
 
@@ -252,12 +252,11 @@ class MpiiGroundTruth:
 def _loadmat(path: Path) -> dict[str, Any]:
     from scipy.io import loadmat
 
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
-    try:
-        return loadmat(str(path))
-    except Exception as e:  # scipy raises several types for a bad file
-        raise InputError(f"{path}: not a readable .mat file: {str(e).splitlines()[0]}") from None
+    return read_checked(  # scipy raises several types for a bad file
+        path,
+        lambda p: loadmat(str(p)),
+        failure=lambda e: f"not a readable .mat file: {str(e).splitlines()[0]}",
+    )
 
 
 def _joint_names(value: np.ndarray, path: Path) -> tuple[str, ...]:

@@ -13,26 +13,29 @@ Derivation rule (recorded in every genotype as ``rule``; PoseNFS has none, see P
 ``fingerprint`` over its identity fields only (space, grouping, backbone, rule, parts): the
 softmax weights at derivation time and the measured size are kept beside them but never change
 the fingerprint. Reading an unknown schema version or a malformed file is a ``SpecError``.
+
+What this is not: a network. ``derive_genotype`` reads α/β tensors and the fabric geometry
+(``geometry.py``) and imports nothing under ``nn/``; the size of the derived network
+(``params``, ``macs``) is filled in by whoever builds that network (``PoseSupernet.genotype``
+through ``nn.counting.measure_genotype``), with ``Genotype.with_size``.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from nfs_orchestrator.errors import SpecError
+from nfs_orchestrator.files import read_checked
+from nfs_orchestrator.geometry import SLOTS, fabric_sites
 from nfs_orchestrator.keypoints import PartGrouping
-from nfs_orchestrator.nn.cell import SLOTS
-from nfs_orchestrator.nn.fabric import fabric_sites
 from nfs_orchestrator.specs import DerivationRule, FabricSpace
 from nfs_orchestrator.strict import canonical_json, fingerprint, from_mapping, to_plain
-
-if TYPE_CHECKING:
-    from nfs_orchestrator.nn.supernet import PoseSupernet
 
 SCHEMA_VERSION = 1
 IDENTITY_FIELDS = ("schema_version", "space", "grouping", "backbone", "rule", "parts")
@@ -144,24 +147,34 @@ class Genotype:
 def read_genotype(source: str | Path) -> Genotype:
     """Reads a genotype JSON file."""
     path = Path(source)
-    if not path.is_file():
-        raise SpecError(f"{path}: no such genotype file")
-    return Genotype.from_json(path.read_text(), source=str(path))
+    text = read_checked(path, Path.read_text, error=SpecError, missing="no such genotype file")
+    return Genotype.from_json(text, source=str(path))
 
 
 def derive_genotype(
-    supernet: PoseSupernet, *, input_size: tuple[int, int] | None = None, backbone: str = ""
+    space: FabricSpace,
+    grouping: PartGrouping,
+    arch: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
+    *,
+    backbone: str = "",
 ) -> Genotype:
-    """The genotype of ``supernet``'s current α/β by the space's derivation rule (module doc)."""
-    space, rule = supernet.space, supernet.space.derivation
+    """The genotype that α/β derive by the space's derivation rule (module doc).
+
+    Args:
+        arch: per part name of ``grouping``, its (α, β): α (k, |O|) shared by the part's cells
+            or (cells, k, |O|) per cell; β (cells, 3), cells in ``fabric_sites`` order.
+    Returns the genotype without its size (``input_size``/``params``/``macs`` stay ``None``):
+    whoever builds the derived network measures it (``Genotype.with_size``).
+    """
+    rule = space.derivation
     layers = fabric_sites(space)
     sites = [s for layer in layers for s in layer]
     parts, weights = [], {}
-    for part in supernet.grouping.parts:
-        fabric = supernet.parts[part.name]
+    for part in grouping.parts:
+        raw_alpha, raw_beta = arch[part.name]
         with torch.no_grad():
-            alpha = torch.softmax(fabric.alpha.detach().float().cpu(), dim=-1)
-            beta = torch.softmax(fabric.beta.detach().float().cpu(), dim=-1)
+            alpha = torch.softmax(raw_alpha.detach().float().cpu(), dim=-1)
+            beta = torch.softmax(raw_beta.detach().float().cpu(), dim=-1)
         chosen: dict[tuple[int, int], tuple[tuple[str, ...], tuple[str, ...]]] = {}
         for index, site in enumerate(sites):
             a = alpha if alpha.dim() == 2 else alpha[index]  # (k, |O|)
@@ -178,20 +191,15 @@ def derive_genotype(
             "alpha": _rounded(alpha),
             "beta": _rounded(beta),
         }
-    genotype = Genotype(
+    return Genotype(
         schema_version=SCHEMA_VERSION,
         space=space,
-        grouping=supernet.grouping,
+        grouping=grouping,
         backbone=backbone,
         rule=rule,
         parts=tuple(parts),
         arch_weights=weights,
     )
-    if input_size is not None:
-        from nfs_orchestrator.nn.counting import measure_genotype
-
-        genotype = measure_genotype(genotype, supernet.backbone, input_size)
-    return genotype
 
 
 def _best_nonzero_op(weights: torch.Tensor, ops: tuple[str, ...]) -> str:

@@ -16,7 +16,9 @@ into an ``Execution`` for the device. The rules, from the measurements in
 
 α/β stay fp32 parameters and the loss is computed in fp32 whatever the precision: autocast only
 lowers the convolutions and matrix products (``compute_context``), and the models return fp32
-heatmaps.
+heatmaps. The loops apply the execution, not the models: ``prepare_model`` puts the weights in
+its layout once, and every forward pass of a loop, of validation or of inference goes through
+``run_model`` (autocast + input layout), as nanoGPT keeps autocast in its training loop.
 
 What this is not: the models (``nn/``) or the benchmarks that measured the rules.
 """
@@ -26,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -139,12 +142,22 @@ def choose_execution(
 
 
 def prepare_model(model: torch.nn.Module, execution: Execution) -> torch.nn.Module:
-    """Puts ``model``'s 4-D weights in the execution's layout and sets ``model.execution`` (read
-    by its forward, see ``compute_context``); returns ``model``."""
+    """Puts ``model``'s 4-D weights in the execution's layout; returns ``model``. Its forward
+    passes then go through ``run_model`` with the same execution."""
     if execution.channels_last:
         model.to(memory_format=torch.channels_last)
-    model.execution = execution
     return model
+
+
+def run_model(
+    model: Callable[[torch.Tensor], torch.Tensor],
+    images: torch.Tensor,
+    execution: Execution | None,
+) -> torch.Tensor:
+    """``model(images)`` under the execution: (B, 3, H, W) in its layout, autocast to its
+    precision; the models return fp32 heatmaps (B, K, H/4, W/4). ``None`` = plain fp32."""
+    with compute_context(images, execution):
+        return model(to_layout(images, execution))
 
 
 def compute_context(images: torch.Tensor, execution: Execution | None):

@@ -10,7 +10,8 @@ its own fabric and head; a part's head emits its keypoints in the order listed h
 overlap (P = 8); ``merge`` says how overlapping predictions combine: ``sum`` (the reference code)
 or ``mean``.
 
-This module does not build networks; ``nn.heads`` uses ``PartGrouping.indices`` to merge parts.
+This module does not build networks; ``nn.supernet.merge_parts`` uses ``PartGrouping.indices``
+to merge parts (for the supernet and the derived network alike).
 """
 
 from __future__ import annotations

@@ -11,11 +11,12 @@ A checkpoint is a ``torch.save``d dict:
 
 ``posenfs reference import`` writes supernet checkpoints; retraining writes derived ones; both
 ``posenfs evaluate checkpoint`` and ``posenfs retrain`` (initial weights) read them.
+What this is not: the file mechanics (``files.py``: atomic write, checked read) or the MLflow
+model registry (``orchestration/``).
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ import torch
 from torch import nn
 
 from nfs_orchestrator.errors import InputError, SpecError
+from nfs_orchestrator.files import read_checked, write_atomic_with
 from nfs_orchestrator.genotype import Genotype
 from nfs_orchestrator.keypoints import PartGrouping
 from nfs_orchestrator.specs import FabricSpace
@@ -41,9 +43,7 @@ def save_model(
     input_size: tuple[int, int] | None = None,
     genotype: Genotype | None = None,
 ) -> Path:
-    """Writes the checkpoint atomically (tmp + rename) and returns its path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Writes the checkpoint atomically (``files.write_atomic_with``) and returns its path."""
     body = {
         "format": FORMAT,
         "version": VERSION,
@@ -55,21 +55,18 @@ def save_model(
         "genotype": genotype.to_json() if genotype is not None else None,
         "model": model.state_dict(),
     }
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(body, tmp)
-    os.replace(tmp, path)
-    return path
+    return write_atomic_with(path, lambda tmp: torch.save(body, tmp))
 
 
 def read_model_file(path: str | Path) -> dict[str, Any]:
     """Loads and checks a checkpoint's header; the weights stay a state dict."""
     p = Path(path)
-    if not p.is_file():
-        raise InputError(f"{p}: no such model file")
-    try:
-        body = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise InputError(f"{p}: not a readable torch file ({type(e).__name__})") from None
+    body = read_checked(
+        p,
+        lambda f: torch.load(f, map_location="cpu", weights_only=True),
+        missing="no such model file",
+        failure=lambda e: f"not a readable torch file ({type(e).__name__})",
+    )
     if not isinstance(body, dict) or body.get("format") != FORMAT:
         raise InputError(f"{p}: not a posenfs model checkpoint (no format '{FORMAT}')")
     if body.get("version") != VERSION:

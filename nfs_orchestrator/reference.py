@@ -21,6 +21,7 @@ Any other missing or unexpected key, or a shape mismatch, is an ``InputError`` n
 The reference orders MPII joints differently (head_top, upper_neck, thorax, …; §2.1); we keep
 MPII's own order, so ``--check`` permutes the reference output before comparing. The op order of
 the fabric space must be the reference config's (the shipped spaces are).
+What this is not: the reference code itself (never imported) or a downloader; files are local.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from typing import Any
 import torch
 
 from nfs_orchestrator.errors import InputError
+from nfs_orchestrator.files import read_checked
 from nfs_orchestrator.keypoints import PartGrouping
 from nfs_orchestrator.specs import FabricSpace
 
@@ -77,12 +79,12 @@ class ImportReport:
 def load_reference_file(path: str | Path) -> dict[str, Any]:
     """``torch.load`` of a reference file: a state dict, or a dict holding ``state_dict``."""
     p = Path(path)
-    if not p.is_file():
-        raise InputError(f"{p}: no such checkpoint file")
-    try:
-        data = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for a bad file
-        raise InputError(f"{p}: not a readable torch checkpoint ({type(e).__name__})") from None
+    data = read_checked(
+        p,
+        lambda f: torch.load(f, map_location="cpu", weights_only=True),
+        missing="no such checkpoint file",
+        failure=lambda e: f"not a readable torch checkpoint ({type(e).__name__})",
+    )
     if not isinstance(data, dict):
         raise InputError(f"{p}: expected a dict, got {type(data).__name__}")
     if "state_dict" not in data:

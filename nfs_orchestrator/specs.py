@@ -43,7 +43,7 @@ OP_NAMES = (
     "max_pool_3x3",
 )
 STRIDES = (4, 8, 16, 32, 64)  # allowed fabric scales: input stride of each row
-BACKBONE_NAMES = ("tiny", "resnet50", "mobilenet_v2", "hrnet_w32")
+BACKBONE_NAMES = ("tiny", "resnet50", "mobilenet_v2", "hrnet_w32")  # = nn.backbones.BACKBONES
 PARAMETER_FREE_OPS = ("zero", "skip_connect", "avg_pool_3x3", "max_pool_3x3")
 
 

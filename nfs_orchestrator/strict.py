@@ -21,6 +21,7 @@ from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 import yaml
 
 from nfs_orchestrator.errors import SpecError
+from nfs_orchestrator.files import read_checked
 
 T = TypeVar("T")
 
@@ -28,15 +29,18 @@ T = TypeVar("T")
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Reads a YAML mapping; a missing file, bad YAML or a non-mapping is a one-line SpecError."""
     p = Path(path)
-    if not p.is_file():
-        raise SpecError(f"{p}: no such file")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
+
+    def failure(e: Exception) -> str:
+        if not isinstance(e, yaml.YAMLError):
+            return f"cannot read: {e}"
         mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise SpecError(f"{p}:{where}: invalid YAML: {problem}") from None
+        return f"{where}invalid YAML: {problem}"
+
+    data = read_checked(
+        p, lambda f: yaml.safe_load(f.read_text()), error=SpecError, failure=failure
+    )
     if not isinstance(data, dict):
         raise SpecError(f"{p}: expected a mapping at the top level, got {type(data).__name__}")
     return data

@@ -1,15 +1,14 @@
 """COCO person keypoints: read ``person_keypoints_*.json`` (and person detections) into an index.
 
-What this is: validation of the COCO annotation layout with one-line ``InputError`` messages,
-the reference's instance selection (area > 0, ≥ 1 labelled keypoint, not crowd; box enlarged
-to cover the labelled keypoints + 5 px, clipped to the image), detector boxes for validation
-(category 1, score ≥ threshold), and the cached Parquet index of either.
-What it is not: the torch dataset (``dataset.py``) or COCO scoring (``evaluation.py``).
+What this is: the reference's instance selection (area > 0, ≥ 1 labelled keypoint, not crowd;
+box enlarged to cover the labelled keypoints + 5 px, clipped to the image), detector boxes for
+validation (category 1, score ≥ threshold), and the cached Parquet index of either.
+What it is not: the torch dataset (``dataset.py``), nor the validator of the COCO layout, which
+``evaluation.validate_coco`` is for both indexing and scoring (one-line ``InputError`` messages).
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -17,64 +16,10 @@ import numpy as np
 
 from nfs_orchestrator.data.index import AnnotationIndex, Instances, cached_index
 from nfs_orchestrator.errors import InputError
-from nfs_orchestrator.evaluation import read_json
+from nfs_orchestrator.evaluation import PERSON_CATEGORY, finite_number, validate_coco
+from nfs_orchestrator.files import read_json
 
-PERSON_CATEGORY = 1
 RECTIFY_MARGIN = 5  # px added around the labelled keypoints (reference bbox_rectify)
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def validate_coco(data: Any, path: Path) -> tuple[dict[int, dict], int]:
-    """Checks the keypoint layout; returns images by id and the number of keypoints K.
-
-    Raises ``InputError`` naming the file and the first bad record.
-    """
-    if not isinstance(data, dict):
-        raise InputError(f"{path}: expected a COCO json object, got {type(data).__name__}")
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(data.get(key), list):
-            raise InputError(f"{path}: missing list {key!r} (not a COCO annotation file)")
-    images: dict[int, dict] = {}
-    for i, img in enumerate(data["images"]):
-        if not isinstance(img, dict):
-            raise InputError(f"{path}: images record {i}: not an object")
-        for key in ("id", "width", "height"):
-            if not isinstance(img.get(key), int):
-                raise InputError(f"{path}: images record {i}: {key!r} missing or not an integer")
-        if not isinstance(img.get("file_name"), str):
-            raise InputError(f"{path}: images record {i}: 'file_name' missing or not a string")
-        images[img["id"]] = img
-    k = _num_keypoints(data, path)
-    for i, ann in enumerate(data["annotations"]):
-        where = f"{path}: annotations record {i}"
-        if not isinstance(ann, dict):
-            raise InputError(f"{where}: not an object")
-        if ann.get("image_id") not in images:
-            raise InputError(f"{where}: image_id {ann.get('image_id')!r} is not in 'images'")
-        kps = ann.get("keypoints")
-        if not isinstance(kps, list) or len(kps) != 3 * k or not all(map(_number, kps)):
-            raise InputError(f"{where}: 'keypoints' must be {3 * k} numbers (x, y, v) * {k}")
-        bbox = ann.get("bbox")
-        if not isinstance(bbox, list) or len(bbox) != 4 or not all(map(_number, bbox)):
-            raise InputError(f"{where}: 'bbox' must be 4 numbers [x, y, w, h]")
-        if not _number(ann.get("area", 0)) or not isinstance(ann.get("id"), int):
-            raise InputError(f"{where}: 'area' must be a number and 'id' an integer")
-    return images, k
-
-
-def _num_keypoints(data: dict, path: Path) -> int:
-    for cat in data["categories"]:
-        if isinstance(cat, dict) and cat.get("id") == PERSON_CATEGORY:
-            names = cat.get("keypoints")
-            if isinstance(names, list) and names:
-                return len(names)
-    for ann in data["annotations"]:
-        if isinstance(ann, dict) and isinstance(ann.get("keypoints"), list):
-            return len(ann["keypoints"]) // 3
-    raise InputError(f"{path}: no person category with 'keypoints' and no annotations")
 
 
 def rectify_box(
@@ -139,9 +84,9 @@ def coco_det_instances(
         if not isinstance(det, dict):
             raise InputError(f"{where}: not an object")
         bbox, score = det.get("bbox"), det.get("score")
-        if not isinstance(bbox, list) or len(bbox) != 4 or not all(map(_number, bbox)):
+        if not isinstance(bbox, list) or len(bbox) != 4 or not all(map(finite_number, bbox)):
             raise InputError(f"{where}: 'bbox' must be 4 numbers [x, y, w, h]")
-        if not _number(score):
+        if not finite_number(score):
             raise InputError(f"{where}: 'score' must be a finite number")
         if det.get("category_id", PERSON_CATEGORY) != PERSON_CATEGORY or score < threshold:
             continue

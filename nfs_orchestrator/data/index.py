@@ -4,7 +4,7 @@ What this is: the table of top-down *instances* (one person box each) that every
 reads instead of re-parsing a large json, and the cache logic around it. An index is written
 next to its source annotations when that folder is writable (and has a write bit: read-only
 shared data stays untouched even for root), else under a cache folder, always atomically
-(temporary file + rename), as ``<annotations>.<variant>.index.parquet``. It records the size,
+(``files.write_atomic_with``), as ``<annotations>.<variant>.index.parquet``. It records the size,
 mtime and sha256 of each source file in the Parquet metadata and is rebuilt when a source
 changes (size or content; a changed mtime alone with the same sha256 keeps it).
 What it is not: a parser of COCO or MPII files (``coco.py`` and ``mpii.py`` build the
@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import stat
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from nfs_orchestrator.errors import InputError
+from nfs_orchestrator.files import write_atomic_with
 
 INDEX_VERSION = 1  # bump when the columns or their meaning change
 _META_KEY = b"posenfs.index"
@@ -231,19 +231,6 @@ def _is_current(path: Path, sources: Sequence[Path], options: dict) -> bool:
     return True
 
 
-def write_parquet_atomic(table: pa.Table, path: Path) -> None:
-    """Writes ``table`` to ``path`` through a temporary file in the same folder + rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def cached_index(
     sources: Sequence[str | Path],
     variant: str,
@@ -277,7 +264,7 @@ def cached_index(
     table = instances_to_table(inst).replace_schema_metadata({_META_KEY: json.dumps(meta)})
     for path in candidates:
         try:
-            write_parquet_atomic(table, path)
+            write_atomic_with(path, lambda tmp: pq.write_table(table, tmp))
             return AnnotationIndex(inst, path, built=True)
         except OSError:
             continue  # looked writable but is not (or full): try the next place

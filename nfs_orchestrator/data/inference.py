@@ -31,6 +31,7 @@ from nfs_orchestrator.evaluation import (
     write_json_atomic,
     write_mat_atomic,
 )
+from nfs_orchestrator.hardware import Execution, run_model
 from nfs_orchestrator.keypoints import KeypointSchema
 from nfs_orchestrator.specs import DataSpec
 
@@ -70,14 +71,19 @@ def heatmap_coords_to_image(
 
 
 def _model_heatmaps(
-    model: torch.nn.Module, images: torch.Tensor, flip_perm, flip_test: bool
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    flip_perm,
+    flip_test: bool,
+    execution: Execution | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(plain, decoded) heatmaps (B, K, H/4, W/4): the plain forward, and with ``flip_test``
     its average with the flipped forward mapped back (else the plain one again)."""
-    plain = model(images)
+    plain = run_model(model, images, execution)
     if not flip_test:
         return plain, plain
-    return plain, 0.5 * (plain + flip_back(model(images.flip(-1)), flip_perm))
+    flipped = run_model(model, images.flip(-1), execution)
+    return plain, 0.5 * (plain + flip_back(flipped, flip_perm))
 
 
 def predict(
@@ -90,11 +96,13 @@ def predict(
     num_workers: int = 0,
     dark: bool = False,
     observe: Callable[[torch.Tensor, dict], None] | None = None,
+    execution: Execution | None = None,
 ) -> Predictions:
     """Runs ``model`` (eval mode, no grad; its train/eval mode is restored after) over
     ``dataset`` in order and decodes each heatmap (argmax + quarter offset, or DARK).
     ``observe(plain_heatmaps, batch)``, if given, sees every batch's unflipped forward (e.g. a
-    validation loss computed in the same pass)."""
+    validation loss computed in the same pass). ``execution``: precision and input layout of
+    the forward passes (``hardware.run_model``; None = plain fp32)."""
     device = torch.device(device)
     loader = DataLoader(
         dataset,
@@ -112,7 +120,11 @@ def predict(
             for batch in loader:
                 meta = batch["meta"]
                 plain, heatmaps = _model_heatmaps(
-                    model, batch["image"].to(device, non_blocking=True), flip_perm, flip_test
+                    model,
+                    batch["image"].to(device, non_blocking=True),
+                    flip_perm,
+                    flip_test,
+                    execution,
                 )
                 if observe is not None:
                     observe(plain, batch)
@@ -233,6 +245,7 @@ def evaluate_model(
     work_dir: str | Path,
     num_workers: int = 0,
     observe: Callable[[torch.Tensor, dict], None] | None = None,
+    execution: Execution | None = None,
 ) -> dict[str, float]:
     """Predicts ``dataset`` (flip test per ``spec.flip_test``) and scores it.
 
@@ -240,7 +253,7 @@ def evaluate_model(
     (only the dataset's images are scored when it was capped). MPII: writes
     ``work_dir/pred.mat`` (``preds`` (N, 16, 2), 0-based) and returns the PCKh stats against
     ``dataset.gt_mat`` (``spec.val_gt_mat``), on the ground-truth rows the dataset holds.
-    ``num_workers`` and ``observe`` go to ``predict``.
+    ``num_workers``, ``observe`` and ``execution`` go to ``predict``.
     """
     pred = predict(
         model,
@@ -250,6 +263,7 @@ def evaluate_model(
         device=device,
         num_workers=num_workers,
         observe=observe,
+        execution=execution,
     )
     work = Path(work_dir)
     if dataset.kind == "mpii":

@@ -17,9 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from nfs_orchestrator.data.coco import _number, read_json
 from nfs_orchestrator.data.index import AnnotationIndex, Instances, cached_index
 from nfs_orchestrator.errors import InputError
+from nfs_orchestrator.evaluation import finite_number
+from nfs_orchestrator.files import read_json
 
 MPII_NUM_JOINTS = 16
 PIXEL_STD = 200.0
@@ -42,17 +43,17 @@ def mpii_instances(data: Any, path: Path) -> Instances:
         if not isinstance(image, str):
             raise InputError(f"{where}: 'image' missing or not a string")
         center, scale = rec.get("center"), rec.get("scale")
-        if not (isinstance(center, list) and len(center) == 2 and all(map(_number, center))):
+        if not (isinstance(center, list) and len(center) == 2 and all(map(finite_number, center))):
             raise InputError(f"{where}: 'center' must be 2 numbers")
-        if not _number(scale) or scale <= 0:
+        if not finite_number(scale) or scale <= 0:
             raise InputError(f"{where}: 'scale' must be a positive number")
         joints = np.zeros((MPII_NUM_JOINTS, 3))
         if "joints" in rec:
             j = np.asarray(rec["joints"], dtype=object)
             vis = np.asarray(rec.get("joints_vis", [1] * MPII_NUM_JOINTS), dtype=object)
-            if j.shape != (MPII_NUM_JOINTS, 2) or not all(map(_number, j.ravel())):
+            if j.shape != (MPII_NUM_JOINTS, 2) or not all(map(finite_number, j.ravel())):
                 raise InputError(f"{where}: 'joints' must be {MPII_NUM_JOINTS} pairs of numbers")
-            if vis.shape != (MPII_NUM_JOINTS,) or not all(map(_number, vis)):
+            if vis.shape != (MPII_NUM_JOINTS,) or not all(map(finite_number, vis)):
                 raise InputError(f"{where}: 'joints_vis' must be {MPII_NUM_JOINTS} numbers")
             joints[:, :2] = j.astype(np.float64) - 1.0  # 1-based MATLAB → 0-based
             joints[:, 2] = (vis.astype(np.float64) > 0).astype(np.float64)

@@ -9,9 +9,10 @@ two and fails otherwise). Only what ``forward`` uses is built: no ResNet ``fc``,
 ``features.17`` or later, no HRNet stage 4 or classification head.
 
 ``build_backbone`` builds one by name and, unless random init is asked for explicitly, loads
-weights from a local file. Loading is strict: a small per-backbone table of key prefixes is
-dropped (classifier heads, unused tails), everything else must match name for name and shape for
-shape, or an ``InputError`` says which keys do not.
+weights from a local file. ``BACKBONES`` is the one table of them (constructor, channels, ignored
+weight prefixes per name). Loading is strict: the backbone's ignored key prefixes are dropped
+(classifier heads, unused tails), everything else must match name for name and shape for shape,
+or an ``InputError`` says which keys do not.
 
 This module is not the fabric, the heads or a downloader: it never reaches the network, and it
 neither freezes layers nor chooses train/eval mode.
@@ -21,12 +22,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from nfs_orchestrator.errors import InputError, SpecError
+from nfs_orchestrator.files import first_line, read_checked
 from nfs_orchestrator.strict import suggest
 
 BN_MOMENTUM = 0.1  # PyTorch's default; written out because the reference code spells it out too
@@ -390,36 +393,50 @@ class HRNetW32Backbone(nn.Module):
 # Names, channels, building and weights
 # ---------------------------------------------------------------------------------------------
 
-BACKBONES: dict[str, Callable[[], nn.Module]] = {
-    "tiny": TinyBackbone,
-    "resnet50": ResNet50Backbone,
-    "mobilenet_v2": MobileNetV2Backbone,
-    "hrnet_w32": HRNetW32Backbone,
-}
 
-BACKBONE_CHANNELS: dict[str, tuple[int, int, int, int]] = {
-    "tiny": TinyBackbone.channels,
-    "resnet50": ResNet50Backbone.channels,
-    "mobilenet_v2": MobileNetV2Backbone.channels,
-    "hrnet_w32": HRNetW32Backbone.channels,
-}
+@dataclass(frozen=True)
+class Backbone:
+    """One row of ``BACKBONES``: how to build a backbone and what is known without building it.
 
-# Key prefixes of published weight files that these backbones deliberately do not build.
-# torchvision resnet50-*.pth: the classifier. tonylins mobilenet_v2.pth.tar: the 320-channel
-# block, the 1x1 conv to 1280 and the classifier. Official hrnet_w32-36af842e.pth (ImageNet):
-# stage 4 and the classification head; its transition3 holds only the new branch (3.0.*), the
-# same module as ours, so nothing of transition3 is dropped.
-IGNORED_WEIGHT_PREFIXES: dict[str, tuple[str, ...]] = {
-    "tiny": (),
-    "resnet50": ("fc.",),
-    "mobilenet_v2": ("features.17.", "features.18.", "classifier."),
-    "hrnet_w32": (
-        "stage4.",
-        "incre_modules.",
-        "downsamp_modules.",
-        "final_layer.",
-        "classifier.",
+    Calling the row builds the module (random weights), as the plain dict of constructors did.
+    """
+
+    build: Callable[[], nn.Module]
+    channels: tuple[int, int, int, int]  # of the four maps at strides 4, 8, 16, 32
+    # Key prefixes of published weight files that the backbone deliberately does not build.
+    ignored_weight_prefixes: tuple[str, ...] = ()
+
+    def __call__(self) -> nn.Module:
+        return self.build()
+
+
+# The one table of backbones: adding one is one row here plus its name in
+# ``specs.BACKBONE_NAMES`` (specs stays torch-free; a unit test ties the two).
+# Ignored prefixes: torchvision resnet50-*.pth: the classifier. tonylins mobilenet_v2.pth.tar:
+# the 320-channel block, the 1x1 conv to 1280 and the classifier. Official hrnet_w32-36af842e.pth
+# (ImageNet): stage 4 and the classification head; its transition3 holds only the new branch
+# (3.0.*), the same module as ours, so nothing of transition3 is dropped.
+BACKBONES: dict[str, Backbone] = {
+    "tiny": Backbone(TinyBackbone, TinyBackbone.channels),
+    "resnet50": Backbone(ResNet50Backbone, ResNet50Backbone.channels, ("fc.",)),
+    "mobilenet_v2": Backbone(
+        MobileNetV2Backbone,
+        MobileNetV2Backbone.channels,
+        ("features.17.", "features.18.", "classifier."),
     ),
+    "hrnet_w32": Backbone(
+        HRNetW32Backbone,
+        HRNetW32Backbone.channels,
+        ("stage4.", "incre_modules.", "downsamp_modules.", "final_layer.", "classifier."),
+    ),
+}
+
+# Read-only views of the table by column (derived: never edit these).
+BACKBONE_CHANNELS: dict[str, tuple[int, int, int, int]] = {
+    name: b.channels for name, b in BACKBONES.items()
+}
+IGNORED_WEIGHT_PREFIXES: dict[str, tuple[str, ...]] = {
+    name: b.ignored_weight_prefixes for name, b in BACKBONES.items()
 }
 
 # Wrappers around a key: DataParallel/DDP (``module.``) and the PoseNFS model (``backbone.``).
@@ -452,15 +469,15 @@ def build_backbone(
         InputError: no weights and no explicit random init, or a weights file that is missing,
             unreadable or does not fit.
     """
-    factory = BACKBONES.get(name)
-    if factory is None:
+    entry = BACKBONES.get(name)
+    if entry is None:
         raise SpecError(f"unknown backbone {name!r}{suggest(name, BACKBONES)}; known: {_known()}")
     if weights is None and not random_init:
         raise InputError(
             f"backbone {name}: no weights given; pass a local weights file or set random init "
             "explicitly"
         )
-    model = factory()
+    model = entry.build()
     if weights is not None:
         load_backbone_weights(model, name, weights)
     return model
@@ -470,21 +487,22 @@ def load_backbone_weights(model: nn.Module, name: str, path: str | os.PathLike[s
     """Loads a local weights file into ``model`` (backbone ``name``), strictly.
 
     Accepted: a raw state dict, or a dict holding one under ``state_dict`` or ``model``; keys may
-    carry ``module.`` and/or ``backbone.`` in front. Keys under ``IGNORED_WEIGHT_PREFIXES[name]``
-    are dropped and missing ``num_batches_tracked`` buffers keep the model's values; any other
-    unexpected or missing key, or a shape mismatch, is an ``InputError`` naming the file and the
-    first few such keys. Floating tensors are cast to the model's dtype (e.g. float16 files).
+    carry ``module.`` and/or ``backbone.`` in front. Keys under the backbone's
+    ``ignored_weight_prefixes`` are dropped and missing ``num_batches_tracked`` buffers keep the
+    model's values; any other unexpected or missing key, or a shape mismatch, is an
+    ``InputError`` naming the file and the first few such keys. Floating tensors are cast to
+    the model's dtype (e.g. float16 files).
     """
     file = Path(path)
-    if not file.is_file():
-        raise InputError(f"backbone {name}: weights file {file} does not exist")
-    try:
-        loaded = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for corrupt or non-tensor pickles
-        raise InputError(f"backbone {name}: cannot read weights file {file}: {exc}") from exc
+    loaded = read_checked(
+        file,
+        lambda f: torch.load(f, map_location="cpu", weights_only=True),
+        missing=f"no such weights file (backbone {name})",
+        failure=lambda e: f"cannot read the weights of backbone {name}: {first_line(e)}",
+    )
 
     source = _unwrap_state_dict(loaded, file, name)
-    ignored = IGNORED_WEIGHT_PREFIXES.get(name, ())
+    ignored = BACKBONES[name].ignored_weight_prefixes if name in BACKBONES else ()
     expected = model.state_dict()
 
     state: dict[str, Tensor] = {}

@@ -15,6 +15,8 @@ A ``FixedCell`` is what ``genotype`` derives: only the kept inputs (summed, then
 per edge, with no mixing weights; dropped inputs and ops are absent, not zeroed.
 
 Shapes: every tensor inside a cell is (B, C, H_i, W_i); inputs arrive at their own scale.
+What this is not: the fabric grid (``geometry.py``: slots, edge sources) or a whole fabric
+(``fabric.py``).
 """
 
 from __future__ import annotations
@@ -25,15 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nfs_orchestrator.geometry import edge_sources
 from nfs_orchestrator.nn.ops import RESAMPLE, build_op
-
-SLOTS = ("parallel", "above", "below")  # beta's three inputs, in beta's column order
-
-
-def edge_sources(hidden_nodes: int) -> list[int]:
-    """For each edge e (in alpha's row order), the index of the node it reads: node 0 is the
-    input node, node 1 + h is hidden node h. Hidden node h reads nodes 0 … h."""
-    return [src for h in range(hidden_nodes) for src in range(h + 1)]
 
 
 class MixedOp(nn.Module):

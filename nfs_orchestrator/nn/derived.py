@@ -5,6 +5,9 @@
 Only the kept cells, inputs and ops exist as modules: a derived network has strictly fewer
 parameters and MACs than its supernet whenever the genotype dropped anything (and it always drops
 the unchosen ops of every edge). There is no α or β.
+
+What this is not: the derivation rule (``genotype.py``) or a training loop; like the supernet,
+its forward carries no precision policy (the loops call ``hardware.run_model``).
 """
 
 from __future__ import annotations
@@ -13,8 +16,8 @@ import torch
 from torch import nn
 
 from nfs_orchestrator.genotype import Genotype
-from nfs_orchestrator.hardware import Execution, compute_context, to_layout
-from nfs_orchestrator.nn.fabric import DerivedFabric, fabric_sites
+from nfs_orchestrator.geometry import SLOTS, fabric_sites
+from nfs_orchestrator.nn.fabric import DerivedFabric
 from nfs_orchestrator.nn.supernet import merge_parts
 
 
@@ -42,7 +45,6 @@ class DerivedPoseNet(nn.Module):
             self.register_buffer(
                 f"index_{i}", torch.tensor(grouping.indices(p), dtype=torch.long), persistent=False
             )
-        self.execution: Execution | None = None  # precision/layout (hardware.prepare_model)
 
     @classmethod
     def from_genotype(
@@ -59,12 +61,12 @@ class DerivedPoseNet(nn.Module):
         return cls(genotype, backbone)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) → fp32 heatmaps (B, K, H/4, W/4), whatever the execution's precision."""
-        with compute_context(images, self.execution):
-            pyramid = self.backbone(to_layout(images, self.execution))
-            maps = [fabric(pyramid) for fabric in self.parts.values()]
-            index = [getattr(self, f"index_{i}") for i in range(len(self.parts))]
-            out = merge_parts(maps, self.genotype.grouping, index)
+        """(B, 3, H, W) → fp32 heatmaps (B, K, H/4, W/4), also under autocast. Precision and
+        input layout are the caller's (``hardware.run_model``)."""
+        pyramid = self.backbone(images)
+        maps = [fabric(pyramid) for fabric in self.parts.values()]
+        index = [getattr(self, f"index_{i}") for i in range(len(self.parts))]
+        out = merge_parts(maps, self.genotype.grouping, index)
         return out.float()
 
 
@@ -77,8 +79,6 @@ def derived_state_from_supernet(
     moves to its position among the kept slots; an edge keeps only its chosen op's weights.
     α and β have no place in a derived network.
     """
-    from nfs_orchestrator.nn.cell import SLOTS
-
     out: dict[str, torch.Tensor] = {}
     cells = {
         (part.name, f"s{c.scale}_d{c.depth}"): c for part in genotype.parts for c in part.cells

@@ -1,16 +1,9 @@
 """One part's Cell-based Neural Fabric on top of the shared backbone pyramid (PoseNFS §1.2–1.3).
 
-Geometry. The full fabric has ``depth`` layers; layer j holds ``min(j + 2, S, depth - j)`` cells,
-one per scale row 0 … n_j - 1 (row 0 = stride 4). The first ``cut`` layers are removed and the
-backbone pyramid (S maps, after per-part 1×1 channel adapters) stands in for layer ``cut - 1``.
-A cell (row i) of layer j reads from the n_prev maps of layer j - 1:
-
-    parallel = prev[i]       if i < n_prev      else prev[i - 1]
-    above    = prev[i - 1]   if i > 0           else parallel's source
-    below    = prev[i + 1]   if i + 1 < n_prev  else parallel's source
-
-and the row offset of each source fixes its resampling (same / Down / Up). The fabric's output is
-the single row-0 cell of the last layer; the head turns it into the part's K_p heatmaps.
+Geometry (which cells exist and what each reads) lives in ``geometry.py``; the backbone pyramid
+(S maps, after per-part 1×1 channel adapters) stands in for layer ``cut - 1``. The row offset
+of each source fixes its resampling (same / Down / Up). The fabric's output is the single row-0
+cell of the last layer; the head turns it into the part's K_p heatmaps.
 
 Heads: ``plain`` = ReLU → 1×1 conv to K_p maps; ``vector`` = ReLU → 1×1 conv to K_p·D channels,
 read as a D-vector per keypoint and pixel, whose squashed length ‖v‖²/(1 + ‖v‖²) ∈ [0, 1) is the
@@ -23,46 +16,14 @@ Shapes: pyramid[l] is (B, c_l, H/2^(l+2), W/2^(l+2)); output (B, K_p, H/4, W/4).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from nfs_orchestrator.nn.cell import SLOTS, FixedCell, SearchCell
+from nfs_orchestrator.geometry import SLOTS, CellSite, fabric_sites
+from nfs_orchestrator.nn.cell import FixedCell, SearchCell
 from nfs_orchestrator.nn.ops import BN_MOMENTUM
 from nfs_orchestrator.specs import FabricSpace
-
-
-@dataclass(frozen=True)
-class CellSite:
-    """Where a cell sits and what it reads: ``sources[s]`` is the previous-layer row of slot s."""
-
-    scale: int  # row: 0 = stride 4
-    depth: int  # layer of the full fabric grid (cut … depth - 1)
-    sources: tuple[int, int, int]  # rows in the previous layer for (parallel, above, below)
-
-    @property
-    def key(self) -> str:
-        return f"s{self.scale}_d{self.depth}"
-
-    def offsets(self) -> tuple[int, int, int]:
-        return tuple(src - self.scale for src in self.sources)  # type: ignore[return-value]
-
-
-def fabric_sites(space: FabricSpace) -> list[list[CellSite]]:
-    """The kept layers of the fabric, each a list of its cells in row order (β's row order)."""
-    layers: list[list[CellSite]] = []
-    n_prev = len(space.scales)  # the backbone pyramid stands in for layer cut - 1
-    for t, n in enumerate(space.layer_sizes()):
-        layer = []
-        for i in range(n):
-            parallel = i if i < n_prev else i - 1
-            above = i - 1 if i > 0 else parallel
-            below = i + 1 if i + 1 < n_prev else parallel
-            layer.append(CellSite(i, space.cut + t, (parallel, above, below)))
-        layers.append(layer)
-        n_prev = n
-    return layers
 
 
 class Adapters(nn.Module):

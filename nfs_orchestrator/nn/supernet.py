@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
-from nfs_orchestrator.hardware import Execution, compute_context, to_layout
+from nfs_orchestrator.genotype import Genotype, derive_genotype
 from nfs_orchestrator.keypoints import PartGrouping
 from nfs_orchestrator.nn.batched import batched_parts
 from nfs_orchestrator.nn.fabric import SearchFabric
@@ -75,20 +75,19 @@ class PoseSupernet(nn.Module):
         # Compute the P part fabrics together (nn.batched): equal results; fewer, larger kernels.
         # Off by default: on CPU it measured slower (benchmarks/RESULTS.md); meant for GPUs.
         self.batched = False
-        self.execution: Execution | None = None  # precision/layout (hardware.prepare_model)
 
     def channel_index(self) -> list[torch.Tensor]:
         return [getattr(self, f"index_{i}") for i in range(len(self.parts))]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) → fp32 heatmaps (B, K, H/4, W/4), whatever the execution's precision."""
-        with compute_context(images, self.execution):
-            pyramid = self.backbone(to_layout(images, self.execution))  # 4 × (B, c_l, …)
-            if self.batched:
-                out = batched_parts(self, pyramid)  # the same maps as the per-part lines below
-            else:
-                maps = [fabric(pyramid, self.temperature) for fabric in self.parts.values()]
-                out = merge_parts(maps, self.grouping, self.channel_index())
+        """(B, 3, H, W) → fp32 heatmaps (B, K, H/4, W/4), also under autocast. Precision and
+        input layout are the caller's (``hardware.run_model``)."""
+        pyramid = self.backbone(images)  # 4 × (B, c_l, …)
+        if self.batched:
+            out = batched_parts(self, pyramid)  # the same maps as the per-part lines below
+        else:
+            maps = [fabric(pyramid, self.temperature) for fabric in self.parts.values()]
+            out = merge_parts(maps, self.grouping, self.channel_index())
         return out.float()
 
     def arch_parameters(self) -> Iterator[nn.Parameter]:
@@ -107,8 +106,13 @@ class PoseSupernet(nn.Module):
         arch = {id(p) for p in self.arch_parameters()}
         return (p for p in self.parameters() if id(p) not in arch)
 
-    def genotype(self, input_size: tuple[int, int] | None = None, backbone: str = ""):
-        """The discrete architecture these α/β derive (see ``genotype.derive_genotype``)."""
-        from nfs_orchestrator.genotype import derive_genotype
+    def genotype(self, input_size: tuple[int, int] | None = None, backbone: str = "") -> Genotype:
+        """The discrete architecture these α/β derive (see ``genotype.derive_genotype``); with
+        ``input_size``, its derived network is built and measured (params, MACs) at that size."""
+        arch = {name: (fabric.alpha, fabric.beta) for name, fabric in self.parts.items()}
+        genotype = derive_genotype(self.space, self.grouping, arch, backbone=backbone)
+        if input_size is not None:
+            from nfs_orchestrator.nn.counting import measure_genotype
 
-        return derive_genotype(self, input_size=input_size, backbone=backbone)
+            genotype = measure_genotype(genotype, self.backbone, input_size)
+        return genotype

@@ -21,11 +21,7 @@ import torch
 from nfs_orchestrator.errors import SpecError
 from nfs_orchestrator.genotype import Genotype
 from nfs_orchestrator.hardware import choose_execution, detect, prepare_model
-from nfs_orchestrator.runtime import Runtime
-from nfs_orchestrator.search.bilevel import weight_step
-from nfs_orchestrator.search.schedules import lr_factor
-from nfs_orchestrator.specs import RetrainSpec, check_compatible
-from nfs_orchestrator.training import (
+from nfs_orchestrator.loop_utils import (
     batch_plan,
     epoch_batches,
     make_optimizer,
@@ -35,6 +31,10 @@ from nfs_orchestrator.training import (
     to_device,
     validate,
 )
+from nfs_orchestrator.runtime import Runtime
+from nfs_orchestrator.search.bilevel import weight_step
+from nfs_orchestrator.search.schedules import lr_factor
+from nfs_orchestrator.specs import RetrainSpec, check_compatible
 
 STATE_FILE = "state.pt"
 MODEL_FILE = "model.pt"
@@ -117,7 +117,9 @@ def run_retrain(spec: RetrainSpec, genotype: Genotype, runtime: Runtime) -> dict
         set_lr(optimizer, lr)
         model.train()
         losses = [
-            weight_step(model, to_device(b, device), weights, optimizer, runtime, spec.grad_clip)
+            weight_step(
+                model, to_device(b, device), weights, optimizer, runtime, spec.grad_clip, execution
+            )
             for b in epoch_batches(
                 train_set,
                 indices,
@@ -132,7 +134,7 @@ def run_retrain(spec: RetrainSpec, genotype: Genotype, runtime: Runtime) -> dict
         metrics = runtime.all_reduce_mean({"train_loss": mean(losses)})
         if (epoch + 1) % spec.val_every == 0 or epoch == spec.epochs - 1:
             val = (
-                validate(model, val_set, spec.data, schema, device, spec.loader_workers)
+                validate(model, val_set, spec.data, schema, device, spec.loader_workers, execution)
                 if runtime.rank == 0
                 else {}
             )

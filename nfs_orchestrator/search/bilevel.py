@@ -10,33 +10,46 @@
   Hessian-vector product uses DARTS' central difference with r = 0.01 / ‖∇w' L_val‖.
 
 Every step takes a list of micro-batches (gradient accumulation) and averages gradients over
-ranks through the runtime, so α/β are identical on every rank after every step.
+ranks through the runtime, so α/β are identical on every rank after every step. Every forward
+pass runs under the loop's ``execution`` (``hardware.run_model``: autocast and input layout).
+
+``STEPS`` maps each search mode to its whole training step (α/β step, if any, then the weights),
+so the search loop chooses the step once per epoch (``WEIGHTS_ONLY`` while α/β rest) and calls it
+on every batch, like DARTS' ``architect.step``.
+What this is not: the epoch loop (``search/loop.py``) or the schedules (``search/schedules.py``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.func import functional_call
 
+from nfs_orchestrator.hardware import Execution, run_model
 from nfs_orchestrator.nn.losses import joints_mse
 from nfs_orchestrator.runtime import Runtime
 
 Batch = dict[str, torch.Tensor]
 
 
-def batch_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
-    pred = model(batch["image"])  # (B, K, H/4, W/4)
+def batch_loss(model: nn.Module, batch: Batch, execution: Execution | None = None) -> torch.Tensor:
+    pred = run_model(model, batch["image"], execution)  # (B, K, H/4, W/4) fp32
     return joints_mse(pred, batch["heatmaps"], batch["target_weight"])
 
 
-def _accumulate(model: nn.Module, batches: Sequence[Batch], inputs: list[nn.Parameter]) -> float:
+def _accumulate(
+    model: nn.Module,
+    batches: Sequence[Batch],
+    inputs: list[nn.Parameter],
+    execution: Execution | None,
+) -> float:
     """Backward of the mean loss over micro-batches into ``inputs`` only; returns the loss."""
     total = 0.0
     for batch in batches:
-        loss = batch_loss(model, batch) / len(batches)
+        loss = batch_loss(model, batch, execution) / len(batches)
         loss.backward(inputs=inputs)
         total += float(loss.detach())
     return total
@@ -49,9 +62,10 @@ def weight_step(
     optimizer: torch.optim.Optimizer,
     runtime: Runtime,
     grad_clip: float | None = None,
+    execution: Execution | None = None,
 ) -> float:
     optimizer.zero_grad(set_to_none=True)
-    loss = _accumulate(model, batches, weights)
+    loss = _accumulate(model, batches, weights, execution)
     runtime.sync_gradients(weights)
     if grad_clip is not None:
         torch.nn.utils.clip_grad_norm_(weights, grad_clip)
@@ -68,11 +82,12 @@ def joint_step(
     a_optimizer: torch.optim.Optimizer | None,
     runtime: Runtime,
     grad_clip: float | None = None,
+    execution: Execution | None = None,
 ) -> float:
     w_optimizer.zero_grad(set_to_none=True)
     if a_optimizer is not None:
         a_optimizer.zero_grad(set_to_none=True)
-    loss = _accumulate(model, batches, weights + arch)
+    loss = _accumulate(model, batches, weights + arch, execution)
     runtime.sync_gradients(weights + arch)
     if grad_clip is not None:
         torch.nn.utils.clip_grad_norm_(weights, grad_clip)
@@ -88,9 +103,10 @@ def arch_step_first_order(
     arch: list[nn.Parameter],
     optimizer: torch.optim.Optimizer,
     runtime: Runtime,
+    execution: Execution | None = None,
 ) -> float:
     optimizer.zero_grad(set_to_none=True)
-    loss = _accumulate(model, batches, arch)
+    loss = _accumulate(model, batches, arch, execution)
     runtime.sync_gradients(arch)
     optimizer.step()
     return loss
@@ -105,6 +121,7 @@ def arch_step_second_order(
     runtime: Runtime,
     eta: float,
     weight_decay: float,
+    execution: Execution | None = None,
 ) -> float:
     """DARTS second-order α/β step; ``eta``/``weight_decay`` are the weight optimizer's."""
     arch_ids = {id(p) for p in arch}
@@ -117,7 +134,8 @@ def arch_step_second_order(
         buffers = {n: b.clone() for n, b in model.named_buffers()}  # virtual passes: copies
         call: Callable = lambda x: functional_call(model, {**weights, **a, **buffers}, (x,))  # noqa: E731
         return sum(
-            joints_mse(call(b["image"]), b["heatmaps"], b["target_weight"]) for b in batches
+            joints_mse(run_model(call, b["image"], execution), b["heatmaps"], b["target_weight"])
+            for b in batches
         ) / len(batches)
 
     # virtual step w' = w - η (∇w L_train + λ w)
@@ -142,3 +160,85 @@ def arch_step_second_order(
     runtime.sync_gradients(arch)
     optimizer.step()
     return float(val_loss.detach())
+
+
+# --------------------------------------------------------------------------------------------
+# One training step per search mode
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StepState:
+    """What a training step of any mode works on; ``eta`` is this epoch's weight lr."""
+
+    model: nn.Module
+    weights: list[nn.Parameter]
+    arch: list[nn.Parameter]
+    w_optimizer: torch.optim.Optimizer
+    a_optimizer: torch.optim.Optimizer | None
+    runtime: Runtime
+    grad_clip: float | None
+    eta: float
+    weight_decay: float
+    execution: Execution | None  # precision/layout of every forward (hardware.run_model)
+
+
+# (state, the step's micro-batches, the arch micro-batches to draw from) -> (train loss,
+# arch loss or None); a step draws one item of arch batches only when it steps α/β.
+TrainStep = Callable[
+    [StepState, Sequence[Batch], Iterator[Sequence[Batch]]], tuple[float, float | None]
+]
+
+
+def _weights_only(s: StepState, batches, arch_batches) -> tuple[float, float | None]:
+    loss = weight_step(
+        s.model, batches, s.weights, s.w_optimizer, s.runtime, s.grad_clip, s.execution
+    )
+    return loss, None
+
+
+def _first_order(s: StepState, batches, arch_batches) -> tuple[float, float | None]:
+    arch_loss = arch_step_first_order(
+        s.model, next(arch_batches), s.arch, s.a_optimizer, s.runtime, s.execution
+    )
+    return _weights_only(s, batches, arch_batches)[0], arch_loss
+
+
+def _second_order(s: StepState, batches, arch_batches) -> tuple[float, float | None]:
+    arch_loss = arch_step_second_order(
+        s.model,
+        batches,
+        next(arch_batches),
+        s.arch,
+        s.a_optimizer,
+        s.runtime,
+        s.eta,
+        s.weight_decay,
+        s.execution,
+    )
+    return _weights_only(s, batches, arch_batches)[0], arch_loss
+
+
+def _sync(s: StepState, batches, arch_batches) -> tuple[float, float | None]:
+    loss = joint_step(
+        s.model,
+        batches,
+        s.weights,
+        s.arch,
+        s.w_optimizer,
+        s.a_optimizer,
+        s.runtime,
+        s.grad_clip,
+        s.execution,
+    )
+    return loss, None
+
+
+WEIGHTS_ONLY: TrainStep = _weights_only  # any mode while α/β are not trained
+STEPS: dict[str, TrainStep] = {
+    "first_order": _first_order,
+    "second_order": _second_order,
+    "sync": _sync,
+    "random": _weights_only,
+    "none": _weights_only,
+}

@@ -2,7 +2,7 @@
 
     build data and supernet → resume from the runtime's latest checkpoint, if any →
     for each epoch:
-        weight steps (and α/β steps, by mode) over the epoch's batches
+        one training step per batch (``bilevel.STEPS[mode]``: α/β step by mode, weights)
         validate (COCO AP / MPII PCKh and the heatmap loss) on rank 0, broadcast
         derive the genotype on rank 0, broadcast
         write the checkpoint (rank 0) and report metrics + artifacts through the runtime
@@ -29,12 +29,7 @@ import torch
 from nfs_orchestrator.errors import SpecError
 from nfs_orchestrator.genotype import Genotype
 from nfs_orchestrator.hardware import choose_execution, detect, prepare_model
-from nfs_orchestrator.nn.supernet import PoseSupernet
-from nfs_orchestrator.runtime import Runtime
-from nfs_orchestrator.search import bilevel
-from nfs_orchestrator.search.schedules import lr_factor, temperature
-from nfs_orchestrator.specs import PARAMETER_FREE_OPS, SearchSpec, TrialSpec
-from nfs_orchestrator.training import (
+from nfs_orchestrator.loop_utils import (
     batch_plan,
     cycle_batches,
     epoch_batches,
@@ -45,6 +40,11 @@ from nfs_orchestrator.training import (
     to_device,
     validate,
 )
+from nfs_orchestrator.nn.supernet import PoseSupernet
+from nfs_orchestrator.runtime import Runtime
+from nfs_orchestrator.search import bilevel
+from nfs_orchestrator.search.schedules import lr_factor, temperature
+from nfs_orchestrator.specs import PARAMETER_FREE_OPS, SearchSpec, TrialSpec
 
 STATE_FILE = "state.pt"
 
@@ -125,40 +125,27 @@ def run_search(trial: TrialSpec, runtime: Runtime) -> dict[str, float]:
         a_batches = cycle_batches(
             train_set, arch_idx, micro, accumulation, runtime, trial.seed + epoch + 1, workers
         )
+        arch_batches = (to_device(b, device) for b in a_batches)  # drawn only by α/β steps
+        step = bilevel.STEPS[search.mode] if arch_active else bilevel.WEIGHTS_ONLY
+        step_state = bilevel.StepState(
+            model,
+            weights,
+            arch,
+            w_opt,
+            a_opt,
+            runtime,
+            search.grad_clip,
+            eta,
+            search.weight_optimizer.weight_decay,
+            execution,
+        )
+
         train_losses, arch_losses = [], []
         for step_batches in w_batches:
-            step_batches = to_device(step_batches, device)
-            if arch_active and bilevel_mode:
-                val_batches = to_device(next(a_batches), device)
-                if search.mode == "first_order":
-                    arch_losses.append(
-                        bilevel.arch_step_first_order(model, val_batches, arch, a_opt, runtime)
-                    )
-                else:
-                    arch_losses.append(
-                        bilevel.arch_step_second_order(
-                            model,
-                            step_batches,
-                            val_batches,
-                            arch,
-                            a_opt,
-                            runtime,
-                            eta,
-                            search.weight_optimizer.weight_decay,
-                        )
-                    )
-            if search.mode == "sync" and arch_active:
-                train_losses.append(
-                    bilevel.joint_step(
-                        model, step_batches, weights, arch, w_opt, a_opt, runtime, search.grad_clip
-                    )
-                )
-            else:
-                train_losses.append(
-                    bilevel.weight_step(
-                        model, step_batches, weights, w_opt, runtime, search.grad_clip
-                    )
-                )
+            train_loss, arch_loss = step(step_state, to_device(step_batches, device), arch_batches)
+            train_losses.append(train_loss)
+            if arch_loss is not None:
+                arch_losses.append(arch_loss)
 
         last = epoch == search.epochs - 1
         losses = {"train_loss": mean(train_losses)}
@@ -167,7 +154,9 @@ def run_search(trial: TrialSpec, runtime: Runtime) -> dict[str, float]:
         metrics = runtime.all_reduce_mean(losses)
         if (epoch + 1) % search.val_every == 0 or last:
             val = (
-                validate(model, val_set, trial.data, schema, device, search.loader_workers)
+                validate(
+                    model, val_set, trial.data, schema, device, search.loader_workers, execution
+                )
                 if runtime.rank == 0
                 else {}
             )

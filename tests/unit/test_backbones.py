@@ -14,6 +14,7 @@ from nfs_orchestrator.nn.backbones import (
     IGNORED_WEIGHT_PREFIXES,
     build_backbone,
 )
+from nfs_orchestrator.specs import BACKBONE_NAMES
 
 REFERENCE_DIR = Path(__file__).resolve().parents[3] / "shared" / "reference-checkpoints"
 HRNET_KEYS = REFERENCE_DIR / "ref_hrnet_w32_cnf5_mpii_256x256.keys.txt"
@@ -113,6 +114,13 @@ def test_channels_are_known_without_building() -> None:
         "hrnet_w32": (32, 64, 128, 256),
     }
     assert set(BACKBONE_CHANNELS) == set(BACKBONES) == set(IGNORED_WEIGHT_PREFIXES)
+
+
+def test_spec_names_are_the_table_of_backbones() -> None:
+    """specs (torch-free) lists the backbone names; they must be exactly the table's keys."""
+    assert BACKBONE_NAMES == tuple(BACKBONES)
+    for name, entry in BACKBONES.items():
+        assert entry.channels == entry.build.channels, name  # the row agrees with its module
 
 
 def test_tiny_is_small() -> None:

@@ -9,8 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from nfs_orchestrator.genotype import derive_genotype
-from nfs_orchestrator.hardware import Hardware, choose_execution, detect, prepare_model
+from nfs_orchestrator.hardware import (
+    Execution,
+    Hardware,
+    choose_execution,
+    detect,
+    prepare_model,
+    run_model,
+)
 from nfs_orchestrator.keypoints import load_grouping
 from nfs_orchestrator.nn.backbones import build_backbone
 from nfs_orchestrator.nn.derived import DerivedPoseNet
@@ -77,9 +83,11 @@ def _supernet() -> PoseSupernet:
     return net
 
 
-def _step(net: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def _step(
+    net: torch.nn.Module, x: torch.Tensor, ex: Execution | None = None
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     net.train()
-    y = net(x)
+    y = run_model(net, x, ex)  # the loops' forward: the execution's autocast and layout
     (y.square().mean() * 1e3).backward()
     return y.detach(), {n: p.grad.clone() for n, p in net.named_parameters()}
 
@@ -87,11 +95,12 @@ def _step(net: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, dict[str
 def test_channels_last_computes_the_same_function_and_gradients():
     x = torch.randn(2, 3, 64, 64)
     base = _supernet()
-    fast = prepare_model(copy.deepcopy(base), choose_execution(CPU, "fp32", "channels_last"))
+    ex = choose_execution(CPU, "fp32", "channels_last")
+    fast = prepare_model(copy.deepcopy(base), ex)
     convs = [m.weight for m in fast.modules() if isinstance(m, torch.nn.Conv2d)]
     assert all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
     y0, g0 = _step(base, x)
-    y1, g1 = _step(fast, x)
+    y1, g1 = _step(fast, x, ex)
     assert (y1 - y0).abs().max() <= 1e-5 * y0.abs().max()  # only the summation order differs
     # every gradient to 1e-5 of the largest; each weight tensor and α/β also to 1e-4 of its own
     # scale (a conv bias before a BatchNorm has a true gradient of ~0: only rounding is left)
@@ -105,15 +114,17 @@ def test_channels_last_computes_the_same_function_and_gradients():
 def test_bf16_autocast_keeps_arch_params_and_heatmaps_fp32():
     x = torch.randn(2, 3, 64, 64)
     base = _supernet()
-    low = prepare_model(copy.deepcopy(base), choose_execution(CPU, "bf16", "contiguous"))
+    ex = choose_execution(CPU, "bf16", "contiguous")
+    low = prepare_model(copy.deepcopy(base), ex)
     y0, _ = _step(base, x)
-    y1, g1 = _step(low, x)
+    y1, g1 = _step(low, x, ex)
     assert y1.dtype == torch.float32
     assert (y1 - y0).abs().max() <= 0.05 * y0.abs().max()  # bf16 has an 8-bit mantissa
     for name, p in low.named_arch_parameters():
         assert p.dtype == torch.float32 and g1[f"parts.{name}"].dtype == torch.float32
         assert g1[f"parts.{name}"].abs().sum() > 0, name
-    genotype = derive_genotype(base)
+    genotype = base.genotype()  # derive_genotype on base's α/β, unmeasured
     derived = DerivedPoseNet(genotype, build_backbone("tiny", random_init=True))
-    prepare_model(derived, choose_execution(CPU, "bf16", "channels_last"))
-    assert derived(x).dtype == torch.float32
+    ex = choose_execution(CPU, "bf16", "channels_last")
+    prepare_model(derived, ex)
+    assert run_model(derived, x, ex).dtype == torch.float32

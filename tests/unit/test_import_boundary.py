@@ -44,3 +44,11 @@ def test_train_workers_load_neither_tune_optuna_nor_mlflow():
     """The Train controller and every worker import train_worker afresh for each trial."""
     worker = ["nfs_orchestrator.orchestration.train_worker"]
     assert loaded(worker, ("ray.tune", "optuna", "mlflow")) == []
+
+
+def test_genotype_needs_no_network_modules():
+    """A genotype is derived from α/β tensors and the fabric geometry: reading, checking and
+    deriving one imports nothing under ``nfs_orchestrator.nn``."""
+    for module in ("nfs_orchestrator.genotype", "nfs_orchestrator.geometry"):
+        assert loaded([module], ("nfs_orchestrator.nn",)) == [], module
+    assert loaded(["nfs_orchestrator.geometry"], ("torch",)) == []

@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from nfs_orchestrator.errors import SpecError
-from nfs_orchestrator.training import batch_plan, validate
+from nfs_orchestrator.loop_utils import batch_plan, validate
 
 
 @pytest.mark.parametrize("workers", [1, 2, 4, 8])

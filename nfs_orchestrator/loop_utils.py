@@ -1,5 +1,9 @@
-"""Pieces shared by the search loop and the retrain loop: batching, seeding, optimizers,
-validation. Pure PyTorch; no loop lives here.
+"""Loop helpers: what the search loop (``search/loop.py``) and the retrain loop
+(``retrain/loop.py``) share — batch plans and batch streams, seeding, optimizers and learning
+rates, moving batches to the device, validation — and ``evaluate_on`` behind
+``posenfs evaluate checkpoint``. It sits at the top of the package because neither loop owns
+it (``search/`` and ``retrain/`` are siblings). Pure PyTorch. What it is not: a loop; the loops
+read top to bottom in their own modules.
 
 Batches: ``batch_size`` images per optimizer step over all workers; each of the W workers runs
 ``micro`` images per forward and accumulates ``batch_size / (W · micro)`` micro-batches, so the
@@ -19,6 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from nfs_orchestrator.errors import SpecError
+from nfs_orchestrator.hardware import Execution
 from nfs_orchestrator.nn.losses import joints_mse
 from nfs_orchestrator.runtime import Runtime
 from nfs_orchestrator.specs import DataSpec, OptimSpec
@@ -144,8 +149,10 @@ def validate(
     schema,
     device: torch.device,
     workers: int = 0,
+    execution: Execution | None = None,
 ) -> dict[str, float]:
-    """Heatmap loss and the dataset's metric (COCO AP / MPII PCKh) on the validation split."""
+    """Heatmap loss and the dataset's metric (COCO AP / MPII PCKh) on the validation split,
+    forward passes under the loop's ``execution``."""
     from nfs_orchestrator.data import evaluate_model
 
     losses = []
@@ -164,6 +171,7 @@ def validate(
             work_dir=work,
             num_workers=workers,
             observe=heatmap_loss,
+            execution=execution,
         )
     out = {"val_loss": mean(losses)}
     if data.dataset == "mpii":
