@@ -11,7 +11,7 @@ The columns that describe a trial (``trial_columns``) are computed once, by the 
 from the TrialSpec it built, and reach the ledger's writer in every result of the trial
 (``update_with_result``); until a trial's first result its row holds only its outer choices.
 
-Writes are atomic (temporary file + rename), so a reader (``posenfs status``) never sees half a
+Writes are atomic (``files.write_atomic_with``), so a reader (``posenfs status``) never sees half a
 file. What it is not: the code that decides when to write (the campaign's Tune callback,
 ``tune_callback.py``) or the MLflow upload (``tracking.py``).
 """
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from nfs_orchestrator.campaign_spec import Objective
+from nfs_orchestrator.files import write_atomic_with
 from nfs_orchestrator.specs import TrialSpec
 
 LEDGER_SCHEMA = pa.schema(
@@ -184,12 +184,8 @@ def to_table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
 
 def write_ledger(rows: Iterable[Mapping[str, Any]], path: str | Path) -> Path:
     """Writes the ledger atomically: the file is either the old one or the new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(to_table(rows), tmp)
-    os.replace(tmp, path)
-    return path
+    table = to_table(rows)
+    return write_atomic_with(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def best_genotype(row: Mapping[str, Any], metric: str) -> tuple[int | None, str | None]:

@@ -25,6 +25,7 @@ from typing import Any
 
 from nfs_orchestrator.campaign_spec import CampaignSpec
 from nfs_orchestrator.errors import PosenfsError
+from nfs_orchestrator.files import write_atomic
 from nfs_orchestrator.orchestration.ledger import LEDGER_NAME
 from nfs_orchestrator.strict import suggest
 
@@ -72,17 +73,10 @@ class CampaignRecord:
         return json.dumps(body, indent=2, sort_keys=True) + "\n"
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_record(record: CampaignRecord) -> Path:
     """Writes ``campaign.json`` (atomically; same content on every resume)."""
     path = record.folder / RECORD_NAME
-    _atomic_write(path, record.to_json())
+    write_atomic(path, record.to_json())
     return path
 
 
@@ -104,7 +98,7 @@ def write_state(folder: Path, status: str, **extra: Any) -> None:
         "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **extra,
     }
-    _atomic_write(folder / STATE_NAME, json.dumps(body, indent=2, sort_keys=True) + "\n")
+    write_atomic(folder / STATE_NAME, json.dumps(body, indent=2, sort_keys=True) + "\n")
 
 
 def _read_record(folder: Path) -> CampaignRecord:
