@@ -144,9 +144,12 @@ def validate(
     schema,
     device: torch.device,
     workers: int = 0,
+    grouping=None,
 ) -> dict[str, float]:
-    """Heatmap loss and the dataset's metric (COCO AP / MPII PCKh) on the validation split."""
+    """Heatmap loss and the dataset's metric (COCO AP / MPII PCKh) on the validation split;
+    with ``grouping``, also each part's (``val_ap.<part>`` / ``val_pckh.<part>``)."""
     from nfs_orchestrator.data import evaluate_model
+    from nfs_orchestrator.part_metrics import part_accuracy_metrics
 
     losses = []
 
@@ -164,6 +167,7 @@ def validate(
             work_dir=work,
             num_workers=workers,
             observe=heatmap_loss,
+            grouping=grouping,
         )
     out = {"val_loss": mean(losses)}
     if data.dataset == "mpii":
@@ -171,6 +175,7 @@ def validate(
     else:
         out["val_ap"] = float(stats["AP"])
         out["val_ap50"] = float(stats["AP50"])
+    out.update(part_accuracy_metrics(stats))
     return out
 
 

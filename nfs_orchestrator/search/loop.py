@@ -30,6 +30,7 @@ from nfs_orchestrator.errors import SpecError
 from nfs_orchestrator.genotype import Genotype
 from nfs_orchestrator.hardware import choose_execution, detect, prepare_model
 from nfs_orchestrator.nn.supernet import PoseSupernet
+from nfs_orchestrator.part_metrics import genotype_part_metrics
 from nfs_orchestrator.runtime import Runtime
 from nfs_orchestrator.search import bilevel
 from nfs_orchestrator.search.schedules import lr_factor, temperature
@@ -167,7 +168,15 @@ def run_search(trial: TrialSpec, runtime: Runtime) -> dict[str, float]:
         metrics = runtime.all_reduce_mean(losses)
         if (epoch + 1) % search.val_every == 0 or last:
             val = (
-                validate(model, val_set, trial.data, schema, device, search.loader_workers)
+                validate(
+                    model,
+                    val_set,
+                    trial.data,
+                    schema,
+                    device,
+                    search.loader_workers,
+                    grouping=trial.grouping,
+                )
                 if runtime.rank == 0
                 else {}
             )
@@ -179,6 +188,9 @@ def run_search(trial: TrialSpec, runtime: Runtime) -> dict[str, float]:
         )
         history.append(arch_snapshot(model))
         metrics.update(arch_metrics(model, genotype))
+        metrics.update(
+            genotype_part_metrics(genotype, trial.data.input_size, model.backbone.channels)
+        )
         metrics.update(
             epoch=epoch,
             epochs=search.epochs,
