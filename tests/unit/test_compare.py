@@ -174,3 +174,24 @@ def test_part_table_text_json_and_heatmap(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert plot_parts(compare_rows("c", ROWS, [AP]), tmp_path / "none.png") is None
     assert not (tmp_path / "none.png").exists()
+
+
+def test_compare_campaign_writes_and_logs_the_part_heatmap(tmp_path):
+    """Against a real MLflow SQLite store (no Ray): compare_parts.png beside compare.png, both
+    logged to the campaign's parent run under ``compare/``."""
+    from nfs_orchestrator.orchestration.compare import compare_campaign
+    from nfs_orchestrator.orchestration.ledger import read_ledger, write_ledger
+    from tests.unit.test_finish_campaign import campaign_with_trials
+
+    record, target, c = campaign_with_trials(tmp_path, {"t1": "FINISHED", "t2": "FINISHED"})
+    rows = read_ledger(record.ledger_path)
+    for r, head in zip(rows, (0.6, 0.8), strict=True):
+        r["parts_json"] = json.dumps({"val_ap.head": head, "macs.head": 1e6})
+    write_ledger(rows, record.ledger_path)
+    comparison = compare_campaign(record.root, record.campaign_id)
+    assert comparison.parts_plot_path == record.folder / "compare_parts.png"
+    assert comparison.parts_plot_path.is_file()
+    (grouping,) = comparison.parts["groupings"]
+    assert comparison.parts["cells"]["head"][grouping]["value"] == pytest.approx(0.7)
+    logged = {f.path for f in c.list_artifacts(target.parent_run_id, "compare")}
+    assert {"compare/compare.png", "compare/compare_parts.png", "compare/compare.json"} <= logged
