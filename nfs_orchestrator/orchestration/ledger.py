@@ -165,11 +165,12 @@ def update_with_result(
 
 def updated_parts_json(parts_json: str | None, result: Mapping[str, Any]) -> str | None:
     """``parts_json`` with the finite values of ``result``'s dotted metrics (``val_ap.head``)
-    written over the earlier ones; None while no result had any."""
+    written over the earlier ones; None while no result had any. A flattened Tune key
+    (``config/fabric.depth``) is no metric."""
     parts = json.loads(parts_json) if parts_json else {}
     for name, value in result.items():
         v = _finite(value)
-        if "." in name and v is not None:
+        if "." in name and "/" not in name and v is not None:
             parts[name] = v
     return json.dumps(parts, sort_keys=True) if parts else None
 

@@ -162,7 +162,9 @@ def test_per_part_metrics_keep_their_latest_values(tmp_path):
         row, result(0, val_ap=0.3, **{"val_ap.head": 0.5, "macs.head": 7.0}), c.objectives
     )
     row = update_with_result(
-        row, result(1, **{"macs.head": 6.0, "val_ap.legs": math.nan}), c.objectives
+        row,
+        result(1, **{"macs.head": 6.0, "val_ap.legs": math.nan, "config/fabric.depth": 4}),
+        c.objectives,
     )
     assert part_values(row) == {"val_ap.head": 0.5, "macs.head": 6.0}  # NaN never stored
     path = write_ledger([row], tmp_path / "ledger.parquet")
