@@ -176,6 +176,15 @@ def mpii_part_pckh(
     return out
 
 
+def model_grouping(model):
+    """The part grouping of a supernet (``grouping``) or derived network (``genotype.grouping``),
+    None for any other model."""
+    grouping = getattr(model, "grouping", None)
+    if grouping is None:
+        grouping = getattr(getattr(model, "genotype", None), "grouping", None)
+    return grouping if hasattr(grouping, "parts") else None
+
+
 def part_accuracy_metrics(stats: Mapping[str, float]) -> dict[str, float]:
     """The per-part stats of ``evaluate_model`` (``AP.<part>``, ``PCKh.<part>``) under their
     reported names (``val_ap.<part>``, ``val_pckh.<part>``)."""

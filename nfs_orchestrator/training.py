@@ -146,10 +146,13 @@ def validate(
     workers: int = 0,
     grouping=None,
 ) -> dict[str, float]:
-    """Heatmap loss and the dataset's metric (COCO AP / MPII PCKh) on the validation split;
-    with ``grouping``, also each part's (``val_ap.<part>`` / ``val_pckh.<part>``)."""
+    """Heatmap loss and the dataset's metric (COCO AP / MPII PCKh) on the validation split,
+    and each part's (``val_ap.<part>`` / ``val_pckh.<part>``) of ``grouping``, by default the
+    model's own (a supernet's ``grouping``, a derived network's ``genotype.grouping``)."""
     from nfs_orchestrator.data import evaluate_model
-    from nfs_orchestrator.part_metrics import part_accuracy_metrics
+    from nfs_orchestrator.part_metrics import model_grouping, part_accuracy_metrics
+
+    grouping = grouping if grouping is not None else model_grouping(model)
 
     losses = []
 

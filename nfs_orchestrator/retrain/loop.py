@@ -132,15 +132,7 @@ def run_retrain(spec: RetrainSpec, genotype: Genotype, runtime: Runtime) -> dict
         metrics = runtime.all_reduce_mean({"train_loss": mean(losses)})
         if (epoch + 1) % spec.val_every == 0 or epoch == spec.epochs - 1:
             val = (
-                validate(
-                    model,
-                    val_set,
-                    spec.data,
-                    schema,
-                    device,
-                    spec.loader_workers,
-                    grouping=genotype.grouping,
-                )
+                validate(model, val_set, spec.data, schema, device, spec.loader_workers)
                 if runtime.rank == 0
                 else {}
             )

@@ -168,15 +168,7 @@ def run_search(trial: TrialSpec, runtime: Runtime) -> dict[str, float]:
         metrics = runtime.all_reduce_mean(losses)
         if (epoch + 1) % search.val_every == 0 or last:
             val = (
-                validate(
-                    model,
-                    val_set,
-                    trial.data,
-                    schema,
-                    device,
-                    search.loader_workers,
-                    grouping=trial.grouping,
-                )
+                validate(model, val_set, trial.data, schema, device, search.loader_workers)
                 if runtime.rank == 0
                 else {}
             )

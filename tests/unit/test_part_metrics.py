@@ -22,6 +22,7 @@ from nfs_orchestrator.part_metrics import (
     coco_part_ap,
     genotype_part_costs,
     genotype_part_metrics,
+    model_grouping,
     mpii_part_pckh,
     part_accuracy_metrics,
     part_costs,
@@ -59,7 +60,7 @@ def _noisy_results(seed: int = 0) -> list[dict]:
     return out
 
 
-def _pycocotools_on_files(gt_path: Path, dt_path: Path, sigmas) -> float:
+def _pycocotools_on_files(gt_path: Path, dt_path: Path, sigmas, image_ids=None) -> float:
     """AP by pycocotools straight from files, the way its own demo runs it."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
@@ -69,6 +70,8 @@ def _pycocotools_on_files(gt_path: Path, dt_path: Path, sigmas) -> float:
         dt = gt.loadRes(str(dt_path))
         ev = COCOeval(gt, dt, "keypoints")
         ev.params.kpt_oks_sigmas = np.asarray(sigmas)
+        if image_ids is not None:
+            ev.params.imgIds = image_ids
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
@@ -112,6 +115,13 @@ def test_coco_part_ap_equals_pycocotools_on_hand_restricted_files(tmp_path):
         assert ours[part.name] == pytest.approx(_pycocotools_on_files(gt, dt, sigmas), abs=1e-12)
     assert 0 < min(ours.values()) and max(ours.values()) < 1  # not a trivial 0/1 case
     assert len(set(ours.values())) == 3  # the parts really score differently
+    # one image only (a capped validation set)
+    capped = coco_part_ap(COCO_GT, results, grouping, image_ids=[785])
+    for part in grouping.parts:
+        gt, dt, sigmas = _restrict_by_hand(tmp_path, part.name, part.keypoints, results)
+        want = _pycocotools_on_files(gt, dt, sigmas, image_ids=[785])
+        assert capped[part.name] == pytest.approx(want, abs=1e-12)
+    assert capped != ours
     # the loaded dict gives the same as the path
     assert coco_part_ap(json.loads(COCO_GT.read_text()), results, grouping) == ours
 
@@ -217,6 +227,14 @@ def test_mpii_part_pckh_pools_like_the_mpii_mean():
     ours = mpii_part_pckh(gt, preds, grouping)
     assert ours["mean14"] == pytest.approx(pckh(gt, preds)["Mean"])
     assert ours["torso"] < 100.0
+
+
+def test_the_models_own_grouping():
+    net = _searched()
+    assert model_grouping(net) is net.grouping
+    derived = DerivedPoseNet(net.genotype(), net.backbone)
+    assert model_grouping(derived) == net.grouping
+    assert model_grouping(torch.nn.Linear(1, 1)) is None
 
 
 def test_evaluate_model_stats_become_reported_names():
