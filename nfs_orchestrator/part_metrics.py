@@ -292,5 +292,15 @@ def genotype_part_metrics(
     genotype, input_size: tuple[int, int], channels: Sequence[int]
 ) -> dict[str, float]:
     """What a search epoch reports of its genotype's parts: ``params.<part>``, ``macs.<part>``
-    of the derived network at ``input_size`` on a backbone with ``channels``."""
-    return part_cost_metrics(genotype_part_costs(genotype, input_size, channels))
+    of the derived network at ``input_size`` on a backbone with ``channels``. Remembered per
+    genotype fingerprint (a search often derives the same genotype epoch after epoch; measuring
+    a large fabric takes seconds on a CPU)."""
+    key = (genotype.fingerprint(), tuple(input_size), tuple(channels))
+    if key not in _COST_CACHE:
+        if len(_COST_CACHE) >= 16:
+            _COST_CACHE.pop(next(iter(_COST_CACHE)))
+        _COST_CACHE[key] = part_cost_metrics(genotype_part_costs(genotype, input_size, channels))
+    return dict(_COST_CACHE[key])
+
+
+_COST_CACHE: dict[tuple, dict[str, float]] = {}
