@@ -30,6 +30,7 @@ from nfs_orchestrator.part_metrics import (
     supernet_part_costs,
 )
 from nfs_orchestrator.specs import load_fabric
+from tests.unit.test_data_datasets import Oracle, coco_spec, mpii_spec  # noqa: F401 (fixtures)
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 COCO_GT = FIXTURES / "coco" / "test_coco.json"
@@ -328,3 +329,24 @@ def test_search_and_retrain_report_per_part_metrics(tmp_path, synthetic_root):
     spec = retrain_spec(synthetic_root, epochs=1, steps_per_epoch=1)
     last = run_retrain(spec, genotype, LocalRuntime(tmp_path / "retrain", verbose=False))
     assert {f"val_ap.{p}" for p in parts} <= set(last)
+
+
+def test_evaluate_model_scores_every_part_with_an_oracle(coco_spec, mpii_spec, tmp_path):  # noqa: F811
+    from nfs_orchestrator.data import build_dataset, evaluate_model
+
+    coco = load_grouping("coco-p3")
+    ds = build_dataset(coco_spec, coco.schema, "val", train=False)
+    stats = evaluate_model(
+        Oracle(ds), ds, coco_spec, coco.schema, device="cpu", work_dir=tmp_path / "c", grouping=coco
+    )
+    assert {f"AP.{p.name}" for p in coco.parts} <= set(stats)
+    assert all(stats[f"AP.{p.name}"] > 0.9 for p in coco.parts), stats
+    mpii = load_grouping("mpii-p5")
+    mp = build_dataset(mpii_spec, mpii.schema, "val", train=False)
+    stats = evaluate_model(
+        Oracle(mp), mp, mpii_spec, mpii.schema, device="cpu", work_dir=tmp_path / "m", grouping=mpii
+    )
+    assert {k: v for k, v in stats.items() if k.startswith("PCKh.")} == {
+        f"PCKh.{p.name}": 100.0 for p in mpii.parts
+    }
+    assert part_accuracy_metrics(stats)[f"val_pckh.{mpii.parts[0].name}"] == 100.0
