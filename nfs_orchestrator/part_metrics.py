@@ -24,9 +24,19 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from nfs_orchestrator.errors import SpecError
+from nfs_orchestrator.keypoints import PartGrouping
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from nfs_orchestrator.evaluation import MpiiGroundTruth
+    from nfs_orchestrator.genotype import Genotype
+    from nfs_orchestrator.specs import FabricSpace
 
 PART_METRICS = ("val_ap", "val_pckh", "params", "macs")
 # evaluate_model's per-part stat → the name validation reports
@@ -112,7 +122,7 @@ def coco_ap(
 def coco_part_ap(
     annotations: str | Path | Mapping[str, Any],
     results: Sequence[Mapping[str, Any]],
-    grouping,
+    grouping: PartGrouping,
     *,
     image_ids: Sequence[int] | None = None,
 ) -> dict[str, float]:
@@ -126,7 +136,7 @@ def coco_part_ap(
             data = json.load(f)
     sigmas = grouping.schema.sigmas
     if sigmas is None:
-        raise ValueError(f"schema {grouping.schema.name}: COCO scoring needs OKS sigmas")
+        raise SpecError(f"schema {grouping.schema.name}: COCO scoring needs OKS sigmas")
     out = {}
     for part in grouping.parts:
         idx = grouping.indices(part)
@@ -145,7 +155,11 @@ def coco_part_ap(
 
 
 def pckh_joint_hits(
-    gt, preds: np.ndarray, *, rows: Sequence[int] | None = None, threshold: float = 0.5
+    gt: MpiiGroundTruth,
+    preds: np.ndarray,
+    *,
+    rows: Sequence[int] | None = None,
+    threshold: float = 0.5,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(correct, visible) counts per joint (16,) of ``preds`` (M, 16, 2; 0-based px) against
     the ground-truth people ``rows`` (default all), by the protocol of ``evaluation.pckh``."""
@@ -162,7 +176,11 @@ def pckh_joint_hits(
 
 
 def mpii_part_pckh(
-    gt, preds: np.ndarray, grouping, *, rows: Sequence[int] | None = None
+    gt: MpiiGroundTruth,
+    preds: np.ndarray,
+    grouping: PartGrouping,
+    *,
+    rows: Sequence[int] | None = None,
 ) -> dict[str, float]:
     """``{part: PCKh@0.5}`` (percent): correct visible joints of the part over its visible
     joints; NaN for a part with no visible joint. Joint indices are the schema's, which is the
@@ -176,7 +194,7 @@ def mpii_part_pckh(
     return out
 
 
-def model_grouping(model):
+def model_grouping(model: Any) -> PartGrouping | None:
     """The part grouping of a supernet (``grouping``) or derived network (``genotype.grouping``),
     None for any other model."""
     grouping = getattr(model, "grouping", None)
@@ -206,7 +224,7 @@ def _fabric_params(fabric) -> int:
     return sum(p.numel() for n, p in fabric.named_parameters() if n not in ("alpha", "beta"))
 
 
-def part_costs(model, input_size: tuple[int, int]) -> dict[str, dict[str, int]]:
+def part_costs(model: nn.Module, input_size: tuple[int, int]) -> dict[str, dict[str, int]]:
     """``{part: {"params": int, "macs": int}}`` of a supernet or derived network (anything with
     a ``backbone`` and its fabrics in ``parts``), MACs of one batch-1 forward at ``input_size``
     (W, H) in eval mode; the backbone is shared and counted in no part. A supernet computing its
@@ -238,7 +256,7 @@ def part_costs(model, input_size: tuple[int, int]) -> dict[str, dict[str, int]]:
     }
 
 
-def _pyramid(channels: Sequence[int]):
+def _pyramid(channels: Sequence[int]) -> nn.Module:
     """Stand-in for a backbone when only the parts are measured: zero maps of the backbone's
     ``channels`` at strides 4, 8, 16, 32 (what every backbone returns), no parameters."""
     import torch
@@ -260,7 +278,7 @@ def _pyramid(channels: Sequence[int]):
 
 
 def genotype_part_costs(
-    genotype, input_size: tuple[int, int], channels: Sequence[int]
+    genotype: Genotype, input_size: tuple[int, int], channels: Sequence[int]
 ) -> dict[str, dict[str, int]]:
     """``part_costs`` of the derived network of ``genotype`` on a backbone with ``channels``
     (e.g. ``backbone.channels``), without building or running the backbone itself."""
@@ -270,7 +288,7 @@ def genotype_part_costs(
 
 
 def supernet_part_costs(
-    space, grouping, input_size: tuple[int, int], channels: Sequence[int]
+    space: FabricSpace, grouping: PartGrouping, input_size: tuple[int, int], channels: Sequence[int]
 ) -> dict[str, dict[str, int]]:
     """``part_costs`` of the supernet of ``space`` and ``grouping`` (random weights) on a
     backbone with ``channels``; params exclude α and β."""
@@ -289,7 +307,7 @@ def part_cost_metrics(costs: Mapping[str, Mapping[str, int]]) -> dict[str, float
 
 
 def genotype_part_metrics(
-    genotype, input_size: tuple[int, int], channels: Sequence[int]
+    genotype: Genotype, input_size: tuple[int, int], channels: Sequence[int]
 ) -> dict[str, float]:
     """What a search epoch reports of its genotype's parts: ``params.<part>``, ``macs.<part>``
     of the derived network at ``input_size`` on a backbone with ``channels``. Remembered per
