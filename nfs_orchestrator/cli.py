@@ -498,6 +498,8 @@ def compare(campaign_id: str, root: str) -> None:
     comparison = compare_campaign(root, campaign_id)
     click.echo(comparison.text())
     click.echo(f"\nwrote {comparison.plot_path} and {comparison.json_path}")
+    if comparison.parts_plot_path is not None:
+        click.echo(f"wrote {comparison.parts_plot_path}")
 
 
 @main.command()

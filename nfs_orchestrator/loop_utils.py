@@ -150,10 +150,16 @@ def validate(
     device: torch.device,
     workers: int = 0,
     execution: Execution | None = None,
+    grouping=None,
 ) -> dict[str, float]:
     """Heatmap loss and the dataset's metric (COCO AP / MPII PCKh) on the validation split,
-    forward passes under the loop's ``execution``."""
+    forward passes under the loop's ``execution``; and each part's (``val_ap.<part>`` /
+    ``val_pckh.<part>``) of ``grouping``, by default the model's own (a supernet's
+    ``grouping``, a derived network's ``genotype.grouping``)."""
     from nfs_orchestrator.data import evaluate_model
+    from nfs_orchestrator.part_metrics import model_grouping, part_accuracy_metrics
+
+    grouping = grouping if grouping is not None else model_grouping(model)
 
     losses = []
 
@@ -172,6 +178,7 @@ def validate(
             num_workers=workers,
             observe=heatmap_loss,
             execution=execution,
+            grouping=grouping,
         )
     out = {"val_loss": mean(losses)}
     if data.dataset == "mpii":
@@ -179,6 +186,7 @@ def validate(
     else:
         out["val_ap"] = float(stats["AP"])
         out["val_ap50"] = float(stats["AP50"])
+    out.update(part_accuracy_metrics(stats))
     return out
 
 

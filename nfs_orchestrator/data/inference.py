@@ -32,7 +32,8 @@ from nfs_orchestrator.evaluation import (
     write_mat_atomic,
 )
 from nfs_orchestrator.hardware import Execution, run_model
-from nfs_orchestrator.keypoints import KeypointSchema
+from nfs_orchestrator.keypoints import KeypointSchema, PartGrouping
+from nfs_orchestrator.part_metrics import coco_part_ap, mpii_part_pckh
 from nfs_orchestrator.specs import DataSpec
 
 NMS_OKS_THRESHOLD = 0.9
@@ -246,6 +247,7 @@ def evaluate_model(
     num_workers: int = 0,
     observe: Callable[[torch.Tensor, dict], None] | None = None,
     execution: Execution | None = None,
+    grouping: PartGrouping | None = None,
 ) -> dict[str, float]:
     """Predicts ``dataset`` (flip test per ``spec.flip_test``) and scores it.
 
@@ -253,7 +255,9 @@ def evaluate_model(
     (only the dataset's images are scored when it was capped). MPII: writes
     ``work_dir/pred.mat`` (``preds`` (N, 16, 2), 0-based) and returns the PCKh stats against
     ``dataset.gt_mat`` (``spec.val_gt_mat``), on the ground-truth rows the dataset holds.
-    ``num_workers``, ``observe`` and ``execution`` go to ``predict``.
+    ``num_workers``, ``observe`` and ``execution`` go to ``predict``. With ``grouping``, each
+    part is scored on its own keypoints too: ``AP.<part>`` (COCO) or ``PCKh.<part>`` (MPII), see
+    ``part_metrics``.
     """
     pred = predict(
         model,
@@ -276,10 +280,23 @@ def evaluate_model(
                 f"{dataset.gt_mat}: has {gt.num_people} people, the dataset "
                 f"{dataset.annotations} has more"
             )
-        return pckh(gt, pred.keypoints, rows=pred.ann_ids)
+        stats = pckh(gt, pred.keypoints, rows=pred.ann_ids)
+        if grouping is not None:
+            stats.update(
+                _per_part("PCKh", mpii_part_pckh(gt, pred.keypoints, grouping, rows=pred.ann_ids))
+            )
+        return stats
     if schema.sigmas is None:
         raise SpecError(f"schema {schema.name}: COCO scoring needs OKS sigmas")
     results = coco_results(pred, schema.sigmas)
     path = write_json_atomic(work / "keypoints_results.json", results)
     image_ids = np.unique(dataset.image_ids).tolist() if dataset.capped else None
-    return evaluate_coco(dataset.annotations, path, image_ids=image_ids, sigmas=schema.sigmas)
+    stats = evaluate_coco(dataset.annotations, path, image_ids=image_ids, sigmas=schema.sigmas)
+    if grouping is not None:
+        parts = coco_part_ap(dataset.annotations, results, grouping, image_ids=image_ids)
+        stats.update(_per_part("AP", parts))
+    return stats
+
+
+def _per_part(stat: str, values: dict[str, float]) -> dict[str, float]:
+    return {f"{stat}.{part}": v for part, v in values.items()}

@@ -8,6 +8,10 @@ both to the campaign's MLflow parent run.
 Values: a trial's score on the primary objective is its best value over epochs (``best``); the
 Pareto set of a multi-objective campaign uses each trial's *final* values (those Optuna was told),
 because the best of each metric may come from different epochs and describe no single network.
+Per part (``part_summary``, ``plot_parts``): each part's accuracy (``val_ap.<part>`` or
+``val_pckh.<part>``) and MACs (``macs.<part>``), as the latest values in the ledger's
+``parts_json``, averaged over a grouping's trials: a part × grouping table and heatmap
+(``compare_parts.png``).
 What it is not: a selector for promotion (that rule lives with ``promote``).
 """
 
@@ -21,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from nfs_orchestrator.campaign_spec import Objective
-from nfs_orchestrator.orchestration.ledger import final_values
+from nfs_orchestrator.orchestration.ledger import final_values, part_values
 
 GROUP_KEYS = ("grouping", "depth", "scales")
 
@@ -138,6 +142,8 @@ class Comparison:
     rows: list[dict[str, Any]] = field(default_factory=list)
     plot_path: Path | None = None
     json_path: Path | None = None
+    parts: dict[str, Any] = field(default_factory=dict)  # part_summary
+    parts_plot_path: Path | None = None
 
     def text(self) -> str:
         primary = self.objectives[0]
@@ -157,6 +163,8 @@ class Comparison:
             ]
             lines += ["", f"Pareto set over {names}:"]
             lines.append(format_table(entries, ["trial_id", "grouping", *names]))
+        if self.parts.get("parts"):
+            lines += ["", format_part_table(self.parts)]
         return "\n".join(lines)
 
 
@@ -166,7 +174,14 @@ def compare_rows(
     """The comparison of ledger rows (pure)."""
     tables = {key: group_summary(rows, key, objectives[0]) for key in GROUP_KEYS}
     pareto = [dict(r) for r in pareto_front(rows, objectives)]
-    return Comparison(campaign_id, list(objectives), tables, pareto, [dict(r) for r in rows])
+    return Comparison(
+        campaign_id,
+        list(objectives),
+        tables,
+        pareto,
+        [dict(r) for r in rows],
+        parts=part_summary(rows),
+    )
 
 
 def plot_comparison(comparison: Comparison, path: str | Path) -> Path:
@@ -233,13 +248,15 @@ def comparison_json(comparison: Comparison) -> str:
         "objectives": [{"metric": o.metric, "mode": o.mode} for o in comparison.objectives],
         "tables": comparison.tables,
         "pareto": [r["trial_id"] for r in comparison.pareto],
+        "parts": comparison.parts,
     }
     return json.dumps(body, sort_keys=True, indent=2)
 
 
 def compare_campaign(root: str | Path, campaign_id: str, *, log: bool = True) -> Comparison:
-    """Reads a campaign's ledger, writes compare.json/compare.png beside it and (``log``) logs
-    both to the campaign's MLflow parent run."""
+    """Reads a campaign's ledger, writes compare.json/compare.png (and compare_parts.png when
+    trials reported per-part metrics) beside it and (``log``) logs them to the campaign's MLflow
+    parent run."""
     from nfs_orchestrator.orchestration import store, tracking
     from nfs_orchestrator.orchestration.ledger import read_ledger
 
@@ -249,7 +266,145 @@ def compare_campaign(root: str | Path, campaign_id: str, *, log: bool = True) ->
     comparison.json_path = record.folder / "compare.json"
     comparison.json_path.write_text(comparison_json(comparison) + "\n")
     comparison.plot_path = plot_comparison(comparison, record.folder / "compare.png")
+    comparison.parts_plot_path = plot_parts(comparison, record.folder / "compare_parts.png")
     if log and record.tracking_uri and record.parent_run_id:
         paths = [comparison.json_path, comparison.plot_path]
+        paths += [comparison.parts_plot_path] if comparison.parts_plot_path else []
         tracking.log_files(record.tracking_uri, record.parent_run_id, paths, "compare")
     return comparison
+
+
+# --------------------------------------------------------------------------------------------
+# Per part
+# --------------------------------------------------------------------------------------------
+
+ACCURACY_METRICS = ("val_ap", "val_pckh")  # COCO OKS AP (fraction), MPII PCKh@0.5 (percent)
+
+
+def _grouping_order(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Groupings by number of parts, then name."""
+    parts = {}
+    for r in rows:
+        parts.setdefault(str(r.get("grouping")), r.get("num_parts") or 0)
+    return sorted(parts, key=lambda g: (parts[g], g))
+
+
+def _part_order(grouping: str, seen: Sequence[str]) -> list[str]:
+    """The parts ``seen`` of a grouping in its file's order when it is a shipped (or readable)
+    grouping, else alphabetically."""
+    try:
+        from nfs_orchestrator.keypoints import load_grouping
+
+        order = [p.name for p in load_grouping(grouping).parts]
+    except Exception:  # noqa: BLE001 - a grouping file not found here: any order will do
+        order = []
+    return sorted(seen, key=lambda p: (order.index(p) if p in order else len(order), p))
+
+
+def part_summary(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Each part's accuracy and MACs per grouping: the mean over the grouping's trials of the
+    latest ``<metric>.<part>`` in ``parts_json`` (``metric`` is ``val_ap`` or ``val_pckh``,
+    whichever the trials report). Parts are rows, in grouping order then each grouping's own
+    order; a part its grouping lacks has no cell. Empty when no trial reported a part."""
+    per_part = [(r, part_values(r)) for r in rows]
+    reported = {name.split(".", 1)[0] for _, values in per_part for name in values}
+    metric = next((m for m in ACCURACY_METRICS if m in reported), None)
+    if metric is None:
+        return {}
+    groupings = _grouping_order([r for r, values in per_part if values])
+    cells: dict[str, dict[str, dict[str, Any]]] = {}
+    parts: list[str] = []
+    for grouping in groupings:
+        members = [values for r, values in per_part if str(r.get("grouping")) == grouping]
+        seen = sorted({n.split(".", 1)[1] for v in members for n in v if "." in n})
+        for part in _part_order(grouping, seen):
+            acc = [v[f"{metric}.{part}"] for v in members if f"{metric}.{part}" in v]
+            macs = [v[f"macs.{part}"] for v in members if f"macs.{part}" in v]
+            if not acc and not macs:
+                continue
+            if part not in parts:
+                parts.append(part)
+            cells.setdefault(part, {})[grouping] = {
+                "value": statistics.fmean(acc) if acc else None,
+                "macs": statistics.fmean(macs) if macs else None,
+                "trials": len(acc),
+            }
+    groupings = [g for g in groupings if any(g in c for c in cells.values())]
+    return {"metric": metric, "groupings": groupings, "parts": parts, "cells": cells}
+
+
+def format_part_table(summary: Mapping[str, Any]) -> str:
+    """The part × grouping table of ``part_summary``: mean latest accuracy (trials)."""
+    groupings, cells = summary["groupings"], summary["cells"]
+    decimals = 1 if summary["metric"] == "val_pckh" else 3
+    entries = []
+    for part in summary["parts"]:
+        entry: dict[str, Any] = {"part": part}
+        for g in groupings:
+            cell = cells[part].get(g)
+            if cell is not None and cell["value"] is not None:
+                entry[g] = f"{cell['value']:.{decimals}f} ({cell['trials']})"
+        entries.append(entry)
+    title = f"per part: mean over trials of the latest {summary['metric']}.<part> (trials)"
+    return title + "\n" + format_table(entries, ["part", *groupings])
+
+
+def plot_parts(comparison: Comparison, path: str | Path) -> Path | None:
+    """Heatmap of ``comparison.parts``: parts down, groupings across, each cell the mean latest
+    part accuracy with its MACs and trial count; None (nothing written) without per-part
+    values."""
+    summary = comparison.parts
+    if not summary.get("parts"):
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    parts, groupings, cells = summary["parts"], summary["groupings"], summary["cells"]
+    values = np.full((len(parts), len(groupings)), np.nan)
+    for i, part in enumerate(parts):
+        for j, g in enumerate(groupings):
+            cell = cells[part].get(g)
+            if cell is not None and cell["value"] is not None:
+                values[i, j] = cell["value"]
+    fig, ax = plt.subplots(
+        figsize=(2.2 + 1.9 * len(groupings), 1.2 + 0.55 * len(parts)), layout="constrained"
+    )
+    ax.set_facecolor("#eeeeee")  # a part its grouping does not have
+    finite = values[np.isfinite(values)]
+    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    if high - low < 1e-9:
+        low, high = low - 0.5 * max(abs(low), 1e-3), high + 0.5 * max(abs(high), 1e-3)
+    image = ax.imshow(
+        np.ma.masked_invalid(values), cmap="viridis", vmin=low, vmax=high, aspect="auto"
+    )
+    percent = summary["metric"] == "val_pckh"
+    for i, part in enumerate(parts):
+        for j, g in enumerate(groupings):
+            cell = cells[part].get(g)
+            if cell is None:
+                continue
+            lines = ["-" if cell["value"] is None else f"{cell['value']:.{1 if percent else 3}f}"]
+            detail = f"n={cell['trials']}"
+            if cell["macs"] is not None:
+                detail += f" · {cell['macs'] / 1e6:.2f}M MACs"
+            shade = 0.5 if not np.isfinite(values[i, j]) else (values[i, j] - low) / (high - low)
+            colour = "black" if shade > 0.6 else "white"
+            ax.text(j, i - 0.12, lines[0], ha="center", va="center", fontsize=10, color=colour)
+            ax.text(j, i + 0.22, detail, ha="center", va="center", fontsize=7, color=colour)
+    ax.set_xticks(range(len(groupings)), groupings)
+    ax.set_yticks(range(len(parts)), parts)
+    ax.xaxis.tick_top()
+    ax.set_xticks(np.arange(len(groupings) + 1) - 0.5, minor=True)
+    ax.set_yticks(np.arange(len(parts) + 1) - 0.5, minor=True)
+    ax.grid(which="minor", color="white", linewidth=2)
+    ax.tick_params(which="both", length=0)
+    ax.set_xlabel("grey: the grouping has no such part", fontsize=8, color="#666666")
+    fig.colorbar(image, ax=ax, label=f"{summary['metric']}.<part> (mean of latest)")
+    ax.set_title(f"{comparison.campaign_id}: per-part accuracy", fontsize=10, pad=24)
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

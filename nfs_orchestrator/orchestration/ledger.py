@@ -4,7 +4,8 @@ What this is: ``LEDGER_SCHEMA`` and pure functions that make, update, write and 
 A row describes the trial (grouping, fabric, depth, scales, ops, the outer choices as JSON), how
 far it got (status, epochs run, the epoch it last resumed at), what it scored (best value of the
 primary objective, the final value of every objective, best val_ap/val_pckh/val_loss), what it
-derived (MACs, params, genotype fingerprint) and what it cost (wall time, worker-seconds held).
+derived (MACs, params, genotype fingerprint), what it cost (wall time, worker-seconds held) and
+its latest per-part metrics (``parts_json``: every reported metric with a dot in its name).
 The schema is fixed, so ledgers of different campaigns concatenate.
 
 The columns that describe a trial (``trial_columns``) are computed once, by the trial driver
@@ -64,6 +65,9 @@ LEDGER_SCHEMA = pa.schema(
         ("wall_time_s", pa.float64()),
         ("worker_seconds", pa.float64()),  # wall time × workers held
         ("gpu_seconds", pa.float64()),  # wall time × GPUs held (workers × GPUs per worker)
+        # latest value of every per-part metric (val_ap.<part>, macs.<part>, …), JSON; a
+        # ledger written before this column reads it as null
+        ("parts_json", pa.string()),
     ]
 )
 
@@ -167,7 +171,25 @@ def update_with_result(
             out[name] = int(v)
     if isinstance(result.get("genotype_fp"), str) and result["genotype_fp"]:
         out["genotype_fp"] = result["genotype_fp"]
+    out["parts_json"] = updated_parts_json(out.get("parts_json"), result)
     return out
+
+
+def updated_parts_json(parts_json: str | None, result: Mapping[str, Any]) -> str | None:
+    """``parts_json`` with the finite values of ``result``'s dotted metrics (``val_ap.head``)
+    written over the earlier ones; None while no result had any. A flattened Tune key
+    (``config/fabric.depth``) is no metric."""
+    parts = json.loads(parts_json) if parts_json else {}
+    for name, value in result.items():
+        v = _finite(value)
+        if "." in name and "/" not in name and v is not None:
+            parts[name] = v
+    return json.dumps(parts, sort_keys=True) if parts else None
+
+
+def part_values(row: Mapping[str, Any]) -> dict[str, float]:
+    """The latest per-part metrics of a row (empty without any)."""
+    return json.loads(row["parts_json"]) if row.get("parts_json") else {}
 
 
 def final_values(row: Mapping[str, Any]) -> dict[str, float]:

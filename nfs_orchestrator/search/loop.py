@@ -41,6 +41,7 @@ from nfs_orchestrator.loop_utils import (
     validate,
 )
 from nfs_orchestrator.nn.supernet import PoseSupernet
+from nfs_orchestrator.part_metrics import genotype_part_metrics
 from nfs_orchestrator.runtime import Runtime
 from nfs_orchestrator.search import bilevel
 from nfs_orchestrator.search.schedules import lr_factor, temperature
@@ -168,6 +169,9 @@ def run_search(trial: TrialSpec, runtime: Runtime) -> dict[str, float]:
         )
         history.append(arch_snapshot(model))
         metrics.update(arch_metrics(model, genotype))
+        metrics.update(
+            genotype_part_metrics(genotype, trial.data.input_size, model.backbone.channels)
+        )
         metrics.update(
             epoch=epoch,
             epochs=search.epochs,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from nfs_orchestrator.campaign_spec import Objective
 from nfs_orchestrator.orchestration.compare import (
     compare_rows,
@@ -11,7 +13,9 @@ from nfs_orchestrator.orchestration.compare import (
     dominates,
     group_summary,
     pareto_front,
+    part_summary,
     plot_comparison,
+    plot_parts,
 )
 
 AP = Objective("val_ap", "max")
@@ -89,3 +93,105 @@ def test_comparison_text_json_and_plot(tmp_path):
     single = compare_rows("c-1", ROWS, [AP])
     assert "Pareto" not in single.text()
     plot_comparison(single, tmp_path / "single.png")
+
+
+def part_row(tid, grouping, num_parts, **parts):
+    """A row whose trial reported per-part metrics ``parts`` (``{"val_ap.head": 0.5, ...}``)."""
+    return {
+        **row(tid, grouping, 0.5, 1_000_000),
+        "num_parts": num_parts,
+        "parts_json": json.dumps(parts, sort_keys=True),
+    }
+
+
+def _p3(tid, head, upper, lower):
+    return part_row(
+        tid,
+        "coco-p3",
+        3,
+        **{
+            "val_ap.head": head,
+            "val_ap.upper_limb": upper,
+            "val_ap.lower_limb": lower,
+            "macs.head": 1e6,
+            "macs.upper_limb": 2e6,
+            "macs.lower_limb": 3e6,
+        },
+    )
+
+
+PART_ROWS = [
+    part_row("a", "coco-p1", 1, **{"val_ap.whole_body": 0.40, "macs.whole_body": 4e6}),
+    part_row("b", "coco-p1", 1, **{"val_ap.whole_body": 0.50, "macs.whole_body": 4e6}),
+    _p3("c", 0.70, 0.50, 0.30),
+    _p3("d", 0.60, 0.40, 0.20),
+    part_row(
+        "e",
+        "coco-p5",
+        5,
+        **{
+            "val_ap.head_shoulder": 0.65,
+            "val_ap.left_arm": 0.35,
+            "val_ap.right_arm": 0.33,
+            "val_ap.legs": 0.25,
+            "val_ap.hips": 0.45,
+        },
+    ),
+    row("f", "coco-p1", 0.2, 5),  # no per-part metrics (a ledger before parts_json)
+]
+
+
+def test_part_summary_means_over_trials_per_grouping():
+    summary = part_summary(PART_ROWS)
+    assert summary["metric"] == "val_ap"
+    assert summary["groupings"] == ["coco-p1", "coco-p3", "coco-p5"]  # by number of parts
+    # parts in grouping order, then each grouping's own order
+    assert summary["parts"][:4] == ["whole_body", "upper_limb", "head", "lower_limb"]
+    assert summary["parts"][4:] == ["left_arm", "right_arm", "legs", "head_shoulder", "hips"]
+    cells = summary["cells"]
+    assert cells["whole_body"]["coco-p1"] == {"value": 0.45, "macs": 4e6, "trials": 2}
+    assert cells["head"]["coco-p3"]["value"] == pytest.approx(0.65)
+    assert cells["lower_limb"]["coco-p3"] == {
+        "value": pytest.approx(0.25),
+        "macs": 3e6,
+        "trials": 2,
+    }
+    assert cells["legs"]["coco-p5"] == {"value": 0.25, "macs": None, "trials": 1}
+    assert "coco-p3" not in cells["legs"]
+    assert part_summary(ROWS) == {}  # no trial reported a part
+    mpii = [part_row("m", "mpii-p3", 3, **{"val_pckh.head": 80.0})]
+    assert part_summary(mpii)["metric"] == "val_pckh"
+
+
+def test_part_table_text_json_and_heatmap(tmp_path):
+    comparison = compare_rows("c-parts", PART_ROWS, [AP])
+    text = comparison.text()
+    assert "per part: mean over trials of the latest val_ap.<part>" in text
+    line = next(ln for ln in text.splitlines() if ln.startswith("head "))
+    assert "0.650 (2)" in line
+    assert json.loads(comparison_json(comparison))["parts"]["groupings"][0] == "coco-p1"
+    path = plot_parts(comparison, tmp_path / "compare_parts.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert plot_parts(compare_rows("c", ROWS, [AP]), tmp_path / "none.png") is None
+    assert not (tmp_path / "none.png").exists()
+
+
+def test_compare_campaign_writes_and_logs_the_part_heatmap(tmp_path):
+    """Against a real MLflow SQLite store (no Ray): compare_parts.png beside compare.png, both
+    logged to the campaign's parent run under ``compare/``."""
+    from nfs_orchestrator.orchestration.compare import compare_campaign
+    from nfs_orchestrator.orchestration.ledger import read_ledger, write_ledger
+    from tests.unit.test_finish_campaign import campaign_with_trials
+
+    record, target, c = campaign_with_trials(tmp_path, {"t1": "FINISHED", "t2": "FINISHED"})
+    rows = read_ledger(record.ledger_path)
+    for r, head in zip(rows, (0.6, 0.8), strict=True):
+        r["parts_json"] = json.dumps({"val_ap.head": head, "macs.head": 1e6})
+    write_ledger(rows, record.ledger_path)
+    comparison = compare_campaign(record.root, record.campaign_id)
+    assert comparison.parts_plot_path == record.folder / "compare_parts.png"
+    assert comparison.parts_plot_path.is_file()
+    (grouping,) = comparison.parts["groupings"]
+    assert comparison.parts["cells"]["head"][grouping]["value"] == pytest.approx(0.7)
+    logged = {f.path for f in c.list_artifacts(target.parent_run_id, "compare")}
+    assert {"compare/compare.png", "compare/compare_parts.png", "compare/compare.json"} <= logged

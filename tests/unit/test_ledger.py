@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from nfs_orchestrator.campaign_spec import CampaignSpec, Objective, load_campaign
@@ -12,6 +13,7 @@ from nfs_orchestrator.orchestration.ledger import (
     LEDGER_SCHEMA,
     final_values,
     new_row,
+    part_values,
     read_ledger,
     to_table,
     update_with_result,
@@ -165,3 +167,37 @@ def test_a_ledger_written_before_a_column_existed_still_reads(tmp_path):
     (back,) = read_ledger(path)
     assert back["trial_id"] == "t1" and back["best_genotypes_json"] is None
     assert pa.Table.from_pylist([back]).num_columns == len(back)
+
+
+def test_per_part_metrics_keep_their_latest_values(tmp_path):
+    c = campaign(tmp_path)
+    row = new_row(c.campaign_id, "t1", c.trial({}), c.objectives[0])
+    assert row["parts_json"] is None and part_values(row) == {}
+    row = update_with_result(
+        row, result(0, val_ap=0.3, **{"val_ap.head": 0.5, "macs.head": 7.0}), c.objectives
+    )
+    row = update_with_result(
+        row,
+        result(1, **{"macs.head": 6.0, "val_ap.legs": math.nan, "config/fabric.depth": 4}),
+        c.objectives,
+    )
+    assert part_values(row) == {"val_ap.head": 0.5, "macs.head": 6.0}  # NaN never stored
+    path = write_ledger([row], tmp_path / "ledger.parquet")
+    assert part_values(read_ledger(path)[0]) == {"val_ap.head": 0.5, "macs.head": 6.0}
+
+
+def test_a_ledger_written_before_parts_json_still_reads(tmp_path):
+    c = campaign(tmp_path)
+    row = update_with_result(
+        new_row(c.campaign_id, "t1", c.trial({}), c.objectives[0]),
+        result(0, val_ap=0.3),
+        c.objectives,
+    )
+    old_schema = LEDGER_SCHEMA.remove(LEDGER_SCHEMA.get_field_index("parts_json"))
+    old = pa.table({n: [row[n]] for n in old_schema.names}, schema=old_schema)
+    pq.write_table(old, tmp_path / "old.parquet")
+    back = read_ledger(tmp_path / "old.parquet")
+    assert back == [{**row, "parts_json": None}]
+    assert part_values(back[0]) == {}
+    write_ledger(back, tmp_path / "new.parquet")  # and is written back in today's schema
+    assert pq.read_table(tmp_path / "new.parquet").schema.equals(LEDGER_SCHEMA)
