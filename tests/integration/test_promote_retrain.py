@@ -99,7 +99,7 @@ def test_promote_then_retrain(tmp_path, ray_tmpdir):
     assert (
         version.tags["nfs.campaign_id"] == cid
     )  # registry → retrain → genotype → trial → campaign
-    assert version.tags["nfs.genotype_fp"] == best["genotype_fp"]
+    assert version.tags["nfs.genotype_fp"] == best_genotype(best, "val_ap")[1]
     assert version.tags["nfs.promoted_model"] == name
     assert "nfs.eval.val_ap" in version.tags
     run = c.get_run(version.run_id)
@@ -145,6 +145,29 @@ def test_promote_then_retrain(tmp_path, ray_tmpdir):
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     assert "AP" in json.loads((tmp_path / "eval.json").read_text())
     assert not (tmp_path / "mlruns").exists()  # every artifact lives under the root
+
+    # the champion beside its controls: same retrain spec, one seed apart, under the campaign
+    controls = posenfs(
+        ["controls", cid, "--retrain", retrain, "--random", "1", "--seeds", "2"]
+        + ["--root", str(root), "--set", data],
+        tmp_path,
+        ray_tmpdir,
+    )
+    assert controls.returncode == 0, controls.stdout[-3000:] + controls.stderr[-3000:]
+    assert "seed spread" in controls.stdout
+    folder = root / "campaigns" / cid
+    body = json.loads((folder / "controls.json").read_text())
+    assert [a["arm"] for a in body["arms"]] == ["champion", "uniform", "random-1"]
+    assert all(a["n"] == 2 for a in body["arms"]), body["arms"]
+    assert (folder / "controls.png").stat().st_size > 1000
+    exp = c.get_experiment_by_name(tracking.experiment_name(cid))
+    (parent,) = tracking.find_runs(c, exp.experiment_id, {tracking.TAG_KIND: "campaign"})
+    runs = tracking.find_runs(c, exp.experiment_id, {tracking.TAG_KIND: "control"})
+    assert sorted(
+        (r.data.tags[tracking.TAG_ARM], r.data.tags[tracking.TAG_SEED]) for r in runs
+    ) == [(arm, seed) for arm in ("champion", "random-1", "uniform") for seed in ("0", "1")]
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert all(r.data.tags[tracking.TAG_PARENT] == parent.info.run_id for r in runs)
 
 
 def _env(ray_tmpdir: Path) -> dict[str, str]:
