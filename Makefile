@@ -1,5 +1,5 @@
 # posenfs: the two commands of the README, and a few helpers.
-#   make demo   set up (once) and run the quickstart: campaign → promote → retrain
+#   make demo   set up (once) and run the quickstart: campaign → promote → retrain → controls
 #   make test   set up (once) and run the test suite (what CI runs)
 # Both create .venv on first use; re-running them re-installs only when pyproject.toml changed.
 
@@ -31,7 +31,9 @@ demo: $(STAMP)
 	$(call LOOPBACK,$(BIN)/posenfs search experiments/quickstart.yaml --root $(ROOT) \
 	  && $(BIN)/posenfs promote experiments/quickstart.yaml --root $(ROOT) \
 	  && $(BIN)/posenfs retrain experiments/retrain_quickstart.yaml --root $(ROOT) \
-	     --genotype models:/posenfs-synthetic-genotypes@champion)
+	     --genotype models:/posenfs-synthetic-genotypes@champion \
+	  && $(BIN)/posenfs controls experiments/quickstart.yaml --root $(ROOT) \
+	     --retrain experiments/retrain_quickstart.yaml --random 1 --seeds 2)
 	@echo "see it all: $(BIN)/posenfs ui --root $(ROOT)  (MLflow UI on http://127.0.0.1:5000)"
 
 test: $(STAMP)

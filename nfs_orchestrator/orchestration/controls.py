@@ -238,7 +238,8 @@ def plot_controls(body: dict[str, Any], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     arms = body["arms"]
-    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(arms), 4.2))
+    width = 2.4 + 1.3 * len(arms)  # inches
+    fig, ax = plt.subplots(figsize=(width, 4.2))
     for i, arm in enumerate(arms):
         color = "tab:orange" if arm["arm"] == "champion" else "tab:blue"
         if arm["mean"] is not None:
@@ -248,7 +249,7 @@ def plot_controls(body: dict[str, Any], path: Path) -> Path:
     ax.set_xticks(range(len(arms)), [a["arm"] for a in arms])
     ax.set_ylabel(f"{body['metric']} after retraining ({body['seeds']} seeds)")
     ax.set_title(body["campaign_id"], fontsize=9)
-    fig.text(0.02, 0.01, _wrap(body["verdict"], 60 + 20 * len(arms)), fontsize=8, va="bottom")
+    fig.text(0.02, 0.01, _wrap(body["verdict"], int(width * 12)), fontsize=8, va="bottom")
     fig.tight_layout(rect=(0, 0.12, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
