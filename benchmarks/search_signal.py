@@ -16,7 +16,7 @@ source kept by each cell) with its chance level (1 / number of non-zero ops for 
 1 / number of distinct input sources for cells). The hardware comes first, one JSON line last.
 
     python benchmarks/search_signal.py --seeds 0 1 2
-    python benchmarks/search_signal.py --seeds 0 1 --set search.arch_preset=reference
+    python benchmarks/search_signal.py --seeds 0 1 --preset reference
     python benchmarks/search_signal.py --seeds 0 1 --set grouping=groupings/coco-p3
 
 This measures; it asserts nothing. ``benchmarks/RESULTS.md`` ("Search signal") records figures.
@@ -45,6 +45,7 @@ from nfs_orchestrator.genotype import read_genotype  # noqa: E402
 from nfs_orchestrator.hardware import detect  # noqa: E402
 from nfs_orchestrator.runtime import LocalRuntime  # noqa: E402
 from nfs_orchestrator.search.loop import STATE_FILE, run_search  # noqa: E402
+from nfs_orchestrator.search.presets import arch_preset  # noqa: E402
 from nfs_orchestrator.specs import load_campaign  # noqa: E402
 
 
@@ -105,6 +106,7 @@ def main() -> None:
     parser.add_argument("--campaign", default=str(REPO / "experiments" / "quickstart.yaml"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--preset", default=None, help="an arch preset (search/presets.py) first")
     parser.add_argument("--root", default=None, help="work folder (default: a temporary one)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
@@ -116,6 +118,8 @@ def main() -> None:
     if len(args.seeds) < 2:
         parser.error("--seeds: at least two seeds (agreement needs pairs)")
     torch.set_num_threads(args.threads)
+    if args.preset:
+        args.sets = [*arch_preset(args.preset), *args.sets]
     hw = detect("cpu")
     print(f"hardware: {hw.name}, {hw.usable_cpus} usable CPUs, torch {hw.torch}, "
           f"{args.threads} thread(s)")  # fmt: skip

@@ -273,7 +273,8 @@ def format_confidence(genotype: Genotype) -> str:
         f"confidence{'' if stored else ' (recomputed from arch_weights at T = 1)'}: "
         f"{'UNDECIDED' if undecided else 'decided'}",
         f"  {why}",
-        f"  softmax temperature {c['temperature']:g}; {c['epochs_seen']} epoch(s) of history",
+        f"  softmax temperature {c['temperature']:g}; "
+        + (f"{c['epochs_seen']} epoch(s) of history" if c["epochs_seen"] else "no epoch history"),
     ]
     for part, rec in c["parts"].items():
         lines.append(f"  part {part}")

@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import torch
 
+from nfs_orchestrator.errors import SpecError
 from nfs_orchestrator.runtime import LocalRuntime
+from nfs_orchestrator.search.presets import arch_preset
 from nfs_orchestrator.specs import SearchSpec, load_campaign
+from nfs_orchestrator.strict import from_mapping
 from tests.conftest import tiny_trial
 
 QUICKSTART = Path(__file__).resolve().parents[2] / "experiments" / "quickstart.yaml"
@@ -35,6 +39,38 @@ def test_set_on_a_nested_field_merges_into_the_existing_spec(tmp_path):
     assert c.search.arch_optimizer.name == default.name
     # the campaign's trial gets the same optimizer
     assert c.trial({}).search.arch_optimizer == c.search.arch_optimizer
+
+
+@dataclass(frozen=True)
+class _Inner:
+    a: int = 1
+    b: int = 2
+
+
+@dataclass(frozen=True)
+class _Outer:
+    inner: _Inner = field(default_factory=lambda: _Inner(a=5, b=7))
+    plain: _Inner = field(default_factory=_Inner)
+
+
+def test_partial_mapping_merges_into_the_fields_default():
+    assert from_mapping(_Outer, {"inner": {"a": 9}}) == _Outer(_Inner(9, 7), _Inner(1, 2))
+    assert from_mapping(_Outer, {"plain": {"b": 3}}).plain == _Inner(1, 3)
+    assert from_mapping(_Outer, {}) == _Outer()
+
+
+def test_reference_preset_is_reachable():
+    c = load_campaign(QUICKSTART, (*arch_preset("reference"), "search.arch_optimizer.lr=0.01"))
+    o = c.search.arch_optimizer
+    assert (o.name, o.lr, o.weight_decay, o.betas) == ("adam", 0.01, 0.01, (0.9, 0.999))
+    assert c.search.arch_start_epoch == 0
+    d = load_campaign(QUICKSTART, arch_preset("default")).search
+    assert (d.arch_optimizer, d.arch_start_epoch) == (
+        SearchSpec().arch_optimizer,
+        SearchSpec().arch_start_epoch,
+    )
+    with pytest.raises(SpecError, match="did you mean 'reference'"):
+        arch_preset("referense")
 
 
 def test_epoch_steps_runs_exactly_the_steps_asked():
