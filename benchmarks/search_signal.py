@@ -13,7 +13,9 @@ same), and prints per seed
 
 then the agreement of decisions between every pair of seeds (the op of each edge; the input
 source kept by each cell) with its chance level (1 / number of non-zero ops for ops; the mean of
-1 / number of distinct input sources for cells). The hardware comes first, one JSON line last.
+1 / number of distinct input sources for cells). With several parts it also prints each part's
+``confidence.coarseness`` (how far toward coarser rows its cells read; for planted data). The
+hardware comes first, one JSON line last.
 
     python benchmarks/search_signal.py --seeds 0 1 2
     python benchmarks/search_signal.py --seeds 0 1 --preset reference
@@ -40,7 +42,12 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from nfs_orchestrator.confidence import cell_sources, decisions, with_confidence  # noqa: E402
+from nfs_orchestrator.confidence import (  # noqa: E402
+    cell_sources,
+    coarseness,
+    decisions,
+    with_confidence,
+)
 from nfs_orchestrator.genotype import read_genotype  # noqa: E402
 from nfs_orchestrator.hardware import detect  # noqa: E402
 from nfs_orchestrator.runtime import LocalRuntime  # noqa: E402
@@ -79,6 +86,7 @@ def run_seed(campaign: str, root: Path, seed: int, sets: list[str], reuse: bool)
         "flip_share": c["flip_share"],
         "undecided": c["undecided"],
         "decisions": {k: list(v) for k, v in decisions(trial.fabric, last).items()},
+        "coarseness": {k: round(v, 4) for k, v in coarseness(trial.fabric, last).items()},
         "space": trial.fabric,
     }
 
@@ -137,6 +145,8 @@ def main() -> None:
                 f"val_ap {r['val_ap']:.3f}  ({r['wall_s']:.0f} s)",
                 flush=True,
             )
+            if len(r["coarseness"]) > 1:  # per part: how far toward coarser rows cells read
+                print(f"  coarseness per part: {r['coarseness']}", flush=True)
     space = runs[0].pop("space")
     for r in runs[1:]:
         r.pop("space")
@@ -162,6 +172,7 @@ def main() -> None:
         "chance_ops": chance_ops,
         "chance_cells": chance_cells,
         "decisions": {r["seed"]: r["decisions"] for r in runs},
+        "coarseness": {r["seed"]: r["coarseness"] for r in runs},
     }
     for key in ("alpha_entropy_drop", "beta_entropy_drop", "margin_median", "decided_share"):
         print(f"{key:>20}: {spread(summary[key])}")

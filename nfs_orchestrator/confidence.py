@@ -130,6 +130,21 @@ def decisions(space: FabricSpace, weights: dict[str, Any]) -> dict[str, tuple]:
     return out
 
 
+def coarseness(space: FabricSpace, weights: dict[str, Any]) -> dict[str, float]:
+    """Per part, how far toward coarser rows its cells read: the mean over cells of
+    Σ_slot softmax(β)_slot · (source row − own row). Uniform β gives the same value for every
+    part; a part that prefers context (coarser inputs) has a larger one."""
+    sites = cell_sources(space)
+    out = {}
+    for part, w in weights.items():
+        per_cell = [
+            sum(float(row[k]) * (sources[k] - scale) for k in range(len(SLOTS)))
+            for (scale, _, sources), row in zip(sites, w["beta"])
+        ]
+        out[part] = sum(per_cell) / len(per_cell)
+    return out
+
+
 def flip_share(space: FabricSpace, history: Sequence[dict[str, Any]]) -> float:
     """Share of decisions that changed at least once between consecutive epochs of the last
     half of ``history`` (epochs ⌊n/2⌋ … n−1; 0 with fewer than two epochs in that window)."""

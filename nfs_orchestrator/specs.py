@@ -192,6 +192,9 @@ class SyntheticSpec:
     val_images: int = 32
     image_size: tuple[int, int] = (128, 128)  # (W, H) of generated images
     seed: int = 0
+    # "context_detail": lower-limb keypoints located by context only, head ones by local detail
+    # only (data/synthetic.py), so a part-specific search has a planted preference to find
+    planted: Literal["none", "context_detail"] = "none"
 
 
 @dataclass(frozen=True)
