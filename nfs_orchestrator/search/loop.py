@@ -108,7 +108,7 @@ def run_search(trial: TrialSpec, runtime: Runtime) -> dict[str, float]:
         seed_everything(trial.seed * 100_003 + epoch)
         set_lr(w_opt, search.weight_optimizer.lr * lr_factor(search.lr_schedule, progress))
         model.temperature = temperature(search.temperature, progress)
-        arch_active = a_opt is not None and epoch >= search.arch_start_epoch
+        arch_active = a_opt is not None and epoch >= search.arch_start
         eta = w_opt.param_groups[0]["lr"]
 
         model.train()

@@ -10,8 +10,8 @@ entropy drops stay below 0.001 and no decision has a margin ≥ 0.05 (3 seeds; b
 "Search signal"). The coupled decay adds wd·α to the gradient, so α stops at α* ≈ −ḡ/wd, a
 few hundredths for the small mean gradients ḡ of a short search.
 
-``default``: ``SearchSpec``'s own defaults (no decay, a 2-epoch weight-only warm-up), spelled
-out, e.g. to undo a campaign file's arch optimizer.
+``default``: ``SearchSpec``'s own defaults (Adam lr 0.03 without weight decay, a weight-only
+warm-up of epochs // 6 epochs), spelled out, e.g. to undo a campaign file's arch optimizer.
 
 The same settings written in a campaign YAML::
 
@@ -36,7 +36,8 @@ def _spelled_out(search: SearchSpec) -> tuple[str, ...]:
         f"search.arch_optimizer.lr={o.lr}",
         f"search.arch_optimizer.weight_decay={o.weight_decay}",
         f"search.arch_optimizer.betas=[{o.betas[0]}, {o.betas[1]}]",
-        f"search.arch_start_epoch={search.arch_start_epoch}",
+        "search.arch_start_epoch="
+        + ("null" if search.arch_start_epoch is None else str(search.arch_start_epoch)),
     )
 
 
