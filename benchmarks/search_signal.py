@@ -92,7 +92,8 @@ def run_seed(campaign: str, root: Path, seed: int, sets: list[str], reuse: bool)
 
 
 def agreement(runs: list[dict], kind: str) -> list[float]:
-    """Share of equal decisions of ``kind`` ('edge' or 'cell') for every pair of seeds."""
+    """Share of equal decisions of ``kind`` ('edge', 'cell'; '' = all) for every pair of
+    seeds."""
     out = []
     for a, b in itertools.combinations(runs, 2):
         keys = [k for k in a["decisions"] if f"/{kind}" in k]
@@ -154,7 +155,7 @@ def main() -> None:
     sources = [len(set(s)) for _, _, s in cell_sources(space) if len(set(s)) > 1]
     chance_ops = 1 / nonzero
     chance_cells = statistics.fmean(1 / n for n in sources) if sources else float("nan")
-    ops, cells = agreement(runs, "edge"), agreement(runs, "cell")
+    ops, cells, every = agreement(runs, "edge"), agreement(runs, "cell"), agreement(runs, "")
     summary = {
         "campaign": args.campaign,
         "overrides": args.sets,
@@ -169,6 +170,7 @@ def main() -> None:
         "wall_s": [r["wall_s"] for r in runs],
         "agree_ops": ops,
         "agree_cells": cells,
+        "agree_all": every,
         "chance_ops": chance_ops,
         "chance_cells": chance_cells,
         "decisions": {r["seed"]: r["decisions"] for r in runs},
@@ -178,6 +180,7 @@ def main() -> None:
         print(f"{key:>20}: {spread(summary[key])}")
     print(f"{'agree ops':>20}: {spread(ops)}  chance {chance_ops:.3f}")
     print(f"{'agree cells':>20}: {spread(cells)}  chance {chance_cells:.3f}")
+    print(f"{'agree all decisions':>20}: {spread(every)}")
     print(json.dumps(summary, sort_keys=True))
 
 
