@@ -355,10 +355,11 @@ class SearchSpec:
     # batch = workers × micro_batch × accumulation: when the worker count changes (elastic
     # training), accumulation absorbs it and alpha/beta see the same effective batch.
     weight_optimizer: OptimSpec = field(default_factory=OptimSpec)
-    # lr 0.03 as the reference's arch_lr, but no weight decay: coupled L2 holds α/β at
-    # α* ≈ −ḡ/wd, and with the reference's 1e-2 they never leave uniform at small scale
-    # (benchmarks/RESULTS.md "Search signal"; the reference's settings: search/presets.py)
-    arch_optimizer: OptimSpec = field(default_factory=lambda: OptimSpec(lr=3e-2, weight_decay=0.0))
+    # no weight decay: coupled L2 holds α/β at α* ≈ −ḡ/wd, and with the reference's 1e-2 they
+    # never leave uniform at small scale; lr 0.05 (reference 0.03, which left one coco-p3
+    # quickstart seed at α entropy drop 0.045) (benchmarks/RESULTS.md "Search signal"; the
+    # reference's settings: search/presets.py)
+    arch_optimizer: OptimSpec = field(default_factory=lambda: OptimSpec(lr=5e-2, weight_decay=0.0))
     lr_schedule: ScheduleSpec = field(default_factory=ScheduleSpec)
     temperature: TemperatureSpec = field(default_factory=TemperatureSpec)
     search_alpha: bool = True  # False really freezes alpha (not in any optimizer)

@@ -10,7 +10,7 @@ entropy drops stay below 0.001 and no decision has a margin ≥ 0.05 (3 seeds; b
 "Search signal"). The coupled decay adds wd·α to the gradient, so α stops at α* ≈ −ḡ/wd, a
 few hundredths for the small mean gradients ḡ of a short search.
 
-``default``: ``SearchSpec``'s own defaults (Adam lr 0.03 without weight decay, a weight-only
+``default``: ``SearchSpec``'s own defaults (Adam lr 0.05 without weight decay, a weight-only
 warm-up of epochs // 6 epochs), spelled out, e.g. to undo a campaign file's arch optimizer.
 
 The same settings written in a campaign YAML::
