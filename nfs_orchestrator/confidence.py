@@ -20,7 +20,7 @@ A decision counts when its margin ≥ ``DECIDED_MARGIN`` = 0.05. Why 0.05: with 
 arch optimizer (Adam lr 0.03, coupled weight decay 1e-2) on the quickstart, α/β stay at their
 uniform start and what decides is noise; over 3 seeds the largest final margins were 0.014 (α)
 and 0.010 (β) (benchmarks/RESULTS.md, "Search signal"). 0.05 is 3.5× that noise ceiling; the
-defaults that search give median margins of 0.13-0.35 on the same runs.
+settings without weight decay gave median margins of 0.09-0.35 on the same trials.
 
 A genotype is *undecided* when fewer than half of its decisions count (``is_undecided``); a
 campaign must not promote such a genotype silently.
