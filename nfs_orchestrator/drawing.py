@@ -3,7 +3,9 @@
 ``draw_genotype`` draws one panel per part: the fabric as a scale × depth grid (stride 4 on top,
 the backbone pyramid as the first column), every cell of the space as a faint circle, the kept
 cells solid with their ops, and each kept input as an arrow coloured by its slot (parallel,
-above = from the finer row, below = from the coarser row). ``draw_arch_trajectory`` plots
+above = from the finer row, below = from the coarser row). A kept cell whose op or input
+decision is undecided (margin below ``confidence.DECIDED_MARGIN``) is drawn grey with dashed
+arrows and a "?" (``confidence.undecided_cells``). ``draw_arch_trajectory`` plots
 softmax(α) per op and the mean softmax(β) per slot over epochs, one row per part.
 What this is not: the networks; it reads genotypes and the geometry only (no torch modules).
 """
@@ -18,6 +20,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from nfs_orchestrator.confidence import undecided_cells  # noqa: E402
 from nfs_orchestrator.genotype import Genotype  # noqa: E402
 from nfs_orchestrator.geometry import SLOTS, fabric_sites  # noqa: E402
 
@@ -50,6 +53,7 @@ def draw_genotype(genotype: Genotype, path: str | Path) -> Path:
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
     for ax in axes.flat[n_parts:]:
         ax.axis("off")
+    weak = undecided_cells(genotype) if genotype.confidence or genotype.arch_weights else set()
     for ax, part in zip(axes.flat, genotype.parts):
         kept = {(c.scale, c.depth): c for c in part.cells}
         for lvl, stride in enumerate(space.scales):  # the backbone pyramid column
@@ -59,17 +63,22 @@ def draw_genotype(genotype: Genotype, path: str | Path) -> Path:
             ax.scatter(depth, scale, s=420, color="white", edgecolor="#cccccc", zorder=1)
         for (scale, depth), cell in kept.items():
             site = sites[(scale, depth)]
+            unsure = (part.name, scale, depth) in weak
             for slot in cell.inputs:
                 src = site.sources[SLOTS.index(slot)]
+                arrow = {"arrowstyle": "->", "color": SLOT_COLORS[slot], "lw": 1.6}
+                if unsure:
+                    arrow.update(linestyle="--", alpha=0.6)
                 ax.annotate(
                     "",
                     xy=(depth - 0.17, scale),
                     xytext=(depth - 0.83, src),
-                    arrowprops={"arrowstyle": "->", "color": SLOT_COLORS[slot], "lw": 1.6},
+                    arrowprops=arrow,
                     zorder=2,
                 )
-            ax.scatter(depth, scale, s=420, color="#fdd49e", edgecolor="#e6550d", zorder=3)
-            label = "\n".join(OP_SHORT.get(op, op) for op in cell.ops)
+            face, edge = ("#dddddd", "#888888") if unsure else ("#fdd49e", "#e6550d")
+            ax.scatter(depth, scale, s=420, color=face, edgecolor=edge, zorder=3)
+            label = "\n".join(OP_SHORT.get(op, op) for op in cell.ops) + ("?" if unsure else "")
             ax.text(depth, scale, label, ha="center", va="center", fontsize=7, zorder=4)
         last = layers[-1][0]
         ax.annotate(
@@ -90,7 +99,11 @@ def draw_genotype(genotype: Genotype, path: str | Path) -> Path:
         ax.set_yticklabels([f"stride {s}" for s in space.scales], fontsize=7)
         ax.set_xlabel("depth", fontsize=8)
     handles = [plt.Line2D([], [], color=c, lw=2, label=s) for s, c in SLOT_COLORS.items()]
-    fig.legend(handles=handles, loc="lower center", fontsize=8, title="kept input", ncol=3)
+    if weak:
+        handles.append(plt.Line2D([], [], color="#888888", lw=2, ls="--", label="undecided (?)"))
+    fig.legend(
+        handles=handles, loc="lower center", fontsize=8, title="kept input", ncol=len(handles)
+    )
     size = ""
     if genotype.macs is not None:
         size = f" — {genotype.params / 1e6:.2f}M params, {human(genotype.macs)}MACs"

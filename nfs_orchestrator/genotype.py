@@ -11,8 +11,9 @@ Derivation rule (recorded in every genotype as ``rule``; PoseNFS has none, see P
 
 ``Genotype`` is a frozen value with ``schema_version``, canonical JSON (sorted keys) and a sha256
 ``fingerprint`` over its identity fields only (space, grouping, backbone, rule, parts): the
-softmax weights at derivation time and the measured size are kept beside them but never change
-the fingerprint. Reading an unknown schema version or a malformed file is a ``SpecError``.
+softmax weights at derivation time, the measured size and (version 2) the ``confidence`` record
+(confidence.py) are kept beside them but never change the fingerprint; version 1 files still load
+and keep their fingerprint. An unknown schema version or a malformed file is a ``SpecError``.
 
 What this is not: a network. ``derive_genotype`` reads α/β tensors and the fabric geometry
 (``geometry.py``) and imports nothing under ``nn/``; the size of the derived network
@@ -37,8 +38,10 @@ from nfs_orchestrator.keypoints import PartGrouping
 from nfs_orchestrator.specs import DerivationRule, FabricSpace
 from nfs_orchestrator.strict import canonical_json, fingerprint, from_mapping, to_plain
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2 adds the optional ``confidence`` record (confidence.py)
+READABLE_VERSIONS = (1, 2)  # version 1 files (no confidence) still load
 IDENTITY_FIELDS = ("schema_version", "space", "grouping", "backbone", "rule", "parts")
+IDENTITY_VERSION = 1  # the identity fields have not changed since version 1: same fingerprint
 
 
 @dataclass(frozen=True)
@@ -70,12 +73,13 @@ class Genotype:
     params: int | None = None  # of the derived network (backbone included)
     macs: int | None = None
     arch_weights: dict[str, Any] = field(default_factory=dict)  # softmax α/β per part, rounded
+    confidence: dict[str, Any] | None = None  # margins and summary (confidence.py); v2 only
 
     def __post_init__(self) -> None:
-        if self.schema_version != SCHEMA_VERSION:
+        if self.schema_version not in READABLE_VERSIONS:
             raise SpecError(
                 f"genotype schema_version {self.schema_version} is not supported "
-                f"(this posenfs reads {SCHEMA_VERSION})"
+                f"(this posenfs reads {list(READABLE_VERSIONS)})"
             )
         names = [p.name for p in self.parts]
         if names != [p.name for p in self.grouping.parts]:
@@ -102,7 +106,7 @@ class Genotype:
 
     def identity(self) -> dict[str, Any]:
         body = to_plain(self)
-        return {k: body[k] for k in IDENTITY_FIELDS}
+        return {**{k: body[k] for k in IDENTITY_FIELDS}, "schema_version": IDENTITY_VERSION}
 
     def fingerprint(self) -> str:
         """sha256 of the canonical JSON of the identity fields."""
@@ -123,10 +127,10 @@ class Genotype:
         if not isinstance(data, dict):
             raise SpecError(f"{source}: expected a JSON object")
         version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
+        if version not in READABLE_VERSIONS:
             raise SpecError(
                 f"{source}: genotype schema_version {version!r} is not supported "
-                f"(this posenfs reads {SCHEMA_VERSION})"
+                f"(this posenfs reads {list(READABLE_VERSIONS)})"
             )
         stored = data.pop("fingerprint", None)
         try:
@@ -157,8 +161,11 @@ def derive_genotype(
     arch: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
     *,
     backbone: str = "",
+    temperature: float = 1.0,
 ) -> Genotype:
-    """The genotype that α/β derive by the space's derivation rule (module doc).
+    """The genotype that α/β derive by the space's derivation rule (module doc). Weights are
+    softmax(α/T), softmax(β/T) at the ``temperature`` T the supernet mixes with (the
+    ``threshold`` input rule depends on it).
 
     Args:
         arch: per part name of ``grouping``, its (α, β): α (k, |O|) shared by the part's cells
@@ -167,14 +174,15 @@ def derive_genotype(
     whoever builds the derived network measures it (``Genotype.with_size``).
     """
     rule = space.derivation
+    t = float(temperature)
     layers = fabric_sites(space)
     sites = [s for layer in layers for s in layer]
     parts, weights = [], {}
     for part in grouping.parts:
         raw_alpha, raw_beta = arch[part.name]
         with torch.no_grad():
-            alpha = torch.softmax(raw_alpha.detach().float().cpu(), dim=-1)
-            beta = torch.softmax(raw_beta.detach().float().cpu(), dim=-1)
+            alpha = torch.softmax(raw_alpha.detach().float().cpu() / t, dim=-1)
+            beta = torch.softmax(raw_beta.detach().float().cpu() / t, dim=-1)
         chosen: dict[tuple[int, int], tuple[tuple[str, ...], tuple[str, ...]]] = {}
         for index, site in enumerate(sites):
             a = alpha if alpha.dim() == 2 else alpha[index]  # (k, |O|)

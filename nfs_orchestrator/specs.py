@@ -179,6 +179,9 @@ class SyntheticSpec(Spec):
     val_images: int = 32
     image_size: tuple[int, int] = (128, 128)  # (W, H) of generated images
     seed: int = 0
+    # "context_detail": lower-limb keypoints located by context only, head ones by local detail
+    # only (data/synthetic.py), so a part-specific search has a planted preference to find
+    planted: Literal["none", "context_detail"] = "none"
 
 
 @dataclass(frozen=True)
@@ -332,16 +335,20 @@ class SearchSpec(Spec):
     # batch = workers × micro_batch × accumulation: when the worker count changes (elastic
     # training), accumulation absorbs it and alpha/beta see the same effective batch.
     weight_optimizer: OptimSpec = field(default_factory=OptimSpec)
-    arch_optimizer: OptimSpec = field(
-        default_factory=lambda: OptimSpec(lr=3e-2, weight_decay=1e-2)  # reference arch_lr/wd
-    )
+    # no weight decay: coupled L2 holds α/β at α* ≈ −ḡ/wd, and with the reference's 1e-2 they
+    # never leave uniform at small scale; lr 0.05 (reference 0.03, which left one coco-p3
+    # quickstart seed at α entropy drop 0.045) (benchmarks/RESULTS.md "Search signal"; the
+    # reference's settings: search/presets.py)
+    arch_optimizer: OptimSpec = field(default_factory=lambda: OptimSpec(lr=5e-2, weight_decay=0.0))
     lr_schedule: ScheduleSpec = field(default_factory=ScheduleSpec)
     temperature: TemperatureSpec = field(default_factory=TemperatureSpec)
     search_alpha: bool = True  # False really freezes alpha (not in any optimizer)
     search_beta: bool = True
-    arch_start_epoch: int = 0  # epochs of weight-only warm-up before alpha/beta move
+    arch_start_epoch: int | None = None  # weight-only warm-up epochs; None: epochs // 6
     split: tuple[int, int] = (2, 1)  # weight : arch images in first/second order modes
-    steps_per_epoch: int | None = None  # cap for smoke runs; None = one pass over the data
+    # weight steps per epoch, exactly, in every mode (passes over the weight split repeat,
+    # reshuffled; first/second order take one α/β step per weight step); None = one pass
+    steps_per_epoch: int | None = None
     val_every: int = 1  # validate every N epochs (and always at the last)
     loader_workers: int = 0
     random_arch_seed: int = 2  # seed of the 'random' baseline's alpha/beta draw (reference: 2)
@@ -358,8 +365,17 @@ class SearchSpec(Spec):
             raise SpecError("micro_batch must be in [1, batch_size] or null")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             raise SpecError("steps_per_epoch must be ≥ 1 or null")
-        if not 0 <= self.arch_start_epoch <= self.epochs:
-            raise SpecError("arch_start_epoch must be in [0, epochs]")
+        if self.arch_start_epoch is not None and not 0 <= self.arch_start_epoch <= self.epochs:
+            raise SpecError("arch_start_epoch must be in [0, epochs] or null")
+
+    @property
+    def arch_start(self) -> int:
+        """The first epoch whose steps move alpha/beta: ``arch_start_epoch``, or epochs // 6
+        when null (2 of 12: the weights first learn enough for the α/β gradient to carry
+        signal, and Adam's second moment does not start from the first, largest gradients)."""
+        if self.arch_start_epoch is not None:
+            return self.arch_start_epoch
+        return self.epochs // 6
 
     @property
     def searches_arch(self) -> bool:

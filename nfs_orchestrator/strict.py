@@ -55,6 +55,10 @@ def suggest(word: str, choices: typing.Iterable[str]) -> str:
 def from_mapping(cls: type[T], data: Any, path: str = "") -> T:
     """Builds the frozen dataclass ``cls`` from ``data``, strictly.
 
+    A mapping that gives only some keys of a nested spec merges into that field's default:
+    ``search: {arch_optimizer: {lr: 0.01}}`` keeps ``SearchSpec``'s default arch weight decay
+    (not ``OptimSpec``'s), so ``--set search.arch_optimizer.lr=0.01`` changes the lr only.
+
     Args:
         cls: a dataclass type whose fields carry type hints.
         data: a mapping (usually from YAML or JSON).
@@ -63,7 +67,9 @@ def from_mapping(cls: type[T], data: Any, path: str = "") -> T:
     return _convert(cls, data, path)
 
 
-def _convert(tp: Any, value: Any, path: str) -> Any:
+def _convert(tp: Any, value: Any, path: str, base: Any = None) -> Any:
+    """``base``: for a dataclass ``tp``, the instance a partial mapping is merged into (the
+    field's default); keys the mapping leaves out keep ``base``'s values, not ``tp``'s defaults."""
     where = path or "<top>"
     origin = get_origin(tp)
     if tp is Any:
@@ -82,7 +88,10 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
         kwargs = {}
         for name, f in fields.items():
             if name in value:
-                kwargs[name] = _convert(hints[name], value[name], _join(path, name))
+                inner = getattr(base, name) if isinstance(base, tp) else _default_of(f)
+                kwargs[name] = _convert(hints[name], value[name], _join(path, name), inner)
+            elif isinstance(base, tp):
+                kwargs[name] = getattr(base, name)
             elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise SpecError(f"{_join(path, name)}: required key is missing")
         try:
@@ -99,7 +108,7 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _convert(arg, value, path)
+                return _convert(arg, value, path, base)
             except SpecError as e:
                 errors.append(str(e))
         raise SpecError(errors[0] if len(errors) == 1 else f"{where}: unexpected value {value!r}")
@@ -193,6 +202,18 @@ def replace_path(spec: T, dotted: str, value: Any, path: str = "") -> T:
         return dataclasses.replace(spec, **{head: new})
     except SpecError as e:
         raise SpecError(f"{path or '<top>'}: {e}") from None
+
+
+def _default_of(f: dataclasses.Field) -> Any:
+    """A field's default when it is a dataclass instance (the base a partial mapping such as
+    ``{lr: 0.01}`` for ``search.arch_optimizer`` merges into), else None."""
+    if f.default is not dataclasses.MISSING:
+        default = f.default
+    elif f.default_factory is not dataclasses.MISSING:
+        default = f.default_factory()
+    else:
+        return None
+    return default if dataclasses.is_dataclass(default) else None
 
 
 def to_plain(obj: Any) -> Any:

@@ -192,7 +192,10 @@ def synthetic_root(spec: DataSpec) -> Path:
     """Folder of the synthetic set of ``spec``: one per generator setting under ``spec.root``."""
     s = spec.synthetic
     w, h = s.image_size
-    return Path(spec.root) / f"synthetic-{w}x{h}-{s.train_images}-{s.val_images}-seed{s.seed}"
+    planted = "" if s.planted == "none" else f"-{s.planted}"
+    return Path(spec.root) / (
+        f"synthetic-{w}x{h}-{s.train_images}-{s.val_images}-seed{s.seed}{planted}"
+    )
 
 
 def _sources(spec: DataSpec, schema: KeypointSchema, split: str) -> tuple[Path, Path]:
@@ -206,6 +209,7 @@ def _sources(spec: DataSpec, schema: KeypointSchema, split: str) -> tuple[Path, 
             image_size=s.image_size,
             seed=s.seed,
             schema=schema,
+            planted=s.planted,
         )
         return root / "annotations" / f"person_keypoints_{split}.json", root / split
     ann = spec.train_annotations if split == "train" else spec.val_annotations

@@ -16,6 +16,13 @@ so ``left_*`` lies on the image-right side of the body axis). A mirrored image w
 labels obeys the same rule. About 6 % of in-image keypoints are covered by an occluder patch
 and labelled v = 1; keypoints outside the image are v = 0 with (0, 0).
 
+Planted structure (``planted="context_detail"``), so that a part-specific search has something
+to find: the lower-limb keypoints (hips, knees, ankles) get no blob, so only the figure's
+geometry (where a leg line ends or bends, relative to the torso) locates them: long-range
+context. The head keypoints keep their blobs but lose the head disc and the neck line, and the
+face blobs are small: only local detail locates them. The other keypoints are drawn as usual.
+A search that sees this should give the lower-limb fabric coarser inputs than the head fabric.
+
 Writing is idempotent and atomic: the set is generated into a temporary sibling folder and
 renamed onto ``root``; a second call (or a process that lost the race) finds ``root`` with the
 same settings and leaves it alone. Same seed → same bytes.
@@ -37,6 +44,9 @@ from nfs_orchestrator.errors import InputError, SpecError
 from nfs_orchestrator.keypoints import KeypointSchema
 
 GENERATOR_VERSION = 1
+PLANTED = ("none", "context_detail")  # see the module docstring
+CONTEXT_ONLY = ("hip", "knee", "ankle")  # planted: no blob, located by the figure's geometry
+DETAIL_ONLY = ("nose", "eye", "ear")  # planted: a blob without head disc or neck line
 MANIFEST = "synthetic.json"
 VAL_ID_OFFSET = 100_000
 JPEG_QUALITY = 92
@@ -114,7 +124,7 @@ def _background(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
 
 def _draw_figure(
     img: np.ndarray, pts: np.ndarray, names: tuple[str, ...], height_px: float,
-    rng: np.random.Generator,
+    rng: np.random.Generator, planted: str = "none",
 ) -> np.ndarray:  # fmt: skip
     """Draws one figure with keypoints ``pts`` (K, 2) image px; returns visibility v (K,)."""
     h, w = img.shape[:2]
@@ -130,10 +140,11 @@ def _draw_figure(
     cv2.fillPoly(img, [np.round(torso * 16).astype(np.int32)], body, cv2.LINE_AA, shift=4)
     for a, b in _LIMBS:
         cv2.line(img, fix(pts[idx[a]]), fix(pts[idx[b]]), body, thick, cv2.LINE_AA, shift=4)
-    neck = 0.5 * (pts[idx["left_shoulder"]] + pts[idx["right_shoulder"]])
-    cv2.line(img, fix(neck), fix(pts[idx["nose"]]), body, thick, cv2.LINE_AA, shift=4)
-    head_r = 0.065 * height_px
-    cv2.circle(img, fix(pts[idx["nose"]]), int(head_r * 16), body, -1, cv2.LINE_AA, shift=4)
+    if planted != "context_detail":  # planted: the face has no context around its blobs
+        neck = 0.5 * (pts[idx["left_shoulder"]] + pts[idx["right_shoulder"]])
+        cv2.line(img, fix(neck), fix(pts[idx["nose"]]), body, thick, cv2.LINE_AA, shift=4)
+        head_r = 0.065 * height_px
+        cv2.circle(img, fix(pts[idx["nose"]]), int(head_r * 16), body, -1, cv2.LINE_AA, shift=4)
 
     vis = np.zeros(len(names))
     for i, name in enumerate(names):
@@ -144,8 +155,10 @@ def _draw_figure(
         face = group in ("nose", "eye", "ear")
         r = max(1.0, (0.016 if face else 0.028) * height_px)
         rgb = _COLORS[group]
-        cv2.circle(img, fix(pts[i]), int(r * 16), rgb[::-1], -1, cv2.LINE_AA, shift=4)
         vis[i] = 2
+        if planted == "context_detail" and group in CONTEXT_ONLY:
+            continue  # labelled, but nothing marks the spot: the legs' geometry must
+        cv2.circle(img, fix(pts[i]), int(r * 16), rgb[::-1], -1, cv2.LINE_AA, shift=4)
         if rng.random() < OCCLUDED_PROB:
             half = 1.4 * r + 1
             color = tuple(float(c) for c in rng.uniform(60, 180, size=3))
@@ -157,7 +170,7 @@ def _draw_figure(
 
 
 def _make_image(
-    rng: np.random.Generator, size: tuple[int, int], names: tuple[str, ...]
+    rng: np.random.Generator, size: tuple[int, int], names: tuple[str, ...], planted: str = "none"
 ) -> tuple[np.ndarray, list[dict]]:
     """One BGR image and its person annotations (without ids)."""
     w, h = size
@@ -178,7 +191,7 @@ def _make_image(
             )
             if inside.sum() >= 6:
                 break
-        vis = _draw_figure(img, pts, names, height_px, rng)
+        vis = _draw_figure(img, pts, names, height_px, rng, planted)
         if not vis.any():
             continue
         people.append(_annotation(pts, vis, height_px, w, h))
@@ -211,7 +224,7 @@ def _annotation(pts: np.ndarray, vis: np.ndarray, height_px: float, w: int, h: i
 
 def _write_split(
     folder: Path, split: str, n: int, first_id: int, size: tuple[int, int], seed: int,
-    names: tuple[str, ...],
+    names: tuple[str, ...], planted: str = "none",
 ) -> dict:  # fmt: skip
     (folder / split).mkdir(parents=True)
     images, annotations = [], []
@@ -219,7 +232,7 @@ def _write_split(
     for i in range(n):
         image_id = first_id + i
         rng = np.random.default_rng([seed, split_code, i])
-        img, people = _make_image(rng, size, names)
+        img, people = _make_image(rng, size, names, planted)
         name = f"{image_id:012d}.jpg"
         ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
         if not ok:
@@ -245,8 +258,10 @@ def _write_split(
     }
 
 
-def _manifest(train: int, val: int, size: tuple[int, int], seed: int, schema: str) -> dict:
-    return {
+def _manifest(
+    train: int, val: int, size: tuple[int, int], seed: int, schema: str, planted: str = "none"
+) -> dict:
+    out = {
         "generator_version": GENERATOR_VERSION,
         "train_images": train,
         "val_images": val,
@@ -254,6 +269,9 @@ def _manifest(train: int, val: int, size: tuple[int, int], seed: int, schema: st
         "seed": seed,
         "schema": schema,
     }
+    if planted != "none":  # sets written before the option keep their manifest
+        out["planted"] = planted
+    return out
 
 
 def _read_manifest(root: Path) -> dict | None:
@@ -271,6 +289,7 @@ def write_synthetic_coco(
     image_size: tuple[int, int],
     seed: int,
     schema: KeypointSchema,
+    planted: str = "none",
 ) -> Path:
     """Writes the synthetic set under ``root`` (layout in the module docstring) unless it is
     already there with the same settings; returns ``root``. ``image_size`` is (W, H).
@@ -284,7 +303,9 @@ def write_synthetic_coco(
         raise SpecError("synthetic: train_images and val_images must be ≥ 1, image sides ≥ 32")
     root = Path(root)
     size = (int(image_size[0]), int(image_size[1]))
-    want = _manifest(train_images, val_images, size, seed, schema.name)
+    if planted not in PLANTED:
+        raise SpecError(f"synthetic: planted {planted!r} is not one of {list(PLANTED)}")
+    want = _manifest(train_images, val_images, size, seed, schema.name, planted)
     if _read_manifest(root) == want:
         return root
     if root.exists() and any(root.iterdir()):
@@ -294,7 +315,7 @@ def write_synthetic_coco(
     try:
         (tmp / "annotations").mkdir(parents=True)
         for split, n, first in (("train", train_images, 1), ("val", val_images, VAL_ID_OFFSET + 1)):
-            data = _write_split(tmp, split, n, first, size, seed, schema.keypoints)
+            data = _write_split(tmp, split, n, first, size, seed, schema.keypoints, planted)
             (tmp / "annotations" / f"person_keypoints_{split}.json").write_text(json.dumps(data))
         (tmp / MANIFEST).write_text(json.dumps(want, indent=1))  # written last: "complete"
         try:

@@ -110,7 +110,9 @@ class PoseSupernet(nn.Module):
         """The discrete architecture these α/β derive (see ``genotype.derive_genotype``); with
         ``input_size``, its derived network is built and measured (params, MACs) at that size."""
         arch = {name: (fabric.alpha, fabric.beta) for name, fabric in self.parts.items()}
-        genotype = derive_genotype(self.space, self.grouping, arch, backbone=backbone)
+        genotype = derive_genotype(
+            self.space, self.grouping, arch, backbone=backbone, temperature=self.temperature
+        )
         if input_size is not None:
             from nfs_orchestrator.nn.counting import measure_genotype
 

@@ -26,13 +26,13 @@ from pathlib import Path
 
 import torch
 
+from nfs_orchestrator.confidence import confidence_metrics, with_confidence
 from nfs_orchestrator.errors import SpecError
 from nfs_orchestrator.genotype import Genotype
 from nfs_orchestrator.hardware import choose_execution, detect, prepare_model
 from nfs_orchestrator.loop_utils import (
     batch_plan,
     cycle_batches,
-    epoch_batches,
     make_optimizer,
     mean,
     seed_everything,
@@ -45,6 +45,7 @@ from nfs_orchestrator.part_metrics import genotype_part_metrics
 from nfs_orchestrator.runtime import Runtime
 from nfs_orchestrator.search import bilevel
 from nfs_orchestrator.search.schedules import lr_factor, temperature
+from nfs_orchestrator.search.steps import epoch_steps
 from nfs_orchestrator.specs import PARAMETER_FREE_OPS, SearchSpec, TrialSpec
 
 STATE_FILE = "state.pt"
@@ -108,12 +109,12 @@ def run_search(trial: TrialSpec, runtime: Runtime) -> dict[str, float]:
         seed_everything(trial.seed * 100_003 + epoch)
         set_lr(w_opt, search.weight_optimizer.lr * lr_factor(search.lr_schedule, progress))
         model.temperature = temperature(search.temperature, progress)
-        arch_active = a_opt is not None and epoch >= search.arch_start_epoch
+        arch_active = a_opt is not None and epoch >= search.arch_start
         eta = w_opt.param_groups[0]["lr"]
 
         model.train()
         workers = search.loader_workers
-        w_batches = epoch_batches(
+        w_batches = epoch_steps(  # exactly steps_per_epoch steps, in every mode
             train_set,
             weight_idx,
             micro,
@@ -168,7 +169,9 @@ def run_search(trial: TrialSpec, runtime: Runtime) -> dict[str, float]:
             else None
         )
         history.append(arch_snapshot(model))
+        genotype = with_confidence(genotype, history, model.temperature)  # every rank alike
         metrics.update(arch_metrics(model, genotype))
+        metrics.update(confidence_metrics(genotype))
         metrics.update(
             genotype_part_metrics(genotype, trial.data.input_size, model.backbone.channels)
         )
@@ -222,12 +225,14 @@ def init_arch(model: PoseSupernet, search: SearchSpec) -> None:
 
 
 def arch_snapshot(model: PoseSupernet) -> dict[str, dict[str, list[list[float]]]]:
-    """softmax(α), softmax(β) per part, for the trajectory plot and the checkpoint."""
+    """softmax(α/T), softmax(β/T) per part at the temperature T in use, for the trajectory plot,
+    the checkpoint and the decisions of each epoch (confidence.flip_share)."""
     snap = {}
+    t = model.temperature
     with torch.no_grad():
         for name, fabric in model.parts.items():
-            a = torch.softmax(fabric.alpha.float().cpu(), -1)
-            b = torch.softmax(fabric.beta.float().cpu(), -1)
+            a = torch.softmax(fabric.alpha.float().cpu() / t, -1)
+            b = torch.softmax(fabric.beta.float().cpu() / t, -1)
             snap[name] = {
                 "alpha": a.reshape(-1, a.shape[-1]).tolist(),
                 "beta": b.tolist(),
@@ -236,13 +241,14 @@ def arch_snapshot(model: PoseSupernet) -> dict[str, dict[str, list[list[float]]]
 
 
 def arch_metrics(model: PoseSupernet, genotype: Genotype) -> dict[str, float]:
-    """α/β entropies (nats, mean over edges/cells), share of parameter-free ops in the genotype,
-    and the derived network's size."""
+    """α/β entropies (nats, mean over edges/cells) at the temperature in use, share of
+    parameter-free ops in the genotype, and the derived network's size."""
     alpha_h, beta_h = [], []
+    t = model.temperature
     with torch.no_grad():
         for fabric in model.parts.values():
-            a = torch.softmax(fabric.alpha.float(), -1)
-            b = torch.softmax(fabric.beta.float(), -1)
+            a = torch.softmax(fabric.alpha.float() / t, -1)
+            b = torch.softmax(fabric.beta.float() / t, -1)
             alpha_h.append(float(-(a * a.clamp_min(1e-12).log()).sum(-1).mean()))
             beta_h.append(float(-(b * b.clamp_min(1e-12).log()).sum(-1).mean()))
     ops = [op for part in genotype.parts for cell in part.cells for op in cell.ops]

@@ -1,0 +1,188 @@
+"""Benchmark: does the inner search search? α/β signal of the quickstart's trial over seeds.
+
+Builds the quickstart campaign's base trial (``experiments/quickstart.yaml``,
+``load_campaign(...).trial({})``) with the data under ``--root`` and any ``--set`` overrides,
+runs it in this process with ``LocalRuntime`` (one thread, one seed after another) for each
+``--seeds`` value (the trial seed: initial weights, split and batch order; the data stay the
+same), and prints per seed
+
+- the entropy drop of α and β (1 − H/ln n, mean over rows; 0 = still uniform),
+- the median decision margin and the share of decisions with margin ≥ the threshold
+  (``confidence.DECIDED_MARGIN``), from the genotype's confidence record,
+- the share of decisions that flipped over the last half of the epochs,
+
+then the agreement of decisions between every pair of seeds (the op of each edge; the input
+source kept by each cell) with its chance level (1 / number of non-zero ops for ops; the mean of
+1 / number of distinct input sources for cells). With several parts it also prints each part's
+``confidence.coarseness`` (how far toward coarser rows its cells read; for planted data). The
+hardware comes first, one JSON line last.
+
+    python benchmarks/search_signal.py --seeds 0 1 2
+    python benchmarks/search_signal.py --seeds 0 1 --preset reference
+    python benchmarks/search_signal.py --seeds 0 1 --set grouping=groupings/coco-p3
+
+This measures; it asserts nothing. ``benchmarks/RESULTS.md`` ("Search signal") records figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import itertools
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from nfs_orchestrator.confidence import (  # noqa: E402
+    cell_sources,
+    coarseness,
+    decisions,
+    with_confidence,
+)
+from nfs_orchestrator.genotype import read_genotype  # noqa: E402
+from nfs_orchestrator.hardware import detect  # noqa: E402
+from nfs_orchestrator.runtime import LocalRuntime  # noqa: E402
+from nfs_orchestrator.search.loop import STATE_FILE, run_search  # noqa: E402
+from nfs_orchestrator.search.presets import arch_preset  # noqa: E402
+from nfs_orchestrator.specs import load_campaign  # noqa: E402
+
+
+def run_seed(campaign: str, root: Path, seed: int, sets: list[str], reuse: bool) -> dict:
+    overrides = (f"data.root={root / 'data'}", f"seed={seed}", *sets)
+    trial = load_campaign(campaign, overrides).trial({})
+    tag = hashlib.sha256(json.dumps(sets).encode()).hexdigest()[:8]
+    run_dir = root / f"seed{seed}-{tag}"
+    done = run_dir / "metrics.jsonl"
+    if reuse and done.is_file():  # analyse a finished run again (same settings, same folder)
+        rows = [json.loads(line) for line in done.read_text().splitlines()]
+        metrics, wall = rows[-1], float("nan")
+    else:
+        shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run, never a resumed one
+        started = time.monotonic()
+        metrics = run_search(trial, LocalRuntime(run_dir, verbose=False))
+        wall = time.monotonic() - started
+    genotype = read_genotype(run_dir / "artifacts" / "genotype.json")
+    state = torch.load(LocalRuntime(run_dir).latest_checkpoint() / STATE_FILE, weights_only=True)
+    last = state["history"][-1]
+    genotype = with_confidence(genotype, state["history"], genotype.confidence["temperature"])
+    c = genotype.confidence  # recomputed: a reused run is judged by the current rules
+    return {
+        "seed": seed,
+        "wall_s": round(wall, 1),
+        "val_ap": metrics.get("val_ap"),
+        "alpha_entropy_drop": c["alpha_entropy_drop"],
+        "beta_entropy_drop": c["beta_entropy_drop"],
+        "margin_median": c["margin_median"],
+        "decided_share": c["decided_share"],
+        "flip_share": c["flip_share"],
+        "undecided": c["undecided"],
+        "decisions": {k: list(v) for k, v in decisions(trial.fabric, last).items()},
+        "coarseness": {k: round(v, 4) for k, v in coarseness(trial.fabric, last).items()},
+        "space": trial.fabric,
+    }
+
+
+def agreement(runs: list[dict], kind: str) -> list[float]:
+    """Share of equal decisions of ``kind`` ('edge', 'cell'; '' = all) for every pair of
+    seeds."""
+    out = []
+    for a, b in itertools.combinations(runs, 2):
+        keys = [k for k in a["decisions"] if f"/{kind}" in k]
+        if keys:
+            out.append(sum(a["decisions"][k] == b["decisions"].get(k) for k in keys) / len(keys))
+    return out
+
+
+def spread(values: list[float]) -> str:
+    if not values:
+        return "n/a"
+    m = statistics.fmean(values)
+    lo, hi = min(values), max(values)
+    return f"{m:.3f} (min {lo:.3f}, max {hi:.3f}, n={len(values)})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--campaign", default=str(REPO / "experiments" / "quickstart.yaml"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--preset", default=None, help="an arch preset (search/presets.py) first")
+    parser.add_argument("--root", default=None, help="work folder (default: a temporary one)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="analyse finished runs under --root instead of rerunning",
+    )
+    args = parser.parse_args()
+    if len(args.seeds) < 2:
+        parser.error("--seeds: at least two seeds (agreement needs pairs)")
+    torch.set_num_threads(args.threads)
+    if args.preset:
+        args.sets = [*arch_preset(args.preset), *args.sets]
+    hw = detect("cpu")
+    print(f"hardware: {hw.name}, {hw.usable_cpus} usable CPUs, torch {hw.torch}, "
+          f"{args.threads} thread(s)")  # fmt: skip
+    print(f"campaign: {args.campaign}  overrides: {args.sets or 'none'}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="posenfs-signal-") as tmp:
+        root = Path(args.root) if args.root else Path(tmp)
+        runs = []
+        for seed in args.seeds:
+            r = run_seed(args.campaign, root, seed, args.sets, args.reuse)
+            runs.append(r)
+            print(
+                f"seed {seed}: α entropy drop {r['alpha_entropy_drop']:.4f}  β entropy drop "
+                f"{r['beta_entropy_drop']:.4f}  median margin {r['margin_median']:.4f}  "
+                f"decided {r['decided_share']:.2f}  flips {r['flip_share']:.2f}  "
+                f"val_ap {r['val_ap']:.3f}  ({r['wall_s']:.0f} s)",
+                flush=True,
+            )
+            if len(r["coarseness"]) > 1:  # per part: how far toward coarser rows cells read
+                print(f"  coarseness per part: {r['coarseness']}", flush=True)
+    space = runs[0].pop("space")
+    for r in runs[1:]:
+        r.pop("space")
+    nonzero = sum(op != "zero" for op in space.ops)
+    sources = [len(set(s)) for _, _, s in cell_sources(space) if len(set(s)) > 1]
+    chance_ops = 1 / nonzero
+    chance_cells = statistics.fmean(1 / n for n in sources) if sources else float("nan")
+    ops, cells, every = agreement(runs, "edge"), agreement(runs, "cell"), agreement(runs, "")
+    summary = {
+        "campaign": args.campaign,
+        "overrides": args.sets,
+        "seeds": args.seeds,
+        "hardware": hw.to_dict(),
+        "alpha_entropy_drop": [r["alpha_entropy_drop"] for r in runs],
+        "beta_entropy_drop": [r["beta_entropy_drop"] for r in runs],
+        "margin_median": [r["margin_median"] for r in runs],
+        "decided_share": [r["decided_share"] for r in runs],
+        "flip_share": [r["flip_share"] for r in runs],
+        "val_ap": [r["val_ap"] for r in runs],
+        "wall_s": [r["wall_s"] for r in runs],
+        "agree_ops": ops,
+        "agree_cells": cells,
+        "agree_all": every,
+        "chance_ops": chance_ops,
+        "chance_cells": chance_cells,
+        "decisions": {r["seed"]: r["decisions"] for r in runs},
+        "coarseness": {r["seed"]: r["coarseness"] for r in runs},
+    }
+    for key in ("alpha_entropy_drop", "beta_entropy_drop", "margin_median", "decided_share"):
+        print(f"{key:>20}: {spread(summary[key])}")
+    print(f"{'agree ops':>20}: {spread(ops)}  chance {chance_ops:.3f}")
+    print(f"{'agree cells':>20}: {spread(cells)}  chance {chance_cells:.3f}")
+    print(f"{'agree all decisions':>20}: {spread(every)}")
+    print(json.dumps(summary, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()

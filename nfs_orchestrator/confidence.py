@@ -1,0 +1,296 @@
+"""How far each decision of a genotype is from a coin toss (DESIGN decision 11).
+
+What this is: pure functions from softmax(α/T), softmax(β/T) (as a genotype's ``arch_weights``
+or a search loop's per-epoch snapshots) to
+
+- per edge: the margin of the chosen op over the runner-up among the non-zero ops (the
+  derivation never picks ``zero``, so ``zero`` is no contender);
+- per cell: the margin of the kept input over the best dropped one, counted per *source* (the
+  map a slot reads): at the top row ``above`` reads the same map as ``parallel`` (at the bottom
+  row ``below`` does). Both slots get the same gradient from the same zero start, so their
+  weights stay equal, and the supernet mixes that map with twice one slot's weight
+  (POSENFS-SPEC §1.3): a 2:1 prior, not something learned. A source's weight here is the mean of
+  its slots' weights, so uniform β has margin 0, as the derivation (per-slot argmax, ties to
+  ``parallel``) sees it. A cell whose slots all read one map makes no decision;
+- a summary: entropy drop of α and β (1 − H/ln n, mean over rows; 0 = uniform, 1 = one-hot),
+  median margin, share of decisions whose margin is at least ``DECIDED_MARGIN``, and the share of
+  decisions that changed over the last half of the epochs (``flip_share``).
+
+A decision counts when its margin ≥ ``DECIDED_MARGIN`` = 0.05. Why 0.05: with the reference
+arch optimizer (Adam lr 0.03, coupled weight decay 1e-2) on the quickstart, α/β stay at their
+uniform start and what decides is noise; over 3 seeds the largest final margins were 0.014 (α)
+and 0.010 (β) (benchmarks/RESULTS.md, "Search signal"). 0.05 is 3.5× that noise ceiling; the
+settings without weight decay gave median margins of 0.09-0.35 on the same trials.
+
+A genotype is *undecided* when fewer than half of its decisions count (``is_undecided``); a
+campaign must not promote such a genotype silently.
+
+What this is not: the derivation (genotype.py) or any module code; nothing here imports nn/.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from nfs_orchestrator.geometry import SLOTS, fabric_sites
+from nfs_orchestrator.specs import FabricSpace
+
+if TYPE_CHECKING:
+    from nfs_orchestrator.genotype import Genotype
+
+DECIDED_MARGIN = 0.05  # see the module docstring for the measured noise it sits above
+UNDECIDED_BELOW = 0.5  # a genotype with a smaller share of decided decisions is undecided
+
+Rows = Sequence[Sequence[float]]
+
+
+def cell_sources(space: FabricSpace) -> list[tuple[int, int, tuple[int, int, int]]]:
+    """(scale, depth, sources of the three slots) of every cell, in β's row order."""
+    return [(s.scale, s.depth, s.sources) for layer in fabric_sites(space) for s in layer]
+
+
+def entropy_drop(rows: Rows) -> float:
+    """1 − H/ln(n), mean over rows of probabilities (0 = uniform, 1 = one-hot)."""
+    drops = []
+    for row in rows:
+        if len(row) < 2:
+            continue
+        h = -sum(p * math.log(p) for p in row if p > 0)
+        drops.append(1.0 - h / math.log(len(row)))
+    return float(sum(drops) / len(drops)) if drops else 0.0
+
+
+def op_decision(row: Sequence[float], ops: Sequence[str]) -> tuple[str, float]:
+    """(chosen op, margin over the runner-up), both among the non-zero ops; ties keep the
+    first listed op (as genotype derivation does)."""
+    cands = [(float(row[i]), -i, op) for i, op in enumerate(ops) if op != "zero"]
+    cands.sort(reverse=True)
+    best = cands[0]
+    second = cands[1][0] if len(cands) > 1 else 0.0
+    return best[2], best[0] - second
+
+
+def source_weights(row: Sequence[float], sources: tuple[int, int, int]) -> dict[int, float]:
+    """softmax(β) per source row, the mean over the slots that read it: {source row: weight}
+    (in slot order: the first key is the parallel slot's source)."""
+    sums: dict[int, list[float]] = {}
+    for slot, src in enumerate(sources):
+        sums.setdefault(src, []).append(float(row[slot]))
+    return {src: sum(ws) / len(ws) for src, ws in sums.items()}
+
+
+def input_decision(
+    row: Sequence[float], sources: tuple[int, int, int], kept: Sequence[str] | None = None
+) -> tuple[tuple[int, ...], float] | None:
+    """(kept source rows, margin of the weakest kept source over the best dropped one) of one
+    cell; ``kept``: the slots a genotype kept (default: the strongest source). None when every
+    slot reads the same map (no decision)."""
+    weights = source_weights(row, sources)
+    if len(weights) < 2:
+        return None
+    if kept is None:
+        order = list(weights)  # slot order: ties keep the earlier slot, as the derivation
+        best = max(order, key=lambda s: (weights[s], -order.index(s)))
+        chosen: tuple[int, ...] = (best,)
+    else:
+        chosen = tuple(sorted({sources[SLOTS.index(slot)] for slot in kept}))
+    dropped = [w for s, w in weights.items() if s not in chosen]
+    low = min(weights[s] for s in chosen)
+    return chosen, low - (max(dropped) if dropped else 0.0)
+
+
+def decisions(space: FabricSpace, weights: dict[str, Any]) -> dict[str, tuple]:
+    """Every decision of one snapshot {part: {"alpha": rows, "beta": rows}}: a dict from
+    ``part/edge<i>`` and ``part/cell(<scale>,<depth>)`` to the chosen op / source rows. Used to
+    compare decisions across epochs (flip_share) and across seeds (benchmarks)."""
+    out: dict[str, tuple] = {}
+    sites = cell_sources(space)
+    for part, w in weights.items():
+        for i, row in enumerate(w["alpha"]):
+            out[f"{part}/edge{i}"] = (op_decision(row, space.ops)[0],)
+        for (scale, depth, sources), row in zip(sites, w["beta"]):
+            d = input_decision(row, sources)
+            if d is not None:
+                out[f"{part}/cell({scale},{depth})"] = d[0]
+    return out
+
+
+def coarseness(space: FabricSpace, weights: dict[str, Any]) -> dict[str, float]:
+    """Per part, how far toward coarser rows its cells read: the mean over cells of
+    Σ_slot softmax(β)_slot · (source row − own row). Uniform β gives the same value for every
+    part; a part that prefers context (coarser inputs) has a larger one."""
+    sites = cell_sources(space)
+    out = {}
+    for part, w in weights.items():
+        per_cell = [
+            sum(float(row[k]) * (sources[k] - scale) for k in range(len(SLOTS)))
+            for (scale, _, sources), row in zip(sites, w["beta"])
+        ]
+        out[part] = sum(per_cell) / len(per_cell)
+    return out
+
+
+def flip_share(space: FabricSpace, history: Sequence[dict[str, Any]]) -> float:
+    """Share of decisions that changed at least once between consecutive epochs of the last
+    half of ``history`` (epochs ⌊n/2⌋ … n−1; 0 with fewer than two epochs in that window)."""
+    window = [decisions(space, h) for h in history[len(history) // 2 :]]
+    if len(window) < 2:
+        return 0.0
+    keys = list(window[-1])
+    flipped = sum(any(a.get(k) != b.get(k) for a, b in zip(window, window[1:])) for k in keys)
+    return flipped / max(1, len(keys))
+
+
+def confidence_of(
+    genotype: Genotype,
+    history: Sequence[dict[str, Any]] = (),
+    temperature: float = 1.0,
+    threshold: float = DECIDED_MARGIN,
+) -> dict[str, Any]:
+    """The confidence record of ``genotype`` from its ``arch_weights`` (softmax at
+    ``temperature``, the one the derivation used) and the search's per-epoch snapshots
+    ``history`` (same layout; for ``flip_share``). Plain JSON-able dict."""
+    space = genotype.space
+    sites = cell_sources(space)
+    margins: list[float] = []
+    alpha_rows: list[list[float]] = []
+    beta_rows: list[list[float]] = []
+    parts: dict[str, Any] = {}
+    for part in genotype.parts:
+        w = genotype.arch_weights.get(part.name)
+        if w is None:
+            continue
+        kept = {(c.scale, c.depth): c.inputs for c in part.cells}
+        edges = []
+        for i, row in enumerate(w["alpha"]):
+            op, m = op_decision(row, space.ops)
+            edges.append({"edge": i, "op": op, "margin": round(m, 6)})
+            margins.append(round(m, 6))  # as stored: the share agrees with the record
+            alpha_rows.append(list(row))
+        cells = []
+        for (scale, depth, sources), row in zip(sites, w["beta"]):
+            beta_rows.append(list(row))
+            d = input_decision(row, sources, kept.get((scale, depth)))
+            if d is None:
+                continue
+            margins.append(round(d[1], 6))
+            cells.append(
+                {
+                    "scale": scale,
+                    "depth": depth,
+                    "in_genotype": (scale, depth) in kept,
+                    "sources": list(d[0]),
+                    "margin": round(d[1], 6),
+                }
+            )
+        parts[part.name] = {"edges": edges, "cells": cells}
+    decided = sum(m >= threshold for m in margins) / len(margins) if margins else 0.0
+    return {
+        "temperature": float(temperature),
+        "threshold": float(threshold),
+        "decisions": len(margins),
+        "decided_share": round(decided, 6),
+        "margin_median": round(statistics.median(margins), 6) if margins else 0.0,
+        "alpha_entropy_drop": round(entropy_drop(alpha_rows), 6),
+        "beta_entropy_drop": round(entropy_drop(beta_rows), 6),
+        "flip_share": round(flip_share(space, history), 6),
+        "epochs_seen": len(history),
+        "undecided": decided < UNDECIDED_BELOW,
+        "parts": parts,
+    }
+
+
+def with_confidence(
+    genotype: Genotype, history: Sequence[dict[str, Any]] = (), temperature: float = 1.0
+) -> Genotype:
+    """``genotype`` with its ``confidence`` record filled in (see ``confidence_of``)."""
+    return replace(genotype, confidence=confidence_of(genotype, history, temperature))
+
+
+def confidence_metrics(genotype: Genotype) -> dict[str, float]:
+    """The per-epoch report's confidence figures (MLflow metrics): ``confidence_decided``,
+    ``margin_median``, ``alpha_entropy_drop``, ``beta_entropy_drop``, ``flip_share`` and
+    ``undecided`` (0/1)."""
+    c = genotype.confidence or confidence_of(genotype)
+    return {
+        "confidence_decided": float(c["decided_share"]),
+        "margin_median": float(c["margin_median"]),
+        "alpha_entropy_drop": float(c["alpha_entropy_drop"]),
+        "beta_entropy_drop": float(c["beta_entropy_drop"]),
+        "flip_share": float(c["flip_share"]),
+        "undecided": float(bool(c["undecided"])),
+    }
+
+
+def is_undecided(genotype: Genotype) -> tuple[bool, str]:
+    """(True, why) when ``genotype``'s decisions are indistinguishable from noise: fewer than
+    ``UNDECIDED_BELOW`` of them have a margin ≥ the threshold. A genotype without a stored
+    confidence (schema_version 1) is judged from its ``arch_weights`` (softmax at T = 1, as
+    version 1 stored them); with neither, it is undecided ("no confidence")."""
+    c = genotype.confidence
+    if c is None:
+        if not genotype.arch_weights:
+            return True, "the genotype carries no α/β weights, so its confidence is unknown"
+        c = confidence_of(genotype)
+    share, n = float(c["decided_share"]), int(c["decisions"])
+    why = (
+        f"{share:.0%} of {n} decisions have a margin ≥ {c['threshold']:g} "
+        f"(median margin {c['margin_median']:.3f}, α entropy drop "
+        f"{c['alpha_entropy_drop']:.3f}, β entropy drop {c['beta_entropy_drop']:.3f}, "
+        f"flips over the last half {c['flip_share']:.0%})"
+    )
+    if share < UNDECIDED_BELOW:
+        return True, f"undecided: {why}; at least {UNDECIDED_BELOW:.0%} needed"
+    return False, f"decided: {why}"
+
+
+def undecided_cells(genotype: Genotype) -> set[tuple[str, int, int]]:
+    """(part, scale, depth) of the genotype's kept cells whose input or op decision is below
+    the threshold (the drawing marks them)."""
+    c = genotype.confidence or confidence_of(genotype)
+    out = set()
+    for part, rec in c["parts"].items():
+        weak_ops = any(e["margin"] < c["threshold"] for e in rec["edges"])
+        for cell in rec["cells"]:
+            if cell["in_genotype"] and (weak_ops or cell["margin"] < c["threshold"]):
+                out.add((part, cell["scale"], cell["depth"]))
+        if weak_ops:  # α shared per part: every kept cell's ops are as weak
+            g = next(p for p in genotype.parts if p.name == part)
+            out.update((part, cell.scale, cell.depth) for cell in g.cells)
+    return out
+
+
+def format_confidence(genotype: Genotype) -> str:
+    """A readable table of the genotype's confidence, for ``posenfs genotype show``."""
+    c = genotype.confidence
+    stored = c is not None
+    if c is None:
+        if not genotype.arch_weights:
+            return "confidence: unknown (the genotype carries no α/β weights)"
+        c = confidence_of(genotype)
+    undecided, why = is_undecided(genotype)
+    lines = [
+        f"confidence{'' if stored else ' (recomputed from arch_weights at T = 1)'}: "
+        f"{'UNDECIDED' if undecided else 'decided'}",
+        f"  {why}",
+        f"  softmax temperature {c['temperature']:g}; "
+        + (f"{c['epochs_seen']} epoch(s) of history" if c["epochs_seen"] else "no epoch history"),
+    ]
+    for part, rec in c["parts"].items():
+        lines.append(f"  part {part}")
+        for e in rec["edges"]:
+            mark = "" if e["margin"] >= c["threshold"] else "   <- undecided"
+            lines.append(f"    edge {e['edge']}: {e['op']:<14} margin {e['margin']:.3f}{mark}")
+        for cell in rec["cells"]:
+            if not cell["in_genotype"]:
+                continue
+            mark = "" if cell["margin"] >= c["threshold"] else "   <- undecided"
+            lines.append(
+                f"    cell ({cell['scale']}, {cell['depth']}): reads row(s) "
+                f"{cell['sources']} margin {cell['margin']:.3f}{mark}"
+            )
+    return "\n".join(lines)

@@ -1,0 +1,130 @@
+"""Confidence of a genotype: exact margins from hand-made α/β, summary figures, flip share,
+old (schema 1) genotype files still load and keep their fingerprint."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from nfs_orchestrator.confidence import (
+    confidence_metrics,
+    confidence_of,
+    entropy_drop,
+    flip_share,
+    format_confidence,
+    is_undecided,
+    undecided_cells,
+    with_confidence,
+)
+from nfs_orchestrator.genotype import SCHEMA_VERSION, Genotype, read_genotype
+from nfs_orchestrator.specs import load_fabric
+
+GOLDEN = Path(__file__).resolve().parent.parent / "golden" / "genotype_tiny_coco-p3.json"
+UNIFORM_BETA = [[1 / 3, 1 / 3, 1 / 3]] * 6
+
+
+def golden_with(weights: dict) -> Genotype:
+    """The golden genotype (tiny space, coco-p3) with hand-made softmax weights. Its cells:
+    upper_limb (0,1) parallel, (1,2) above, (0,3) below; head and lower_limb the stride-4 row."""
+    return replace(read_genotype(GOLDEN), arch_weights=weights)
+
+
+def test_margins_are_exact():
+    # ops [zero, skip_connect, atr_conv_3x3, sep_conv_3x3]; tiny sites in β order:
+    # (0,1) reads rows (0,0,1), (1,1) (1,0,2), (2,1) (2,1,3), (0,2) (0,0,1), (1,2) (1,0,2),
+    # (0,3) (0,0,1): at the top row "above" reads the same map as "parallel".
+    upper_beta = [
+        [0.5, 0.3, 0.2],  # (0,1) kept parallel: source 0 = mean 0.4 vs source 1 0.2 → 0.2
+        [1 / 3, 1 / 3, 1 / 3],
+        [1 / 3, 1 / 3, 1 / 3],
+        [1 / 3, 1 / 3, 1 / 3],
+        [0.2, 0.7, 0.1],  # (1,2) kept above (row 0): 0.7 vs max(0.2, 0.1) → 0.5
+        [0.1, 0.1, 0.8],  # (0,3) kept below (row 1): 0.8 vs mean(0.1, 0.1) → 0.7
+    ]
+    g = golden_with(
+        {
+            "upper_limb": {"alpha": [[0.7, 0.05, 0.1, 0.15]], "beta": upper_beta},
+            "head": {"alpha": [[0.1, 0.2, 0.3, 0.4]], "beta": UNIFORM_BETA},
+            "lower_limb": {"alpha": [[0.0, 0.34, 0.33, 0.33]], "beta": UNIFORM_BETA},
+        }
+    )
+    c = confidence_of(g, temperature=1.0)
+    up = c["parts"]["upper_limb"]
+    # zero (0.7) is no contender: sep 0.15 vs atr 0.10
+    assert up["edges"] == [{"edge": 0, "op": "sep_conv_3x3", "margin": pytest.approx(0.05)}]
+    kept = {(x["scale"], x["depth"]): x for x in up["cells"] if x["in_genotype"]}
+    assert kept[(0, 1)]["margin"] == pytest.approx(0.2) and kept[(0, 1)]["sources"] == [0]
+    assert kept[(1, 2)]["margin"] == pytest.approx(0.5) and kept[(1, 2)]["sources"] == [0]
+    assert kept[(0, 3)]["margin"] == pytest.approx(0.7) and kept[(0, 3)]["sources"] == [1]
+    assert c["parts"]["head"]["edges"][0]["margin"] == pytest.approx(0.1)
+    assert c["parts"]["lower_limb"]["edges"][0]["margin"] == pytest.approx(0.01)
+    # uniform β: no margin, also where two slots read one map (the 2:1 mix is a prior)
+    head = {(x["scale"], x["depth"]): x["margin"] for x in c["parts"]["head"]["cells"]}
+    assert head[(0, 1)] == pytest.approx(0.0) and head[(1, 1)] == pytest.approx(0.0)
+    # 3 edges + 3 parts × 6 cells = 21 decisions
+    assert c["decisions"] == 21
+    margins = [e["margin"] for p in c["parts"].values() for e in p["edges"] + p["cells"]]
+    assert c["decided_share"] == pytest.approx(sum(m >= 0.05 for m in margins) / 21)
+    ops_drop = [1 - (-sum(p * math.log(p) for p in r if p > 0)) / math.log(4) for r in (
+        [0.7, 0.05, 0.1, 0.15], [0.1, 0.2, 0.3, 0.4], [0.0, 0.34, 0.33, 0.33])]  # fmt: skip
+    assert c["alpha_entropy_drop"] == pytest.approx(sum(ops_drop) / 3, abs=1e-6)
+
+
+def test_uniform_weights_are_undecided_and_say_why():
+    uniform = {"alpha": [[0.25] * 4], "beta": UNIFORM_BETA}
+    g = with_confidence(golden_with({p: uniform for p in ("upper_limb", "head", "lower_limb")}))
+    c = g.confidence
+    assert c["alpha_entropy_drop"] == pytest.approx(0.0, abs=1e-9)
+    assert c["beta_entropy_drop"] == pytest.approx(0.0, abs=1e-9)
+    undecided, why = is_undecided(g)
+    assert undecided and "undecided" in why
+    assert confidence_metrics(g)["undecided"] == 1.0
+    assert {"confidence_decided", "margin_median", "alpha_entropy_drop", "beta_entropy_drop",
+            "flip_share", "undecided"} == set(confidence_metrics(g))  # fmt: skip
+    assert ("head", 0, 1) in undecided_cells(g)  # α undecided: every kept cell is marked
+    assert "UNDECIDED" in format_confidence(g)
+
+
+def test_clear_weights_are_decided():
+    sharp = {"alpha": [[0.01, 0.01, 0.01, 0.97]], "beta": [[0.9, 0.05, 0.05]] * 6}
+    g = with_confidence(golden_with({p: sharp for p in ("upper_limb", "head", "lower_limb")}))
+    assert is_undecided(g)[0] is False
+    assert entropy_drop(sharp["alpha"]) > 0.8
+
+
+def test_flip_share_counts_changes_in_the_last_half():
+    space = load_fabric("tiny")
+
+    def snap(op_col: int) -> dict:
+        alpha = [0.1] * 4
+        alpha[op_col] = 0.7
+        return {"p": {"alpha": [alpha], "beta": [[0.6, 0.2, 0.2]] * 6}}
+
+    # 4 epochs: the window is epochs 2 and 3; the op flips there (sep → atr); no cell flips
+    history = [snap(3), snap(3), snap(3), snap(2)]
+    assert flip_share(space, history) == pytest.approx(1 / 7)
+    assert flip_share(space, [snap(2), snap(3), snap(3), snap(3)]) == 0.0  # before the window
+    assert flip_share(space, history[:1]) == 0.0
+
+
+def test_old_genotype_files_load_and_keep_their_fingerprint(tmp_path):
+    old = json.loads(GOLDEN.read_text())
+    assert old["schema_version"] == 1 and "confidence" not in old
+    g = read_genotype(GOLDEN)
+    assert g.schema_version == 1 and g.confidence is None
+    assert g.fingerprint() == old["fingerprint"]
+    # judged from its stored arch_weights (T = 1), and shown
+    assert isinstance(is_undecided(g)[0], bool)
+    assert "recomputed from arch_weights" in format_confidence(g)
+    # the same architecture at version 2 with a confidence record: same fingerprint
+    new = with_confidence(replace(g, schema_version=SCHEMA_VERSION))
+    assert new.fingerprint() == g.fingerprint()
+    again = Genotype.from_json(new.to_json())
+    assert again == new and again.confidence["decisions"] == 21
+    path = tmp_path / "g.json"
+    path.write_text(new.to_json())
+    assert read_genotype(path).confidence == new.confidence
