@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import itertools
 import json
 import shutil
 import statistics
@@ -42,8 +41,10 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from nfs_orchestrator.campaign_spec import load_campaign  # noqa: E402
+from nfs_orchestrator.confidence import agreement as confidence_agreement  # noqa: E402
 from nfs_orchestrator.confidence import (  # noqa: E402
-    cell_sources,
+    chance_levels,
     coarseness,
     decisions,
     with_confidence,
@@ -53,7 +54,6 @@ from nfs_orchestrator.hardware import detect  # noqa: E402
 from nfs_orchestrator.runtime import LocalRuntime  # noqa: E402
 from nfs_orchestrator.search.loop import STATE_FILE, run_search  # noqa: E402
 from nfs_orchestrator.search.presets import arch_preset  # noqa: E402
-from nfs_orchestrator.specs import load_campaign  # noqa: E402
 
 
 def run_seed(campaign: str, root: Path, seed: int, sets: list[str], reuse: bool) -> dict:
@@ -93,13 +93,8 @@ def run_seed(campaign: str, root: Path, seed: int, sets: list[str], reuse: bool)
 
 def agreement(runs: list[dict], kind: str) -> list[float]:
     """Share of equal decisions of ``kind`` ('edge', 'cell'; '' = all) for every pair of
-    seeds."""
-    out = []
-    for a, b in itertools.combinations(runs, 2):
-        keys = [k for k in a["decisions"] if f"/{kind}" in k]
-        if keys:
-            out.append(sum(a["decisions"][k] == b["decisions"].get(k) for k in keys) / len(keys))
-    return out
+    seeds (``confidence.agreement`` over the runs' decision maps)."""
+    return confidence_agreement([r["decisions"] for r in runs], kind)
 
 
 def spread(values: list[float]) -> str:
@@ -151,10 +146,8 @@ def main() -> None:
     space = runs[0].pop("space")
     for r in runs[1:]:
         r.pop("space")
-    nonzero = sum(op != "zero" for op in space.ops)
-    sources = [len(set(s)) for _, _, s in cell_sources(space) if len(set(s)) > 1]
-    chance_ops = 1 / nonzero
-    chance_cells = statistics.fmean(1 / n for n in sources) if sources else float("nan")
+    chance = chance_levels(space)
+    chance_ops, chance_cells = chance["ops"], chance["inputs"]
     ops, cells, every = agreement(runs, "edge"), agreement(runs, "cell"), agreement(runs, "")
     summary = {
         "campaign": args.campaign,

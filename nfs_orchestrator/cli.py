@@ -88,10 +88,13 @@ def genotype() -> None:
 @genotype.command("show")
 @click.argument("source")
 def genotype_show(source: str) -> None:
-    """Print a genotype file as a table."""
+    """Print a genotype file as a table, with the confidence of its decisions."""
+    from nfs_orchestrator.confidence import format_confidence
     from nfs_orchestrator.genotype import format_genotype, read_genotype
 
-    click.echo(format_genotype(read_genotype(source)))
+    genotype = read_genotype(source)
+    click.echo(format_genotype(genotype))
+    click.echo(format_confidence(genotype))
 
 
 @genotype.command("draw")
@@ -555,8 +558,9 @@ def _raise_keyboard_interrupt(signum, frame):
 @click.option("--trial", "trial_id", help="Promote this trial instead of applying the rule.")
 @click.option("--alias", default="champion", show_default=True)
 @click.option("--model-name", help="Registered model name (default posenfs-<dataset>-genotypes).")
+@click.option("--force", is_flag=True, help="Promote even an undecided genotype.")
 @root_option
-def promote(campaign_id, rule, trial_id, alias, model_name, root) -> None:
+def promote(campaign_id, rule, trial_id, alias, model_name, force, root) -> None:
     """Register a campaign's best genotype in the MLflow Model Registry under an alias.
 
     CAMPAIGN_ID is a campaign id, or the campaign's YAML file."""
@@ -574,6 +578,7 @@ def promote(campaign_id, rule, trial_id, alias, model_name, root) -> None:
         trial_id=trial_id,
         alias=alias,
         model_name=model_name,
+        force=force,
     )
     verb = "registered" if p.created else "already registered"
     was = f" (was version {p.previous})" if p.previous else ""

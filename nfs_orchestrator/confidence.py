@@ -119,6 +119,46 @@ def decisions(space: FabricSpace, weights: dict[str, Any]) -> dict[str, tuple]:
     return out
 
 
+def agreement(maps: Sequence[dict[str, tuple]], kind: str = "") -> list[float]:
+    """For every pair of decision maps (``decisions`` of one run each: seeds of one
+    configuration), the share of equal decisions of ``kind`` ('edge', 'cell'; '' = all)."""
+    out = []
+    for i, a in enumerate(maps):
+        for b in maps[i + 1 :]:
+            keys = [k for k in a if f"/{kind}" in k]
+            if keys:
+                out.append(sum(a[k] == b.get(k) for k in keys) / len(keys))
+    return out
+
+
+def chance_levels(space: FabricSpace) -> dict[str, float]:
+    """The agreement two coin-tossing searches would reach: 1 / (non-zero ops) for an op;
+    for a cell, the mean over cells of 1 / (distinct input maps), cells with one map left out."""
+    nonzero = sum(op != "zero" for op in space.ops)
+    sources = [len(set(s)) for _, _, s in cell_sources(space) if len(set(s)) > 1]
+    return {
+        "ops": 1 / nonzero,
+        "inputs": statistics.fmean(1 / n for n in sources) if sources else math.nan,
+    }
+
+
+def seed_agreement(genotypes: Sequence[Genotype]) -> dict[str, float]:
+    """How far genotypes of one configuration searched with different seeds agree: the mean
+    over seed pairs of the share of equal op decisions and of equal input decisions (from each
+    genotype's stored softmax weights), beside their chance levels."""
+    space = genotypes[0].space
+    maps = [decisions(space, g.arch_weights) for g in genotypes]
+    ops, inputs = agreement(maps, "edge"), agreement(maps, "cell")
+    chance = chance_levels(space)
+    return {
+        "seeds": len(genotypes),
+        "ops": statistics.fmean(ops) if ops else math.nan,
+        "inputs": statistics.fmean(inputs) if inputs else math.nan,
+        "ops_chance": chance["ops"],
+        "inputs_chance": chance["inputs"],
+    }
+
+
 def coarseness(space: FabricSpace, weights: dict[str, Any]) -> dict[str, float]:
     """Per part, how far toward coarser rows its cells read: the mean over cells of
     Σ_slot softmax(β)_slot · (source row − own row). Uniform β gives the same value for every

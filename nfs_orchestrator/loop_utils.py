@@ -1,5 +1,6 @@
 """Loop helpers: what the search loop (``search/loop.py``) and the retrain loop
-(``retrain/loop.py``) share — batch plans and batch streams, seeding, optimizers and learning
+(``retrain/loop.py``) share — batch plans and batch streams (``epoch_steps``: exactly
+``steps_per_epoch`` steps in every mode), seeding, optimizers and learning
 rates, moving batches to the device, validation — and ``evaluate_on`` behind
 ``posenfs evaluate checkpoint``. It sits at the top of the package because neither loop owns
 it (``search/`` and ``retrain/`` are siblings). Pure PyTorch. What it is not: a loop; the loops
@@ -200,3 +201,56 @@ def evaluate_on(model: nn.Module, data: DataSpec, device: str = "cpu") -> dict[s
     model = model.to(device).eval()
     with tempfile.TemporaryDirectory(prefix="posenfs-eval-") as work:
         return evaluate_model(model, val_set, data, schema, device=device, work_dir=work)
+
+
+# --------------------------------------------------------------------------------------------
+# How many optimizer steps an epoch of the search takes. ``search.steps_per_epoch`` is the
+# number of weight steps an epoch runs, exactly, in every mode (and with it the number of α/β
+# steps in first_order/second_order: one arch step per weight step). When the weight split holds
+# fewer batches than that, the epoch goes on into another pass over it, reshuffled by a seed that
+# is a function of (epoch seed, pass), so a resumed run takes the same batches; None keeps one
+# pass. (Before, steps_per_epoch was only a cap: the quickstart's 40 ran 21 steps, silently.)
+# --------------------------------------------------------------------------------------------
+
+PASS_SEED_STRIDE = 7919  # pass k > 0 of an epoch seeded ``seed * 7919 + k`` (as cycle_batches)
+
+
+def epoch_steps(
+    dataset: Dataset,
+    indices: Sequence[int],
+    micro: int,
+    accumulation: int,
+    runtime: Runtime,
+    seed: int,
+    steps: int | None,
+    workers: int = 0,
+) -> Iterator[list[dict[str, Any]]]:
+    """This rank's micro-batches for ``steps`` optimizer steps (None: one pass over
+    ``indices``). The first pass is ``epoch_batches(..., seed)`` itself, so a run whose
+    ``steps`` fit into one pass takes exactly the batches it took before."""
+    if steps is None:
+        yield from epoch_batches(
+            dataset, indices, micro, accumulation, runtime, seed, None, workers
+        )
+        return
+    done, k = 0, 0
+    while done < steps:
+        pass_seed = seed if k == 0 else seed * PASS_SEED_STRIDE + k
+        taken = 0
+        for batches in epoch_batches(
+            dataset, indices, micro, accumulation, runtime, pass_seed, steps - done, workers
+        ):
+            yield batches
+            taken += 1
+        if taken == 0:  # fewer images than one step: nothing more will come
+            return
+        done, k = done + taken, k + 1
+
+
+def steps_in_epoch(num_indices: int, per_step: int, steps: int | None) -> int:
+    """How many steps ``epoch_steps`` yields for ``num_indices`` images and ``per_step`` images
+    per step (= micro × workers × accumulation)."""
+    one_pass = num_indices // per_step
+    if steps is None or one_pass == 0:
+        return one_pass
+    return steps

@@ -144,6 +144,9 @@ class Comparison:
     json_path: Path | None = None
     parts: dict[str, Any] = field(default_factory=dict)  # part_summary
     parts_plot_path: Path | None = None
+    # per configuration run with several seeds (budget.seeds): confidence.seed_agreement
+    seed_agreement: list[dict[str, Any]] = field(default_factory=list)
+    controls: dict[str, Any] | None = None  # controls.json, once `posenfs controls` ran
 
     def text(self) -> str:
         primary = self.objectives[0]
@@ -165,6 +168,18 @@ class Comparison:
             lines.append(format_table(entries, ["trial_id", "grouping", *names]))
         if self.parts.get("parts"):
             lines += ["", format_part_table(self.parts)]
+        if self.seed_agreement:
+            lines += ["", "agreement across seeds (trials of one configuration):"]
+            for g in self.seed_agreement:
+                lines.append(
+                    f"  {g['params']}  {g['seeds']} seeds: ops {g['ops']:.2f} "
+                    f"(chance {g['ops_chance']:.2f}), inputs {g['inputs']:.2f} "
+                    f"(chance {g['inputs_chance']:.2f})"
+                )
+        if self.controls:
+            from nfs_orchestrator.orchestration.controls import format_controls
+
+            lines += ["", format_controls(self.controls)]
         return "\n".join(lines)
 
 
@@ -249,6 +264,7 @@ def comparison_json(comparison: Comparison) -> str:
         "tables": comparison.tables,
         "pareto": [r["trial_id"] for r in comparison.pareto],
         "parts": comparison.parts,
+        "seed_agreement": comparison.seed_agreement,
     }
     return json.dumps(body, sort_keys=True, indent=2)
 
@@ -263,6 +279,9 @@ def compare_campaign(root: str | Path, campaign_id: str, *, log: bool = True) ->
     record = store.load_record(root, campaign_id)
     rows = read_ledger(record.ledger_path)
     comparison = compare_rows(record.campaign_id, rows, record.spec.objectives)
+    comparison.seed_agreement = seed_agreement(record.tracking_uri, rows)
+    controls = record.folder / "controls.json"
+    comparison.controls = json.loads(controls.read_text()) if controls.is_file() else None
     comparison.json_path = record.folder / "compare.json"
     comparison.json_path.write_text(comparison_json(comparison) + "\n")
     comparison.plot_path = plot_comparison(comparison, record.folder / "compare.png")
@@ -272,6 +291,35 @@ def compare_campaign(root: str | Path, campaign_id: str, *, log: bool = True) ->
         paths += [comparison.parts_plot_path] if comparison.parts_plot_path else []
         tracking.log_files(record.tracking_uri, record.parent_run_id, paths, "compare")
     return comparison
+
+
+def seed_agreement(tracking_uri: str, rows: Sequence[Mapping[str, Any]]) -> list[dict]:
+    """For every configuration (same outer choices) that finished with several seeds: how far
+    their latest genotypes agree (``confidence.seed_agreement``), read from the trial runs."""
+    import tempfile
+
+    from nfs_orchestrator.confidence import seed_agreement as agreement
+    from nfs_orchestrator.genotype import Genotype
+    from nfs_orchestrator.orchestration import tracking
+
+    done = ("FINISHED", "EARLY_STOPPED")
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        if row.get("status") in done and row.get("genotype_fp") and row.get("run_id"):
+            groups.setdefault(row.get("params_json") or "{}", []).append(row)
+    out = []
+    for params, members in sorted(groups.items()):
+        if len({r.get("seed") for r in members}) < 2:
+            continue
+        genotypes = []
+        with tempfile.TemporaryDirectory(prefix="posenfs-compare-") as tmp:
+            for i, row in enumerate(members):
+                path = tracking.download_artifact(
+                    tracking_uri, row["run_id"], tracking.GENOTYPE_ARTIFACT, f"{tmp}/{i}"
+                )
+                genotypes.append(Genotype.from_json(Path(path).read_text()))
+        out.append({"params": params, **agreement(genotypes)})
+    return out
 
 
 # --------------------------------------------------------------------------------------------

@@ -59,6 +59,11 @@ LEDGER_SCHEMA = pa.schema(
         ("macs", pa.int64()),  # of the latest derived network
         ("params", pa.int64()),
         ("genotype_fp", pa.string()),  # of the latest genotype
+        # the latest genotype's confidence (confidence.py): share of decided decisions, median
+        # margin, and whether it is undecided (too few decisions above the noise threshold)
+        ("decided_share", pa.float64()),
+        ("margin_median", pa.float64()),
+        ("undecided", pa.bool_()),
         # for each metric whose best is kept (the primary objective, val_ap, val_pckh,
         # val_loss): {metric: [epoch, genotype fingerprint]} of the epoch that scored it
         ("best_genotypes_json", pa.string()),
@@ -169,6 +174,15 @@ def update_with_result(
         v = _finite(result.get(name))
         if v is not None:
             out[name] = int(v)
+    for column, key in (
+        ("decided_share", "confidence_decided"),
+        ("margin_median", "margin_median"),
+    ):
+        v = _finite(result.get(key))
+        if v is not None:
+            out[column] = v
+    if _finite(result.get("undecided")) is not None:
+        out["undecided"] = bool(result["undecided"])
     if isinstance(result.get("genotype_fp"), str) and result["genotype_fp"]:
         out["genotype_fp"] = result["genotype_fp"]
     out["parts_json"] = updated_parts_json(out.get("parts_json"), result)

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nfs_orchestrator.confidence import is_undecided
 from nfs_orchestrator.errors import PosenfsError
 from nfs_orchestrator.genotype import Genotype
 from nfs_orchestrator.orchestration import tracking
@@ -194,10 +195,19 @@ def promote(
     trial_id: str | None = None,
     alias: str = "champion",
     model_name: str | None = None,
+    force: bool = False,
 ) -> Promotion:
-    """Registers the selected trial's genotype as a model version and points ``alias`` at it."""
+    """Registers the selected trial's genotype as a model version and points ``alias`` at it.
+    An undecided genotype (``confidence.is_undecided``: its decisions are indistinguishable
+    from noise) is refused unless ``force``; the version records the verdict either way."""
     chosen = select_genotype(record, rows, rule, trial_id)
     row, run_id, epoch, genotype = chosen.row, chosen.run_id, chosen.epoch, chosen.genotype
+    undecided, why = is_undecided(genotype)
+    if undecided and not force:
+        raise PromoteError(
+            f"trial {row['trial_id']}: genotype {genotype.fingerprint()[:12]} is {why}; "
+            f"promote it anyway with --force"
+        )
     uri = record.tracking_uri
     fp = genotype.fingerprint()
     name = model_name or f"posenfs-{record.spec.data.dataset}-genotypes"
@@ -228,6 +238,7 @@ def promote(
             "nfs.metric": rule.metric,
             "nfs.value": str(_value(row, rule.metric)),
             "nfs.epoch": "latest" if epoch is None else str(epoch),
+            tracking.TAG_UNDECIDED: "true" if undecided else "false",
             "nfs.grouping": genotype.grouping.name,
             "nfs.space": genotype.space.name,
         }

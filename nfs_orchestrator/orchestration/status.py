@@ -70,7 +70,7 @@ def format_trials(record: CampaignRecord) -> str:
         "",
     ]
     cols = ["trial_id", "status", "epochs", s["metric"], "grouping", "depth", "scales", "seed"]
-    cols += ["genotype", "worker-s", "GPU-h"]
+    cols += ["genotype", "decided", "worker-s", "GPU-h"]
     table = [cols]
     for r in rows:
         table.append(
@@ -84,6 +84,7 @@ def format_trials(record: CampaignRecord) -> str:
                 "-".join(str(v) for v in r["scales"] or []),
                 "-" if r.get("seed") is None else str(r["seed"]),
                 (r["genotype_fp"] or "-")[:12],
+                _decided(r),
                 f"{r.get('worker_seconds') or 0.0:.0f}",
                 f"{(r.get('gpu_seconds') or 0.0) / 3600:.2f}",
             ]
@@ -91,3 +92,11 @@ def format_trials(record: CampaignRecord) -> str:
     widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
     body = ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in table]
     return "\n".join(head + body)
+
+
+def _decided(row: dict[str, Any]) -> str:
+    """A trial's confidence at a glance: the share of decided decisions, UNDECIDED flagged."""
+    share = row.get("decided_share")
+    if share is None:
+        return "-"
+    return f"{share:.0%}" + (" UNDECIDED" if row.get("undecided") else "")

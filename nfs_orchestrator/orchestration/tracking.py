@@ -52,6 +52,7 @@ TAG_GENOTYPE = "nfs.genotype_fp"  # fingerprint of the latest genotype.json
 TAG_EPOCH = "nfs.epoch"  # latest reported epoch (0-based)
 TAG_STATUS = "nfs.status"  # running | finished | early_stopped | failed | killed
 TAG_ERROR = "nfs.error"
+TAG_UNDECIDED = "nfs.undecided"  # "true" while the latest genotype is undecided (confidence.py)
 TAG_PREEMPTED = "nfs.preempted"  # "true" on trial runs ended KILLED by a SIGTERM / pre-emption
 TAG_LOST = "nfs.lost"  # "true" on trial runs Tune never recorded (campaign.finish_campaign)
 TAG_ARM = "nfs.arm"  # control runs: champion | uniform | random-N
@@ -348,6 +349,8 @@ def log_epoch(
                 snapshot.write_text(text)
             c.log_artifacts(run_id, tmp)
     c.set_tag(run_id, TAG_EPOCH, str(epoch))
+    if "undecided" in metrics:  # the latest genotype's verdict (confidence.is_undecided)
+        c.set_tag(run_id, TAG_UNDECIDED, "true" if metrics["undecided"] else "false")
     if fingerprint:
         c.set_tag(run_id, TAG_GENOTYPE, fingerprint)
     return fingerprint

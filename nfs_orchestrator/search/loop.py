@@ -33,6 +33,7 @@ from nfs_orchestrator.hardware import choose_execution, detect, prepare_model
 from nfs_orchestrator.loop_utils import (
     batch_plan,
     cycle_batches,
+    epoch_steps,
     make_optimizer,
     mean,
     seed_everything,
@@ -45,7 +46,6 @@ from nfs_orchestrator.part_metrics import genotype_part_metrics
 from nfs_orchestrator.runtime import Runtime
 from nfs_orchestrator.search import bilevel
 from nfs_orchestrator.search.schedules import lr_factor, temperature
-from nfs_orchestrator.search.steps import epoch_steps
 from nfs_orchestrator.specs import PARAMETER_FREE_OPS, SearchSpec, TrialSpec
 
 STATE_FILE = "state.pt"

@@ -42,7 +42,9 @@ def test_promote_then_retrain(tmp_path, ray_tmpdir):
     rows = read_ledger(root / "campaigns" / cid / "ledger.parquet")
     best = max(rows, key=lambda r: (r["val_ap"], -(r["macs"] or 0)))
     out = posenfs(
-        ["promote", cid, "--root", str(root), "--rule", "best:val_ap"], tmp_path, ray_tmpdir
+        ["promote", cid, "--root", str(root), "--rule", "best:val_ap", "--force"],
+        tmp_path,
+        ray_tmpdir,
     )
     assert out.returncode == 0, out.stderr
     c = tracking.client(tracking.default_tracking_uri(root))
@@ -55,7 +57,7 @@ def test_promote_then_retrain(tmp_path, ray_tmpdir):
     assert champion.tags["nfs.genotype_fp"] == best_genotype(best, "val_ap")[1]
     assert champion.tags["nfs.epoch"] == str(best_genotype(best, "val_ap")[0])
     assert champion.tags["nfs.source_run_id"] == best["run_id"]
-    again = posenfs(["promote", cid, "--root", str(root)], tmp_path, ray_tmpdir)
+    again = posenfs(["promote", cid, "--root", str(root), "--force"], tmp_path, ray_tmpdir)
     assert again.returncode == 0 and "already registered" in again.stdout
     assert len(c.search_model_versions(f"name='{name}'")) == 1
 

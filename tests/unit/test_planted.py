@@ -42,9 +42,9 @@ def _lower_minus_head(tmp_path, seed: int, planted: bool) -> float:
     quickstart's search (coco-p3) on plain or planted data."""
     import torch
 
+    from nfs_orchestrator.campaign_spec import load_campaign
     from nfs_orchestrator.runtime import LocalRuntime
     from nfs_orchestrator.search.loop import STATE_FILE, run_search
-    from nfs_orchestrator.specs import load_campaign
     from tests.unit.test_search_defects import QUICKSTART
 
     sets = [f"data.root={tmp_path / 'data'}", f"seed={seed}", "grouping=groupings/coco-p3"]

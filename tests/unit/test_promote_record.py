@@ -53,13 +53,13 @@ def test_the_registered_genotype_is_the_one_the_rule_scored(tmp_path):
     a, b = genotypes()
     record, rows = campaign_with_one_trial(tmp_path, [(a, 0.5), (b, 0.3)])
     assert rows[0]["genotype_fp"] == b.fingerprint()  # the latest
-    best = promote(record, rows, parse_rule("best:val_ap"), model_name="g")
+    best = promote(record, rows, parse_rule("best:val_ap"), model_name="g", force=True)
     assert best.genotype_fp == a.fingerprint() and best.value == 0.5
     c = tracking.client(record.tracking_uri)
     version = c.get_model_version("g", best.version)
     assert version.tags["nfs.epoch"] == "0" and version.tags["nfs.value"] == "0.5"
     assert version.tags["nfs.genotype_fp"] == a.fingerprint()
-    latest = promote(record, rows, parse_rule("best:macs"), model_name="g", alias="small")
+    latest = promote(record, rows, parse_rule("best:macs"), model_name="g", alias="small", force=True)
     assert latest.genotype_fp == b.fingerprint()
     assert c.get_model_version("g", latest.version).tags["nfs.epoch"] == "latest"
 
@@ -67,9 +67,9 @@ def test_the_registered_genotype_is_the_one_the_rule_scored(tmp_path):
 def test_alias_history_records_every_move(tmp_path):
     a, b = genotypes()
     record, rows = campaign_with_one_trial(tmp_path, [(a, 0.5), (b, 0.3)])
-    first = promote(record, rows, parse_rule("best:val_ap"), model_name="g")
-    second = promote(record, rows, parse_rule("best:macs"), model_name="g")
-    again = promote(record, rows, parse_rule("best:macs"), model_name="g")
+    first = promote(record, rows, parse_rule("best:val_ap"), model_name="g", force=True)
+    second = promote(record, rows, parse_rule("best:macs"), model_name="g", force=True)
+    again = promote(record, rows, parse_rule("best:macs"), model_name="g", force=True)
     assert first.previous is None and second.previous == first.version
     assert not again.created and again.previous is None  # nothing moved
     history = tracking.alias_history(record.tracking_uri, "g", "champion")
@@ -84,4 +84,14 @@ def test_a_trial_without_a_genotype_for_its_best_epoch_is_refused(tmp_path):
     record, rows = campaign_with_one_trial(tmp_path, [(a, 0.5)])
     rows[0]["best_genotypes_json"] = '{"val_ap": [0, null]}'
     with pytest.raises(PromoteError, match="no genotype was recorded"):
+        promote(record, rows, parse_rule("best:val_ap"), model_name="g", force=True)
+
+
+def test_an_undecided_genotype_is_refused_unless_forced(tmp_path):
+    a, b = genotypes()  # the golden genotype: 24 % of its decisions have a margin ≥ 0.05
+    record, rows = campaign_with_one_trial(tmp_path, [(a, 0.5), (b, 0.3)])
+    with pytest.raises(PromoteError, match=r"undecided: .*--force"):
         promote(record, rows, parse_rule("best:val_ap"), model_name="g")
+    forced = promote(record, rows, parse_rule("best:val_ap"), model_name="g", force=True)
+    c = tracking.client(record.tracking_uri)
+    assert c.get_model_version("g", forced.version).tags[tracking.TAG_UNDECIDED] == "true"

@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from nfs_orchestrator.campaign_spec import load_campaign
 from nfs_orchestrator.errors import SpecError
 from nfs_orchestrator.runtime import LocalRuntime
 from nfs_orchestrator.search.presets import arch_preset
-from nfs_orchestrator.specs import SearchSpec, load_campaign
+from nfs_orchestrator.specs import SearchSpec
 from nfs_orchestrator.strict import from_mapping
 from tests.conftest import tiny_trial
 
@@ -74,9 +75,7 @@ def test_reference_preset_is_reachable():
 
 
 def test_epoch_steps_runs_exactly_the_steps_asked():
-    from nfs_orchestrator.training import epoch_batches
-
-    from nfs_orchestrator.search.steps import epoch_steps, steps_in_epoch
+    from nfs_orchestrator.loop_utils import epoch_batches, epoch_steps, steps_in_epoch
 
     data = [{"i": torch.tensor(i)} for i in range(10)]
     rt = LocalRuntime("/tmp", verbose=False)
