@@ -59,7 +59,9 @@ def test_the_registered_genotype_is_the_one_the_rule_scored(tmp_path):
     version = c.get_model_version("g", best.version)
     assert version.tags["nfs.epoch"] == "0" and version.tags["nfs.value"] == "0.5"
     assert version.tags["nfs.genotype_fp"] == a.fingerprint()
-    latest = promote(record, rows, parse_rule("best:macs"), model_name="g", alias="small", force=True)
+    latest = promote(
+        record, rows, parse_rule("best:macs"), model_name="g", alias="small", force=True
+    )
     assert latest.genotype_fp == b.fingerprint()
     assert c.get_model_version("g", latest.version).tags["nfs.epoch"] == "latest"
 
