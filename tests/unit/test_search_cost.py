@@ -21,7 +21,9 @@ from nfs_orchestrator.nn.cell import MixedOp, channel_shuffle
 from nfs_orchestrator.nn.supernet import PoseSupernet
 from nfs_orchestrator.runtime import LocalRuntime
 from nfs_orchestrator.search import bilevel
+from nfs_orchestrator.search.loop import STATE_FILE, run_search
 from nfs_orchestrator.specs import load_fabric, replace
+from tests.conftest import tiny_trial
 
 REPO = Path(__file__).resolve().parents[2]
 SMOKE = REPO / "experiments" / "smoke.yaml"
@@ -245,3 +247,16 @@ def test_campaign_compares_exact_and_partial_channel_darts(tmp_path):
 
     params = trial_params(trials[1])
     assert params["partial_channels"] == "4" and params["sampling"] == "mixed"
+
+
+@pytest.mark.parametrize("option", [{"partial_channels": 4}, {"sampling": "gumbel"}])
+def test_search_loop_builds_the_option_into_the_supernet(tmp_path, synthetic_root, option):
+    trial = tiny_trial(synthetic_root, mode="first_order", epochs=1, steps=1, **option)
+    runtime = LocalRuntime(tmp_path, verbose=False)
+    metrics = run_search(trial, runtime)
+    assert metrics["epoch"] == 0 and "val_ap" in metrics  # trained a step and validated
+    state = torch.load(Path(runtime.latest_checkpoint()) / STATE_FILE, weights_only=True)
+    keys = [k for k in state["model"] if k.endswith(".edges.0.ops.sep_conv_3x3.0.weight")]
+    channels = {state["model"][k].shape[0] for k in keys}  # depthwise: out = in channels
+    k = option.get("partial_channels", 1)
+    assert channels == {c // k for c in trial.fabric.channels()[:3]}  # cells at strides 4/8/16
