@@ -260,3 +260,39 @@ def test_search_loop_builds_the_option_into_the_supernet(tmp_path, synthetic_roo
     channels = {state["model"][k].shape[0] for k in keys}  # depthwise: out = in channels
     k = option.get("partial_channels", 1)
     assert channels == {c // k for c in trial.fabric.channels()[:3]}  # cells at strides 4/8/16
+
+
+def _sync_rank(rank: int, port: int, out) -> None:
+    import torch.distributed as dist
+
+    from nfs_orchestrator.runtime import DistributedOps
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        a, b = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(3))
+        drawn = a if rank == 0 else b  # each rank drew a different op: one grad is None
+        drawn.grad = torch.full_like(drawn, 2.0)
+        DistributedOps().sync_gradients([a, b])
+        out.put((rank, a.grad.tolist(), b.grad.tolist()))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ranks_with_different_unused_parameters_sync_without_hanging():
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_sync_rank, args=(r, port, out)) for r in range(2)]
+    for p in procs:
+        p.start()
+    results = sorted(out.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+    # a missing gradient counts as zero: both ranks hold the mean of (2, 0) everywhere
+    assert results == [(0, [1.0, 1.0], [1.0, 1.0, 1.0]), (1, [1.0, 1.0], [1.0, 1.0, 1.0])]
