@@ -20,13 +20,29 @@ from nfs_orchestrator.specs import load_fabric  # noqa: E402
 
 
 def random_supernet(
-    fabric: str, backbone: str, dataset: str, parts: int, input_wh: str, batch: int, batches: int
+    fabric: str,
+    backbone: str,
+    dataset: str,
+    parts: int,
+    input_wh: str,
+    batch: int,
+    batches: int,
+    partial_channels: int = 1,
+    sampling: str = "mixed",
 ) -> tuple[PoseSupernet, list[dict[str, torch.Tensor]]]:
     """The supernet of ``fabric`` on ``backbone`` with grouping ``<dataset>-p<parts>`` (seed 0,
-    random init) and ``batches`` random batches of ``batch`` images at ``input_wh`` ("WxH")."""
+    random init) and ``batches`` random batches of ``batch`` images at ``input_wh`` ("WxH");
+    ``partial_channels`` / ``sampling`` as ``search.*`` (the batches do not depend on them)."""
     torch.manual_seed(0)
     grouping = load_grouping(f"{dataset}-p{parts}")
-    net = PoseSupernet(load_fabric(fabric), grouping, build_backbone(backbone, random_init=True))
+    net = PoseSupernet(
+        load_fabric(fabric),
+        grouping,
+        build_backbone(backbone, random_init=True),
+        partial_channels,
+        sampling,
+    )
+    torch.manual_seed(1)  # the same batches whatever the supernet's size
     w, h = (int(v) for v in input_wh.split("x"))
     k = grouping.num_keypoints
     data = [

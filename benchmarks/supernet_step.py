@@ -9,7 +9,15 @@ supernet twice with the same weights:
 - fast: the execution ``hardware.choose_execution`` picks for this machine (``--precision`` and
   ``--memory-format`` override it), exactly what the search loop uses.
 
-It warms both up, then times them alternating step by step and prints medians and their ratio.
+Search-cost variants run beside them, each in eager fp32 NCHW like the baseline, so their ratio
+to it is the algorithm's alone: ``--partial-channels 4`` (PC-DARTS, ``search.partial_channels``;
+several values allowed) and ``--sampling gumbel`` (GDAS, ``search.sampling``). ``--batched`` adds
+the fast execution with the P parts computed together (``nn.batched``). ``--device cuda`` runs
+every path on the GPU (synchronised timing, peak CUDA memory instead of RSS, and the bf16 matmul
+rate measured as well).
+
+It warms every path up, then times them alternating step by step and prints medians and their
+ratios to the baseline.
 In the same process it measures the machine's dense matmul rate (2048² ``torch.mm``) for each
 precision in use, counts the MACs of one step of each path with ``torch.utils.flop_counter``
 (forward and backward, what actually runs) and prints the achieved MAC rate as a fraction of the
@@ -19,6 +27,8 @@ line printed is one JSON object with every figure and the detected hardware.
     python benchmarks/supernet_step.py                       # P = 5, sync + first_order
     python benchmarks/supernet_step.py --parts 1 3 5 8 --modes sync
     python benchmarks/supernet_step.py --fabric tiny --backbone tiny --dataset coco --input 64x64
+    python benchmarks/supernet_step.py --fabric tiny --backbone tiny --dataset coco --input 64x64 \
+        --parts 3 --partial-channels 4 --sampling gumbel --steps 3
 
 This measures; it asserts nothing. ``benchmarks/RESULTS.md`` records figures with their hardware.
 """
@@ -26,7 +36,6 @@ This measures; it asserts nothing. ``benchmarks/RESULTS.md`` records figures wit
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import resource
 import statistics
@@ -43,28 +52,70 @@ from nfs_orchestrator.hardware import choose_execution, detect, prepare_model
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def matmul_rate(precision: str, n: int = 2048, repeats: int = 5) -> float:
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_rate(precision: str, device: str = "cpu", n: int = 2048, repeats: int = 5) -> float:
     """Dense ``torch.mm`` FLOP/s on this machine at ``precision`` (median after a warm-up)."""
-    a = torch.randn(n, n).to(DTYPES[precision])
-    b = torch.randn(n, n).to(DTYPES[precision])
+    a = torch.randn(n, n, device=device).to(DTYPES[precision])
+    b = torch.randn(n, n, device=device).to(DTYPES[precision])
     torch.mm(a, b)
+    sync(device)
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
         torch.mm(a, b)
+        sync(device)
         times.append(time.perf_counter() - t)
     return 2 * n**3 / statistics.median(times)
 
 
-def supernet(args: argparse.Namespace):
+def variants(args: argparse.Namespace) -> dict[str, dict]:
+    """Search-cost variants timed beside the baseline: path name → supernet options."""
+    out = {f"pc{k}": {"partial_channels": k} for k in args.partial_channels if k != 1}
+    if args.sampling == "gumbel":
+        out["gumbel"] = {"sampling": "gumbel"}
+    return out
+
+
+def paths(args: argparse.Namespace) -> list[str]:
+    return ["baseline", "fast", *(["batched"] if args.batched else []), *variants(args)]
+
+
+def supernet(args: argparse.Namespace, **options):
     """The case's supernet and two fixed steps of one micro-batch (weight split, arch split)."""
     net, (b1, b2) = random_supernet(
-        args.fabric, args.backbone, args.dataset, args.case_parts, args.input, args.batch, 2
+        args.fabric,
+        args.backbone,
+        args.dataset,
+        args.case_parts,
+        args.input,
+        args.batch,
+        2,
+        **options,
     )
-    return net, [b1], [b2]
+    dev = args.device
+    b1, b2 = ({k: v.to(dev) for k, v in b.items()} for b in (b1, b2))
+    return net.to(dev), [b1], [b2]
 
 
-def stepper(net, b1, b2, mode: str, ex=None):
+def build_path(args: argparse.Namespace, path: str):
+    """(supernet, execution or None, batches) of one path of the case."""
+    ex = execution(args)
+    if path in ("baseline", "fast", "batched"):
+        net, b1, b2 = supernet(args)
+        if path == "baseline":
+            return net, None, b1, b2
+        net = prepare_model(net, ex)
+        net.batched = path == "batched"
+        return net, ex, b1, b2
+    net, b1, b2 = supernet(args, **variants(args)[path])
+    return net, None, b1, b2
+
+
+def stepper(net, b1, b2, mode: str, ex=None, device: str = "cpu"):
     """One search step of ``mode`` on ``net`` (own Adam optimizers) under execution ``ex``
     (None: the fp32 NCHW baseline), as a closure."""
     from nfs_orchestrator.runtime import LocalRuntime
@@ -82,33 +133,35 @@ def stepper(net, b1, b2, mode: str, ex=None):
         else:
             bilevel.arch_step_first_order(net, b2, arch, a_opt, runtime, execution=ex)
             bilevel.weight_step(net, b1, weights, w_opt, runtime, execution=ex)
+        sync(device)
 
     return step
 
 
 def execution(args: argparse.Namespace):
-    return choose_execution(detect("cpu"), args.precision, args.memory_format)
+    return choose_execution(detect(args.device), args.precision, args.memory_format)
 
 
 def timing_case(args: argparse.Namespace) -> dict:
-    """Child process: both paths of one (P, mode), alternating; MACs; matmul rates."""
+    """Child process: every path of one (P, mode), alternating; MACs; matmul rates."""
     ex = execution(args)
-    base, b1, b2 = supernet(args)
-    fast = prepare_model(copy.deepcopy(base), ex)
-    steps = {"baseline": stepper(base, b1, b2, args.case_mode)}
-    steps["fast"] = stepper(fast, b1, b2, args.case_mode, ex)
+    steps = {}
+    for path in paths(args):
+        net, path_ex, b1, b2 = build_path(args, path)
+        steps[path] = stepper(net, b1, b2, args.case_mode, path_ex, args.device)
     macs = {}
     for name, step in steps.items():  # the counted step is also the first warm-up step
         with FlopCounterMode(display=False) as counter:
             step()
         macs[name] = counter.get_total_flops() / 2
     times = {n: t["wall"] for n, t in time_alternating(steps, args.warmup - 1, args.steps).items()}
-    rates = {p: matmul_rate(p) for p in sorted({"fp32", ex.precision})}
+    wanted = {"fp32", ex.precision} | ({"bf16"} if args.device == "cuda" else set())
+    rates = {p: matmul_rate(p, args.device) for p in sorted(wanted)}
     images = args.batch * (1 if args.case_mode == "sync" else 2)
     out = {"mode": args.case_mode, "parts": args.case_parts, "execution": ex.describe()}
     for name in steps:
         median = statistics.median(times[name])
-        precision = "fp32" if name == "baseline" else ex.precision
+        precision = ex.precision if name in ("fast", "batched") else "fp32"
         out[name] = {
             "median_s": median,
             "min_s": min(times[name]),
@@ -117,19 +170,24 @@ def timing_case(args: argparse.Namespace) -> dict:
             "mac_per_s": macs[name] / median,
             "matmul_fraction": 2 * macs[name] / median / rates[precision],
         }
+        if "bf16" in rates:
+            out[name]["bf16_matmul_fraction"] = 2 * macs[name] / median / rates["bf16"]
     out["speedup"] = out["baseline"]["median_s"] / out["fast"]["median_s"]
+    out["ratios"] = {  # baseline time / path time: > 1 is faster than the baseline
+        name: out["baseline"]["median_s"] / out[name]["median_s"] for name in steps
+    }
     out["matmul_flop_per_s"] = rates
     return out
 
 
 def memory_case(args: argparse.Namespace) -> dict:
-    """Child process: peak RSS of one path over a warm-up step and one more."""
-    base, b1, b2 = supernet(args)
-    ex = None if args.case_path == "baseline" else execution(args)
-    net = base if ex is None else prepare_model(base, ex)
-    step = stepper(net, b1, b2, args.case_mode, ex)
+    """Child process: peak RSS (CPU) or peak CUDA memory of one path over two steps."""
+    net, ex, b1, b2 = build_path(args, args.case_path)
+    step = stepper(net, b1, b2, args.case_mode, ex, args.device)
     step()
     step()
+    if args.device == "cuda":
+        return {"peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20}
     return {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
@@ -154,6 +212,19 @@ def main() -> None:
     p.add_argument(
         "--memory-format", default="auto", choices=["auto", "contiguous", "channels_last"]
     )
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument(
+        "--partial-channels",
+        type=int,
+        nargs="*",
+        default=[],
+        metavar="K",
+        help="PC-DARTS variants (search.partial_channels), timed beside the baseline",
+    )
+    p.add_argument(
+        "--sampling", choices=["gumbel"], help="GDAS variant (search.sampling), timed beside it"
+    )
+    p.add_argument("--batched", action="store_true", help="also time the batched-parts path")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--steps", type=int, default=5)
@@ -167,7 +238,7 @@ def main() -> None:
     if args.case_mode:
         print(json.dumps(memory_case(args) if args.case_path else timing_case(args)))
         return
-    hw = detect("cpu")
+    hw = detect(args.device)
     print(f"hardware: {hw.to_dict()}", flush=True)
     print(f"execution (fast path): {execution(args).describe()}", flush=True)
     print(f"config: {args.fabric} / {args.backbone} / {args.input} / batch {args.batch}")
@@ -177,26 +248,31 @@ def main() -> None:
             case = ["--case-mode", mode, "--case-parts", str(parts)]
             row = child(args, *case)
             if not args.no_memory:
-                for path in ("baseline", "fast"):
+                for path in paths(args):
                     row[path].update(child(args, *case, "--case-path", path))
             rows.append(row)
-            for path in ("baseline", "fast"):
+            for path in paths(args):
                 r = row[path]
-                mem = f"  peak {r['peak_rss_mb']:.0f} MB" if "peak_rss_mb" in r else ""
+                peak = r.get("peak_rss_mb", r.get("peak_cuda_mb"))
+                mem = f"  peak {peak:.0f} MB" if peak is not None else ""
                 print(
                     f"P={parts} {mode:<12} {path:<9} {r['median_s'] * 1000:8.1f} ms/step  "
                     f"{r['images_per_s']:6.2f} img/s  {r['mac_per_s'] / 1e9:6.1f} GMAC/s  "
                     f"{100 * r['matmul_fraction']:5.1f}% of matmul{mem}",
                     flush=True,
                 )
-            print(f"P={parts} {mode:<12} fast/baseline speedup {row['speedup']:.2f}x", flush=True)
+            for path in paths(args)[1:]:
+                ratio = row["ratios"][path]
+                print(f"P={parts} {mode:<12} {path}/baseline speedup {ratio:.2f}x", flush=True)
     for mode in args.modes:
         by_parts = {r["parts"]: r for r in rows if r["mode"] == mode}
         if 1 in by_parts and len(by_parts) > 1:
             for parts, r in sorted(by_parts.items()):
                 ratio = r["fast"]["median_s"] / by_parts[1]["fast"]["median_s"]
                 print(f"{mode}: P={parts} / P=1 step time (fast path) {ratio:.2f}x")
-    config = {k: getattr(args, k) for k in ("fabric", "backbone", "input", "batch", "threads")}
+    keys = ("fabric", "backbone", "input", "batch", "threads", "device")
+    config = {k: getattr(args, k) for k in keys}
+    config["paths"] = paths(args)
     print(
         json.dumps(
             {

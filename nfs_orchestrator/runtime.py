@@ -93,6 +93,14 @@ class DistributedOps:
     def sync_gradients(self, parameters: Iterable[torch.nn.Parameter]) -> None:
         if not self._distributed:
             return
+        parameters = list(parameters)
+        if any(p.grad is not None for p in parameters):
+            # ranks may leave different parameters unused (``sampling: gumbel`` draws an op per
+            # edge on each rank): a missing gradient is a zero one, so every rank reduces the
+            # same flat vector
+            for p in parameters:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
         grads = [p.grad for p in parameters if p.grad is not None]
         if not grads:
             return

@@ -355,10 +355,16 @@ class SearchSpec(Spec):
     grad_clip: float | None = None
     precision: Precision = "auto"
     memory_format: MemoryFormat = "auto"
+    # Search cost (nn/cell.py): PC-DARTS partial channels, 1/K of each edge's channels through
+    # the mixed op (K must divide every cell's channels); GDAS sampling, one op per edge and step.
+    partial_channels: int = 1
+    sampling: Literal["mixed", "gumbel"] = "mixed"
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.val_every < 1:
             raise SpecError("epochs, batch_size and val_every must be ≥ 1")
+        if self.partial_channels < 1:
+            raise SpecError(f"partial_channels: {self.partial_channels} must be ≥ 1")
         if min(self.split) < 1:
             raise SpecError(f"split: {list(self.split)} must be two positive integers")
         if self.micro_batch is not None and not 1 <= self.micro_batch <= self.batch_size:
@@ -409,6 +415,7 @@ class TrialSpec(Spec):
 
     def __post_init__(self) -> None:
         check_compatible(self.fabric, self.grouping, self.data.dataset, self.data.input_size)
+        check_partial_channels(self.fabric, self.search)
 
     def fingerprint(self) -> str:
         return fingerprint(self)
@@ -428,6 +435,16 @@ def check_compatible(
     if grouping.schema.name != want:
         raise SpecError(
             f"grouping {grouping.name} is for {grouping.schema.name}, the data is {dataset}"
+        )
+
+
+def check_partial_channels(fabric: FabricSpace, search: SearchSpec) -> None:
+    """``search.partial_channels`` must divide the channels of every cell of ``fabric``."""
+    k, channels = search.partial_channels, fabric.channels()
+    if any(c % k for c in channels):
+        raise SpecError(
+            f"search.partial_channels: {k} does not divide every cell's channels {channels} "
+            f"(fabric {fabric.name})"
         )
 
 

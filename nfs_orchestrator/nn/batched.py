@@ -81,7 +81,7 @@ def _signature(m: nn.Module) -> tuple:
     if isinstance(m, nn.BatchNorm2d):
         return (m.eps, m.momentum, m.affine, m.track_running_stats)
     if isinstance(m, MixedOp):
-        return m.names
+        return (m.names, m.partial_channels, m.sampling)
     if isinstance(m, Head):
         return (m.kind, m.vector_dim)
     if isinstance(m, Adapters):
@@ -108,6 +108,12 @@ def _find_reason(supernet: PoseSupernet) -> str | None:
         return "a part is not a SearchFabric"
     if any(f.space != fabrics[0].space for f in fabrics):
         return "parts have different search spaces"
+    first = fabrics[0]
+    if first.partial_channels != 1 or first.sampling != "mixed":
+        return (
+            f"partial_channels {first.partial_channels} / sampling {first.sampling!r} have no "
+            f"batched form (only partial_channels 1 with sampling 'mixed')"
+        )
     ref = list(fabrics[0].named_modules())
     for name, fabric in zip(supernet.parts, fabrics):
         mods = list(fabric.named_modules())

@@ -15,6 +15,27 @@ A ``FixedCell`` is what ``genotype`` derives: only the kept inputs (summed, then
 per edge, with no mixing weights; dropped inputs and ops are absent, not zeroed.
 
 Shapes: every tensor inside a cell is (B, C, H_i, W_i); inputs arrive at their own scale.
+Search cost (``search.partial_channels``, ``search.sampling``; both change only the supernet,
+never the genotype derived from α/β):
+
+- Partial channels (PC-DARTS, Xu et al. 2020), K > 1: an edge sends its first C/K channels
+  through the mixed op (ops built for C/K channels) and passes the other C - C/K channels by
+  untouched; the two are concatenated and channel-shuffled with K groups, so that the next edge
+  samples different channels. K = 1 runs the exact unpartitioned code.
+  Edge normalisation: PC-DARTS weighs the edges entering a node by softmax(β_edge), which is not
+  subject to channel sampling and so steadies the connectivity α alone makes noisy. Here the
+  edges entering a cell are its three inputs, already weighed by softmax(β) over (parallel,
+  above, below) on all C channels: that IS the analogue, so β keeps its meaning and its role in
+  the derivation (kept inputs by β; ops per edge by argmax α, which a per-edge β factor could
+  not change). No extra β is added for the edges between hidden nodes: with N = 1 (every
+  released space) a hidden node has one edge, whose normalised weight would be 1.
+- Sampled ops (GDAS, Dong & Yang 2019), ``sampling: gumbel``: in training each edge runs ONE
+  op per forward, drawn by a straight-through Gumbel-softmax of α / T (hard one-hot forward,
+  softmax gradient into α). The drawn op's output is multiplied by its hard weight (1 in value,
+  carrying α's gradient), without the |O| factor of the mixed op: a drawn edge is the derived
+  edge. In eval mode (validation) each edge runs its argmax op excluding ``zero`` — the op the
+  genotype keeps — deterministically, on the same scale as training.
+
 What this is not: the fabric grid (``geometry.py``: slots, edge sources) or a whole fabric
 (``fabric.py``).
 """
@@ -30,21 +51,67 @@ from torch import nn
 from nfs_orchestrator.geometry import edge_sources
 from nfs_orchestrator.nn.ops import RESAMPLE, build_op
 
+SAMPLING = ("mixed", "gumbel")  # = the values of specs.SearchSpec.sampling
+
+
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """(B, C, H, W) → (B, C, H, W), channels interleaved across ``groups`` (ShuffleNet/PC-DARTS):
+    channel g·(C/groups) + i moves to i·groups + g."""
+    b, c, h, w = x.shape
+    return x.view(b, groups, c // groups, h, w).transpose(1, 2).reshape(b, c, h, w)
+
 
 class MixedOp(nn.Module):
-    """One edge of the supernet: every candidate op, weighted by softmax(α_e / T)."""
+    """One edge of the supernet: every candidate op, weighted by softmax(α_e / T).
 
-    def __init__(self, c: int, ops: Sequence[str]) -> None:
+    ``partial_channels`` K: the ops see C/K channels, the rest pass by (module docstring).
+    ``sampling`` ``gumbel``: one op per forward in training, the argmax op in eval.
+    """
+
+    def __init__(
+        self, c: int, ops: Sequence[str], partial_channels: int = 1, sampling: str = "mixed"
+    ) -> None:
         super().__init__()
+        if c % partial_channels:
+            raise ValueError(f"partial_channels {partial_channels} does not divide {c} channels")
+        if sampling not in SAMPLING:
+            raise ValueError(f"sampling {sampling!r}: known {list(SAMPLING)}")
         self.names = tuple(ops)
-        self.ops = nn.ModuleDict({name: build_op(name, c) for name in ops})
+        self.partial_channels = partial_channels
+        self.sampling = sampling
+        self.ops = nn.ModuleDict({name: build_op(name, c // partial_channels) for name in ops})
 
     def forward(self, x: torch.Tensor, alpha: torch.Tensor, temperature: float) -> torch.Tensor:
+        k = self.partial_channels
+        if k == 1:
+            return self._edge(x, alpha, temperature)  # (B, C, H, W)
+        c = x.shape[1] // k
+        y = self._edge(x[:, :c], alpha, temperature)  # (B, C/K, H, W)
+        return channel_shuffle(torch.cat([y, x[:, c:]], dim=1), k)  # (B, C, H, W)
+
+    def _edge(self, x: torch.Tensor, alpha: torch.Tensor, temperature: float) -> torch.Tensor:
+        if self.sampling == "gumbel":
+            return self._sampled(x, alpha, temperature)
         weights = F.softmax(alpha / temperature, dim=-1)  # (|O|,)
         terms = [
             w * self.ops[name](x) for w, name in zip(weights, self.names) if name != "zero"
         ]  # the zero op adds nothing; its weight still takes its share of the softmax
         return len(self.names) * sum(terms)
+
+    def _sampled(self, x: torch.Tensor, alpha: torch.Tensor, temperature: float) -> torch.Tensor:
+        """GDAS: hard one-hot of softmax((α + Gumbel) / T) forward, its soft gradient backward;
+        only the drawn op runs. Eval: the argmax op excluding zero, weight 1, no randomness."""
+        if not self.training:
+            scores = alpha.detach().clone()
+            if "zero" in self.names:
+                scores[self.names.index("zero")] = float("-inf")
+            return self.ops[self.names[int(scores.argmax())]](x)
+        hard = F.gumbel_softmax(alpha, tau=temperature, hard=True)  # (|O|,) one-hot, ST grad
+        index = int(hard.detach().argmax())
+        name = self.names[index]
+        if name == "zero":
+            return hard[index] * torch.zeros_like(x)
+        return hard[index] * self.ops[name](x)
 
 
 class SearchCell(nn.Module):
@@ -56,16 +123,25 @@ class SearchCell(nn.Module):
             relative to this cell (0 same, -1 finer, +1 coarser); it fixes the resampling.
         hidden_nodes: N.
         ops: candidate op names.
+        partial_channels, sampling: how each edge runs its ops (see ``MixedOp``).
     """
 
     def __init__(
-        self, c: int, source_offsets: Sequence[int], hidden_nodes: int, ops: Sequence[str]
+        self,
+        c: int,
+        source_offsets: Sequence[int],
+        hidden_nodes: int,
+        ops: Sequence[str],
+        partial_channels: int = 1,
+        sampling: str = "mixed",
     ) -> None:
         super().__init__()
         self.hidden_nodes = hidden_nodes
         self.resample = nn.ModuleList([RESAMPLE[off](c) for off in source_offsets])
         self.sources = edge_sources(hidden_nodes)
-        self.edges = nn.ModuleList([MixedOp(c, ops) for _ in self.sources])
+        self.edges = nn.ModuleList(
+            [MixedOp(c, ops, partial_channels, sampling) for _ in self.sources]
+        )
         self.out = nn.Conv2d(hidden_nodes * c, c, 1, bias=True)
 
     def forward(

@@ -86,11 +86,23 @@ class Head(nn.Module):
 
 
 class SearchFabric(nn.Module):
-    """One part's supernet fabric: adapters, every cell, α, β and the head."""
+    """One part's supernet fabric: adapters, every cell, α, β and the head.
 
-    def __init__(self, space: FabricSpace, backbone_channels: Sequence[int], num_keypoints: int):
+    ``partial_channels`` and ``sampling`` set how every edge runs its ops (``nn.cell.MixedOp``).
+    """
+
+    def __init__(
+        self,
+        space: FabricSpace,
+        backbone_channels: Sequence[int],
+        num_keypoints: int,
+        partial_channels: int = 1,
+        sampling: str = "mixed",
+    ):
         super().__init__()
         self.space = space
+        self.partial_channels = partial_channels
+        self.sampling = sampling
         self.sites = [site for layer in fabric_sites(space) for site in layer]
         channels = space.channels()
         first = [site for site in self.sites if site.depth == space.cut]
@@ -99,7 +111,12 @@ class SearchFabric(nn.Module):
         self.cells = nn.ModuleDict(
             {
                 site.key: SearchCell(
-                    channels[site.scale], site.offsets(), space.hidden_nodes, space.ops
+                    channels[site.scale],
+                    site.offsets(),
+                    space.hidden_nodes,
+                    space.ops,
+                    partial_channels,
+                    sampling,
                 )
                 for site in self.sites
             }

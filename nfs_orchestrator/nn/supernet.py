@@ -54,16 +54,29 @@ class PoseSupernet(nn.Module):
         space: the fabric search space (shared by all parts; each part has its own α, β, weights).
         grouping: the part grouping.
         backbone: a module returning a list of 4 maps at strides 4…32, with ``channels``.
+        partial_channels: K of PC-DARTS partial-channel edges (1 = every channel; ``nn.cell``).
+        sampling: ``mixed`` (every op, DARTS) or ``gumbel`` (one drawn op per edge, GDAS).
     """
 
-    def __init__(self, space: FabricSpace, grouping: PartGrouping, backbone: nn.Module) -> None:
+    def __init__(
+        self,
+        space: FabricSpace,
+        grouping: PartGrouping,
+        backbone: nn.Module,
+        partial_channels: int = 1,
+        sampling: str = "mixed",
+    ) -> None:
         super().__init__()
         self.space = space
         self.grouping = grouping
         self.backbone = backbone
+        self.partial_channels = partial_channels
+        self.sampling = sampling
         self.parts = nn.ModuleDict(
             {
-                p.name: SearchFabric(space, backbone.channels, len(p.keypoints))
+                p.name: SearchFabric(
+                    space, backbone.channels, len(p.keypoints), partial_channels, sampling
+                )
                 for p in grouping.parts
             }
         )

@@ -246,6 +246,8 @@ def trial_params(trial: TrialSpec) -> dict[str, str]:
         "weight_lr": s.weight_optimizer.lr,
         "arch_optimizer": s.arch_optimizer.name,
         "arch_lr": s.arch_optimizer.lr,
+        "partial_channels": s.partial_channels,
+        "sampling": s.sampling,
         "backbone": trial.backbone.name,
         "dataset": trial.data.dataset,
         "input_size": "x".join(str(v) for v in trial.data.input_size),

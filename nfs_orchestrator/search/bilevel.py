@@ -112,6 +112,13 @@ def arch_step_first_order(
     return loss
 
 
+def _grad(loss: torch.Tensor, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """d loss / d inputs, zeros for inputs the forward did not use (with ``sampling: gumbel``
+    only the drawn op of each edge runs)."""
+    grads = torch.autograd.grad(loss, list(inputs), allow_unused=True)
+    return [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, grads)]
+
+
 def arch_step_second_order(
     model: nn.Module,
     train_batches: Sequence[Batch],
@@ -139,21 +146,21 @@ def arch_step_second_order(
         ) / len(batches)
 
     # virtual step w' = w - η (∇w L_train + λ w)
-    g_train = torch.autograd.grad(loss_with(w, train_batches), list(w.values()))
+    g_train = _grad(loss_with(w, train_batches), list(w.values()))
     w_virtual = {
         n: (p - eta * (g + weight_decay * p)).detach().requires_grad_(True)
         for (n, p), g in zip(w.items(), g_train)
     }
     val_loss = loss_with(w_virtual, val_batches)
-    grads = torch.autograd.grad(val_loss, list(a.values()) + list(w_virtual.values()))
+    grads = _grad(val_loss, list(a.values()) + list(w_virtual.values()))
     d_arch, d_w = grads[: len(a)], grads[len(a) :]
     # finite-difference Hessian-vector product ∇²_{α,w} L_train · d_w
     r = 0.01 / torch.sqrt(sum((g * g).sum() for g in d_w)).clamp_min(1e-12)
     with torch.no_grad():
         w_plus = {n: p + r * g for (n, p), g in zip(w.items(), d_w)}
         w_minus = {n: p - r * g for (n, p), g in zip(w.items(), d_w)}
-    g_plus = torch.autograd.grad(loss_with(w_plus, train_batches), list(a.values()))
-    g_minus = torch.autograd.grad(loss_with(w_minus, train_batches), list(a.values()))
+    g_plus = _grad(loss_with(w_plus, train_batches), list(a.values()))
+    g_minus = _grad(loss_with(w_minus, train_batches), list(a.values()))
     optimizer.zero_grad(set_to_none=True)
     for p, da, gp, gm in zip(a.values(), d_arch, g_plus, g_minus):
         p.grad = da - eta * (gp - gm) / (2 * r)

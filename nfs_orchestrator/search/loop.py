@@ -68,7 +68,9 @@ def run_search(trial: TrialSpec, runtime: Runtime) -> dict[str, float]:
     backbone = build_backbone(
         trial.backbone.name, trial.backbone.weights, random_init=trial.backbone.random_init
     )
-    model = PoseSupernet(trial.fabric, trial.grouping, backbone).to(device)
+    model = PoseSupernet(
+        trial.fabric, trial.grouping, backbone, search.partial_channels, search.sampling
+    ).to(device)
     init_arch(model, search)
     runtime.broadcast_parameters(model)
     # after the broadcast (collectives want dense NCHW tensors), before the optimizers
