@@ -29,7 +29,7 @@ import contextlib
 import io
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -206,7 +206,6 @@ def evaluate_coco(
     replaces pycocotools' COCO-17 OKS sigmas (needed for K ≠ 17). An empty results list
     scores 0 everywhere.
     """
-    from pycocotools.cocoeval import COCOeval
 
     ann, pred = Path(annotations), Path(predictions)
     gt, k = _coco_gt(ann)
@@ -217,6 +216,20 @@ def evaluate_coco(
         )
     if not results:
         return dict.fromkeys(COCO_STATS, 0.0)
+    stats = cocoeval_stats(gt, results, sigmas, image_ids)
+    return {name: float(v) for name, v in zip(COCO_STATS, stats, strict=True)}
+
+
+def cocoeval_stats(
+    gt: Any,
+    results: Sequence[Mapping[str, Any]],
+    sigmas: Sequence[float] | None = None,
+    image_ids: Iterable[int] | None = None,
+) -> list[float]:
+    """pycocotools' ten keypoint stats of ``results`` (non-empty) on the ``COCO`` object ``gt``,
+    with ``sigmas`` for the OKS (default: COCO-17's) and scoring restricted to ``image_ids``."""
+    from pycocotools.cocoeval import COCOeval
+
     with _quiet():
         dt = gt.loadRes([dict(r) for r in results])
         ev = COCOeval(gt, dt, "keypoints")
@@ -227,7 +240,7 @@ def evaluate_coco(
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-    return {name: float(v) for name, v in zip(COCO_STATS, ev.stats, strict=True)}
+    return [float(v) for v in ev.stats]
 
 
 # --------------------------------------------------------------------------------------------

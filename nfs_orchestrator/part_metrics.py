@@ -97,9 +97,8 @@ def coco_ap(
     """COCOeval keypoint AP (IoU .50:.95, all areas) of ``results`` on ``gt_data``; NaN when
     undefined (no labelled person), 0 for no results."""
     from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
 
-    from nfs_orchestrator.evaluation import _quiet
+    from nfs_orchestrator.evaluation import _quiet, cocoeval_stats
 
     if not results:
         return 0.0
@@ -107,15 +106,7 @@ def coco_ap(
         gt = COCO()
         gt.dataset = dict(gt_data)
         gt.createIndex()
-        dt = gt.loadRes([dict(r) for r in results])
-        ev = COCOeval(gt, dt, "keypoints")
-        ev.params.kpt_oks_sigmas = np.asarray(sigmas, dtype=np.float64)
-        if image_ids is not None:
-            ev.params.imgIds = sorted({int(i) for i in image_ids})
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    ap = float(ev.stats[0])
+    ap = cocoeval_stats(gt, results, sigmas, image_ids)[0]
     return ap if ap >= 0 else math.nan
 
 
