@@ -252,6 +252,25 @@ def set_option(f):
     )(f)
 
 
+def preset_option(f):
+    return click.option(
+        "--arch-preset",
+        default=None,
+        metavar="NAME",
+        help="Named α/β optimizer settings applied before --set: reference (the paper code's "
+        "exact arch optimizer; it does not move α/β at small scale) or default.",
+    )(f)
+
+
+def campaign_overrides(arch_preset: str | None, overrides: tuple[str, ...]) -> tuple[str, ...]:
+    """``--arch-preset``'s overrides first, then the user's ``--set``."""
+    if not arch_preset:
+        return tuple(overrides)
+    from nfs_orchestrator.search.presets import arch_preset as preset
+
+    return preset(arch_preset) + tuple(overrides)
+
+
 def describe_campaign(campaign) -> list[str]:
     """A few lines saying what a campaign will run."""
     d, s, b, r = campaign.data, campaign.search, campaign.budget, campaign.resources
@@ -291,7 +310,8 @@ def describe_campaign(campaign) -> list[str]:
 @main.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @set_option
-def validate(files: tuple[str, ...], overrides: tuple[str, ...]) -> None:
+@preset_option
+def validate(files: tuple[str, ...], overrides: tuple[str, ...], arch_preset: str | None) -> None:
     """Check campaign and retrain files: resolve every reference and print each campaign's id
     and plan (a file with top-level ``epochs`` and no ``search`` is a retrain spec)."""
     from nfs_orchestrator.campaign_spec import load_campaign
@@ -304,7 +324,7 @@ def validate(files: tuple[str, ...], overrides: tuple[str, ...]) -> None:
             spec = load_retrain(path, overrides)
             click.echo(f"{path}: ok, retrain {spec.name}-{spec.fingerprint()[:8]}")
             continue
-        campaign = load_campaign(path, overrides)
+        campaign = load_campaign(path, campaign_overrides(arch_preset, overrides))
         click.echo(f"{path}: ok, campaign {campaign.campaign_id}")
         for line in describe_campaign(campaign):
             click.echo(line)
@@ -320,14 +340,20 @@ def validate(files: tuple[str, ...], overrides: tuple[str, ...]) -> None:
 )
 @root_option
 @click.option("--dry-run", is_flag=True, help="Print the resolved campaign and stop.")
+@preset_option
 def search(
-    file: str, overrides: tuple[str, ...], address: str | None, root: str, dry_run: bool
+    file: str,
+    overrides: tuple[str, ...],
+    address: str | None,
+    root: str,
+    dry_run: bool,
+    arch_preset: str | None,
 ) -> None:
     """Run a NAS campaign (or resume it: the same spec always has the same id)."""
     from nfs_orchestrator.campaign_spec import load_campaign
     from nfs_orchestrator.orchestration.ray_session import plan_resources
 
-    campaign = load_campaign(file, overrides)
+    campaign = load_campaign(file, campaign_overrides(arch_preset, overrides))
     if dry_run:
         click.echo(json.dumps(campaign.to_dict(), indent=2, sort_keys=True))
         click.echo(f"campaign id: {campaign.campaign_id}")

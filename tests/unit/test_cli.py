@@ -141,3 +141,19 @@ def test_validate_accepts_every_shipped_file_and_names_its_kind():
     for path in files:
         kind = "retrain" if Path(path).name.startswith("retrain") else "campaign"
         assert f"{path}: ok, {kind} " in proc.stdout
+
+
+def test_arch_preset_applies_before_set_and_bad_names_are_one_line():
+    repo = Path(__file__).resolve().parents[2]
+    quickstart = str(repo / "experiments" / "quickstart.yaml")
+    plain = posenfs("validate", quickstart)
+    reference = posenfs("validate", quickstart, "--arch-preset", "reference")
+    assert plain.returncode == reference.returncode == 0
+    assert plain.stdout.splitlines()[0] != reference.stdout.splitlines()[0]  # another campaign
+    back = posenfs(
+        "validate", quickstart, "--arch-preset", "reference", "--set",
+        "search.arch_optimizer.weight_decay=0.0", "--set", "search.arch_start_epoch=null",
+        "--set", "search.arch_optimizer.lr=0.05",
+    )  # fmt: skip
+    assert back.stdout.splitlines()[0] == plain.stdout.splitlines()[0]  # --set comes after
+    assert_one_line_error(posenfs("validate", quickstart, "--arch-preset", "refrence"), "preset")
