@@ -297,6 +297,23 @@ class ScheduleSpec(Spec):
 
 
 @dataclass(frozen=True)
+class CollapseSpec(Spec):
+    """A collapse monitor that acts (DARTS-ES style): once the derived genotype's share of
+    parameter-free ops (skip, pooling) passes ``max_param_free_share`` while α/β are searched,
+    ``freeze_arch`` stops the α/β updates for the rest of the trial (weights go on training) and
+    ``stop`` ends the trial after that epoch; the ledger records why (``stop_reason``). Off
+    when ``max_param_free_share`` is null."""
+
+    max_param_free_share: float | None = None
+    action: Literal["freeze_arch", "stop"] = "freeze_arch"
+
+    def __post_init__(self) -> None:
+        share = self.max_param_free_share
+        if share is not None and not 0.0 < share <= 1.0:
+            raise SpecError(f"max_param_free_share: {share} must be in (0, 1] or null")
+
+
+@dataclass(frozen=True)
 class TemperatureSpec(Spec):
     """Softmax temperature of alpha/beta, annealed linearly from start to end over the run.
     T = 1 throughout reproduces the reference (plain softmax)."""
@@ -342,6 +359,7 @@ class SearchSpec(Spec):
     arch_optimizer: OptimSpec = field(default_factory=lambda: OptimSpec(lr=5e-2, weight_decay=0.0))
     lr_schedule: ScheduleSpec = field(default_factory=ScheduleSpec)
     temperature: TemperatureSpec = field(default_factory=TemperatureSpec)
+    collapse: CollapseSpec = field(default_factory=CollapseSpec)
     search_alpha: bool = True  # False really freezes alpha (not in any optimizer)
     search_beta: bool = True
     arch_start_epoch: int | None = None  # weight-only warm-up epochs; None: epochs // 6

@@ -64,6 +64,9 @@ LEDGER_SCHEMA = pa.schema(
         ("decided_share", pa.float64()),
         ("margin_median", pa.float64()),
         ("undecided", pa.bool_()),
+        # why a trial stopped before its planned epochs, when the search said so (a collapse
+        # monitor, search.collapse); ASHA's stops are the status EARLY_STOPPED
+        ("stop_reason", pa.string()),
         # for each metric whose best is kept (the primary objective, val_ap, val_pckh,
         # val_loss): {metric: [epoch, genotype fingerprint]} of the epoch that scored it
         ("best_genotypes_json", pa.string()),
@@ -181,6 +184,12 @@ def update_with_result(
         v = _finite(result.get(key))
         if v is not None:
             out[column] = v
+    share = _finite(result.get("collapse_share"))
+    if share is not None:
+        action = "stopped" if result.get("arch_frozen_at") is None else "froze α/β"
+        out["stop_reason"] = (
+            f"collapse at epoch {epoch}: parameter-free share {share:.2f} ({action})"
+        )
     if _finite(result.get("undecided")) is not None:
         out["undecided"] = bool(result["undecided"])
     if isinstance(result.get("genotype_fp"), str) and result["genotype_fp"]:

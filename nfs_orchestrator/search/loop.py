@@ -95,6 +95,7 @@ def run_search(trial: TrialSpec, runtime: Runtime) -> dict[str, float]:
         )
 
     start_epoch, history = 0, []
+    frozen_at: int | None = None  # the epoch a collapse monitor froze α/β at (search.collapse)
     if (ckpt := runtime.latest_checkpoint()) is not None:
         state = torch.load(Path(ckpt) / STATE_FILE, map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
@@ -102,6 +103,7 @@ def run_search(trial: TrialSpec, runtime: Runtime) -> dict[str, float]:
         if a_opt is not None:
             a_opt.load_state_dict(state["arch_optimizer"])
         start_epoch, history = state["epoch"] + 1, state["history"]
+        frozen_at = state.get("arch_frozen_at")
 
     setup_s = time.monotonic() - entered  # data, supernet, checkpoint restore
     metrics: dict[str, float] = {}
@@ -111,7 +113,7 @@ def run_search(trial: TrialSpec, runtime: Runtime) -> dict[str, float]:
         seed_everything(trial.seed * 100_003 + epoch)
         set_lr(w_opt, search.weight_optimizer.lr * lr_factor(search.lr_schedule, progress))
         model.temperature = temperature(search.temperature, progress)
-        arch_active = a_opt is not None and epoch >= search.arch_start
+        arch_active = a_opt is not None and epoch >= search.arch_start and frozen_at is None
         eta = w_opt.param_groups[0]["lr"]
 
         model.train()
@@ -173,6 +175,12 @@ def run_search(trial: TrialSpec, runtime: Runtime) -> dict[str, float]:
         history.append(arch_snapshot(model))
         genotype = with_confidence(genotype, history, model.temperature)  # every rank alike
         metrics.update(arch_metrics(model, genotype))
+        collapsed = collapse_check(search, arch_active, metrics["param_free_share"])
+        if collapsed:
+            metrics["collapse_share"] = metrics["param_free_share"]  # the ledger says why
+            frozen_at = epoch if search.collapse.action == "freeze_arch" else frozen_at
+        if frozen_at is not None:
+            metrics["arch_frozen_at"] = float(frozen_at)
         metrics.update(confidence_metrics(genotype))
         metrics.update(
             genotype_part_metrics(genotype, trial.data.input_size, model.backbone.channels)
@@ -199,15 +207,23 @@ def run_search(trial: TrialSpec, runtime: Runtime) -> dict[str, float]:
                         "epoch": epoch,
                         "history": history,
                         "trial": trial.to_dict(),
+                        "arch_frozen_at": frozen_at,
                     },
                     ckpt_dir / STATE_FILE,
                 )
                 (ckpt_dir / "genotype.json").write_text(genotype.to_json())
                 artifacts = render_artifacts(genotype, history)
             runtime.report(metrics, ckpt_dir, artifacts)
-        if runtime.should_stop():
+        if runtime.should_stop() or (collapsed and search.collapse.action == "stop"):
             break
     return metrics
+
+
+def collapse_check(search: SearchSpec, arch_active: bool, param_free_share: float) -> bool:
+    """Whether this epoch's genotype trips the collapse monitor (``search.collapse``): α/β
+    were searched this epoch and the parameter-free share passed the threshold."""
+    limit = search.collapse.max_param_free_share
+    return arch_active and limit is not None and param_free_share > limit
 
 
 # --------------------------------------------------------------------------------------------
