@@ -41,8 +41,20 @@ from nfs_orchestrator.strict import (
     from_mapping,
     read_yaml,
     replace_path,
+    suggest,
     to_plain,
 )
+
+# What every epoch of a search trial reports (search/loop.py; a test runs the loop and checks
+# it), besides the dataset's validation metrics and the per-part ones.
+SEARCH_METRICS = (
+    "train_loss", "val_loss", "alpha_entropy", "beta_entropy", "param_free_share",
+    "cells_kept", "macs", "params", "confidence_decided", "margin_median",
+    "alpha_entropy_drop", "beta_entropy_drop", "flip_share", "undecided",
+    "epoch_time_s", "setup_s", "temperature", "lr",
+)  # fmt: skip
+VAL_METRICS = {"mpii": ("val_pckh",), "coco": ("val_ap", "val_ap50")}  # synthetic: as COCO
+BILEVEL_METRICS = ("arch_loss",)  # first_order / second_order only
 
 TRIAL_FIELDS = ("fabric", "grouping", "search", "data", "backbone", "seed")  # what outer may set
 REFERENCES = ("fabric", "grouping")  # outer keys that choose a file of search_spaces/
@@ -277,6 +289,7 @@ class CampaignSpec(Spec):
         check_outer(self.outer)
         if self.catalog:  # resolved: every trial the space allows must be valid
             self.check_trials()
+            self.check_metrics()
 
     @property
     def multi_objective(self) -> bool:
@@ -296,6 +309,30 @@ class CampaignSpec(Spec):
         if body["budget"]["seeds"] == 1:  # added later: at its default, ids stay as they were
             body["budget"].pop("seeds")
         return fingerprint(body)
+
+    def reported_metrics(self) -> list[str]:
+        """Every metric a trial of this campaign reports each epoch: the search loop's, the
+        dataset's validation metrics, and each part's (``val_ap.<part>`` / ``val_pckh.<part>``,
+        ``params.<part>``, ``macs.<part>``) of every grouping the campaign can use."""
+        val = VAL_METRICS["mpii" if self.data.dataset == "mpii" else "coco"]
+        names = [*SEARCH_METRICS, *val]
+        if self.search.mode in ("first_order", "second_order"):
+            names += BILEVEL_METRICS
+        for ref in self.references("grouping"):
+            for part in self.catalog[ref].parts:
+                names += [f"{val[0]}.{part.name}", f"params.{part.name}", f"macs.{part.name}"]
+        return list(dict.fromkeys(names))
+
+    def check_metrics(self) -> None:
+        """Every objective names a metric the trials report (exact, case-sensitive)."""
+        known = self.reported_metrics()
+        for i, objective in enumerate(self.objectives):
+            if objective.metric not in known:
+                raise SpecError(
+                    f"objectives[{i}].metric: {objective.metric!r} is not reported by a "
+                    f"{self.data.dataset} search{suggest(objective.metric, known)}; "
+                    f"e.g. {', '.join(known[:4])}, {known[-1]}"
+                )
 
     def references(self, kind: str) -> list[str]:
         """Every ``fabric`` or ``grouping`` reference a trial can use, base first."""

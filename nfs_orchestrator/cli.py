@@ -591,12 +591,11 @@ def promote(campaign_id, rule, trial_id, alias, model_name, force, root) -> None
 
     CAMPAIGN_ID is a campaign id, or the campaign's YAML file."""
     from nfs_orchestrator.orchestration.ledger import read_ledger
-    from nfs_orchestrator.orchestration.promote import parse_rule
+    from nfs_orchestrator.orchestration.promote import campaign_rule
     from nfs_orchestrator.orchestration.promote import promote as do_promote
 
     record = _campaign_record(campaign_id, root)
-    primary = record.spec.objectives[0]
-    parsed = parse_rule(rule or f"best:{primary.metric}:{primary.mode}")
+    parsed = campaign_rule(record, rule)
     p = do_promote(
         record,
         read_ledger(record.ledger_path),
@@ -637,15 +636,14 @@ def controls(campaign_id, retrain_file, rule, random_arms, seeds, overrides, add
     CAMPAIGN_ID is a campaign id, or the campaign's YAML file."""
     from nfs_orchestrator.orchestration.controls import format_controls, run_controls
     from nfs_orchestrator.orchestration.ledger import read_ledger
-    from nfs_orchestrator.orchestration.promote import parse_rule, select_genotype
+    from nfs_orchestrator.orchestration.promote import campaign_rule, select_genotype
     from nfs_orchestrator.specs import load_retrain
 
     if random_arms < 0 or seeds < 1:
         raise PosenfsError(f"--random {random_arms} / --seeds {seeds}: need ≥ 0 and ≥ 1")
     record = _campaign_record(campaign_id, root)
     spec = load_retrain(retrain_file, tuple(overrides))
-    primary = record.spec.objectives[0]
-    rule = parse_rule(rule or f"best:{primary.metric}:{primary.mode}")
+    rule = campaign_rule(record, rule)
     chosen = select_genotype(record, read_ledger(record.ledger_path), rule)
     result = run_controls(
         record, spec, chosen.genotype, random_arms=random_arms, seeds=seeds, address=address

@@ -44,6 +44,7 @@ from nfs_orchestrator.errors import PosenfsError
 from nfs_orchestrator.genotype import Genotype
 from nfs_orchestrator.orchestration import tracking
 from nfs_orchestrator.orchestration.ledger import best_genotype
+from nfs_orchestrator.strict import suggest
 
 MIN_METRICS = ("val_loss", "macs", "params")
 DONE = ("FINISHED", "EARLY_STOPPED")
@@ -88,6 +89,21 @@ def parse_rule(text: str) -> Rule:
     elif cons:
         raise PromoteError(f"--rule {text!r}: only pareto rules take a constraint")
     return Rule(kind, metric, mode, constraint, text)
+
+
+def campaign_rule(record: Any, text: str | None) -> Rule:
+    """The promotion rule ``text`` for a campaign (default: its primary objective), its metrics
+    checked against what the campaign's trials report (one line, with a suggestion)."""
+    primary = record.spec.objectives[0]
+    rule = parse_rule(text or f"best:{primary.metric}:{primary.mode}")
+    known = ["best", *record.spec.reported_metrics()]
+    for metric in [rule.metric] + ([rule.constraint[0]] if rule.constraint else []):
+        if metric not in known:
+            raise PromoteError(
+                f"--rule {rule.text!r}: {metric!r} is not reported by this campaign's trials"
+                f"{suggest(metric, known)}"
+            )
+    return rule
 
 
 def _value(row: dict[str, Any], metric: str) -> float | None:

@@ -97,3 +97,14 @@ def test_an_undecided_genotype_is_refused_unless_forced(tmp_path):
     forced = promote(record, rows, parse_rule("best:val_ap"), model_name="g", force=True)
     c = tracking.client(record.tracking_uri)
     assert c.get_model_version("g", forced.version).tags[tracking.TAG_UNDECIDED] == "true"
+
+
+def test_the_rule_defaults_to_the_primary_objective_and_names_real_metrics(tmp_path):
+    from nfs_orchestrator.orchestration.promote import campaign_rule
+
+    a, _ = genotypes()
+    record, _ = campaign_with_one_trial(tmp_path, [(a, 0.5)])
+    assert campaign_rule(record, None).text == "best:val_ap:max"
+    assert campaign_rule(record, "pareto:val_ap@macs<=5e9").constraint == ("macs", "<=", 5e9)
+    with pytest.raises(PromoteError, match=r"'val_AP' is not reported .*did you mean 'val_ap'"):
+        campaign_rule(record, "best:val_AP")

@@ -89,3 +89,16 @@ def test_first_order_arch_step_leaves_weights_alone(synthetic_root):
     after = net.state_dict()
     assert all(torch.equal(v, after[k]) for k, v in before.items())
     assert any(torch.count_nonzero(p) for p in arch)
+
+
+def test_the_loop_reports_every_metric_a_campaign_may_name(tmp_path, synthetic_root):
+    """campaign_spec's table of reported metrics (objectives are checked against it at load)
+    is what the loop really reports."""
+    from nfs_orchestrator.campaign_spec import BILEVEL_METRICS, SEARCH_METRICS, VAL_METRICS
+
+    trial = tiny_trial(synthetic_root, epochs=1, steps=1)
+    metrics = run_search(trial, LocalRuntime(tmp_path, verbose=False))
+    parts = [p.name for p in trial.grouping.parts]
+    declared = [*SEARCH_METRICS, *VAL_METRICS["coco"], *BILEVEL_METRICS]
+    declared += [f"{kind}.{p}" for p in parts for kind in ("val_ap", "params", "macs")]
+    assert set(declared) <= set(metrics), sorted(set(declared) - set(metrics))

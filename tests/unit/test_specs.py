@@ -140,3 +140,13 @@ def test_campaign_trial_is_built_from_typed_specs():
     assert trial.search.arch_optimizer.lr == 0.01 and trial.fabric.depth == 4
     assert trial.search.weight_optimizer is campaign.search.weight_optimizer
     assert trial.search.arch_optimizer.weight_decay == campaign.search.arch_optimizer.weight_decay
+
+
+def test_an_objective_the_trials_never_report_fails_at_load():
+    path = spaces_root().parent / "experiments" / "quickstart.yaml"
+    with pytest.raises(
+        SpecError, match=r"objectives\[0\]\.metric: 'val_AP' .*did you mean 'val_ap'"
+    ):
+        load_campaign(path, ("objectives=[{metric: val_AP, mode: max}]",))
+    campaign = load_campaign(path, ("objectives=[{metric: val_ap.head, mode: max}]",))
+    assert "val_ap.head" in campaign.reported_metrics()  # coco-p3 is one of its groupings
