@@ -129,26 +129,33 @@ def summarize(values: Mapping[str, Sequence[float]], mode: str) -> list[dict[str
 
 def verdict(summary: Sequence[Mapping[str, Any]], metric: str, mode: str) -> str:
     """One sentence: does ``champion`` beat every control by more than the seed spread (the
-    difference of means larger than the sum of the two spreads)?"""
+    difference of means larger than the sum of the two spreads), tie with some, or lose to
+    some by more than the spread?"""
     arms = {e["arm"]: e for e in summary}
     champion = arms.get("champion")
     if champion is None or champion["mean"] is None:
         return "No champion result: nothing to compare."
     sign = 1.0 if mode == "max" else -1.0
     head = f"Champion {metric} {champion['mean']:.4f} ± {champion['spread']:.4f}"
-    beaten, not_beaten = [], []
+    ties, losses = [], []
     for name, entry in arms.items():
         if name == "champion" or entry["mean"] is None:
             continue
         gap = sign * (champion["mean"] - entry["mean"])
-        if gap > champion["spread"] + entry["spread"]:
-            beaten.append(name)
-        else:
-            not_beaten.append(f"{name} ({entry['mean']:.4f} ± {entry['spread']:.4f})")
+        label = f"{name} ({entry['mean']:.4f} ± {entry['spread']:.4f})"
+        if gap < -(champion["spread"] + entry["spread"]):
+            losses.append(label)
+        elif gap <= champion["spread"] + entry["spread"]:
+            ties.append(label)
     n = champion["n"]
-    if not not_beaten:
-        return f"{head} beats every control by more than the seed spread ({n} seeds)."
-    return (
-        f"{head} does not beat {', '.join(not_beaten)} by more than the seed spread ({n} seeds): "
-        f"at this budget the search is not shown to matter."
-    )
+    if losses:
+        return (
+            f"{head} is worse than {', '.join(losses)} by more than the seed spread ({n} seeds): "
+            f"at this budget the searched architecture loses to its controls."
+        )
+    if ties:
+        return (
+            f"{head} does not beat {', '.join(ties)} by more than the seed spread ({n} seeds): "
+            f"at this budget the search is not shown to matter."
+        )
+    return f"{head} beats every control by more than the seed spread ({n} seeds)."

@@ -72,5 +72,9 @@ def test_verdict_needs_more_than_the_spread():
     close = baselines.summarize({"champion": [0.30, 0.20], "uniform": [0.24, 0.25]}, "max")
     sentence = baselines.verdict(close, "val_ap", "max")
     assert "does not beat uniform" in sentence and "not shown" in sentence
+    worse = baselines.summarize({"champion": [0.02, 0.03], "uniform": [0.14, 0.17]}, "max")
+    assert "is worse than uniform" in baselines.verdict(worse, "val_ap", "max")
+    lower = baselines.summarize({"champion": [0.02, 0.03], "uniform": [0.14, 0.17]}, "min")
+    assert "beats every control" in baselines.verdict(lower, "val_loss", "min")
     entry = close[0]
     assert entry["mean"] == 0.25 and abs(entry["spread"] - 0.0707107) < 1e-6
