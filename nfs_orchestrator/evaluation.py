@@ -330,21 +330,30 @@ def load_mpii_predictions(path: str | Path, num_people: int) -> np.ndarray:
     return preds[..., :2]
 
 
-def pckh(
-    gt: MpiiGroundTruth, preds: np.ndarray, *, rows: Sequence[int] | None = None
-) -> dict[str, float]:
-    """PCKh stats of ``preds`` (M, 16, 2; 0-based image px) against the ground-truth people
-    ``rows`` (default: all N, then M = N)."""
+def pckh_scaled_errors(
+    gt: MpiiGroundTruth, preds: np.ndarray, rows: Sequence[int] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(errors scaled by the head size, visibility), both (16, M), of ``preds`` (M, 16, 2;
+    0-based image px) against the ground-truth people ``rows`` (default: all N, then M = N),
+    by the standard protocol (1-based MPII coordinates, head box × ``PCKH_SC_BIAS``)."""
     sel = np.arange(gt.num_people) if rows is None else np.asarray(rows, dtype=np.int64)
     if len(sel) != len(preds):
         raise InputError(f"{len(preds)} predictions for {len(sel)} ground-truth people")
-    j = {name: i for i, name in enumerate(gt.joint_names)}
     visible = 1.0 - gt.jnt_missing[:, sel]  # (16, M)
     pos_pred = np.transpose(np.asarray(preds, dtype=np.float64) + 1.0, (1, 2, 0))  # (16, 2, M)
     err = np.linalg.norm(pos_pred - gt.pos_gt_src[:, :, sel], axis=1)  # (16, M)
     boxes = gt.headboxes_src[:, :, sel]  # (2, 2, M)
     head_size = np.linalg.norm(boxes[1] - boxes[0], axis=0) * PCKH_SC_BIAS  # (M,)
-    scaled = err / np.maximum(head_size, 1e-12)[None, :]  # (16, M)
+    return err / np.maximum(head_size, 1e-12)[None, :], visible
+
+
+def pckh(
+    gt: MpiiGroundTruth, preds: np.ndarray, *, rows: Sequence[int] | None = None
+) -> dict[str, float]:
+    """PCKh stats of ``preds`` (M, 16, 2; 0-based image px) against the ground-truth people
+    ``rows`` (default: all N, then M = N)."""
+    j = {name: i for i, name in enumerate(gt.joint_names)}
+    scaled, visible = pckh_scaled_errors(gt, preds, rows)  # (16, M) each
     count = visible.sum(axis=1)  # (16,)
 
     def pck_at(threshold: float) -> np.ndarray:

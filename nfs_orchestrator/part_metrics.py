@@ -154,15 +154,9 @@ def pckh_joint_hits(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(correct, visible) counts per joint (16,) of ``preds`` (M, 16, 2; 0-based px) against
     the ground-truth people ``rows`` (default all), by the protocol of ``evaluation.pckh``."""
-    from nfs_orchestrator.evaluation import PCKH_SC_BIAS
+    from nfs_orchestrator.evaluation import pckh_scaled_errors
 
-    sel = np.arange(gt.num_people) if rows is None else np.asarray(rows, dtype=np.int64)
-    visible = 1.0 - gt.jnt_missing[:, sel]  # (16, M)
-    pos_pred = np.transpose(np.asarray(preds, dtype=np.float64) + 1.0, (1, 2, 0))  # (16, 2, M)
-    err = np.linalg.norm(pos_pred - gt.pos_gt_src[:, :, sel], axis=1)  # (16, M)
-    boxes = gt.headboxes_src[:, :, sel]  # (2, 2, M)
-    head_size = np.linalg.norm(boxes[1] - boxes[0], axis=0) * PCKH_SC_BIAS  # (M,)
-    scaled = err / np.maximum(head_size, 1e-12)[None, :]  # (16, M)
+    scaled, visible = pckh_scaled_errors(gt, preds, rows)  # (16, M) each
     return ((scaled <= threshold) * visible).sum(axis=1), visible.sum(axis=1)
 
 

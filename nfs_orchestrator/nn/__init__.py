@@ -1,0 +1,2 @@
+"""The networks: candidate ops, cells, part fabrics, the supernet, derived networks, backbones
+and honest counts (pure PyTorch)."""

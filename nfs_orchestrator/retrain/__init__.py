@@ -1,0 +1,1 @@
+"""Retraining the derived network of a genotype (pure PyTorch)."""

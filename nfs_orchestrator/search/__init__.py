@@ -1,0 +1,1 @@
+"""The inner, differentiable search of one trial (pure PyTorch)."""
