@@ -357,15 +357,19 @@ def search(
     if dry_run:
         click.echo(json.dumps(campaign.to_dict(), indent=2, sort_keys=True))
         click.echo(f"campaign id: {campaign.campaign_id}")
-        click.echo(f"trials: {campaign.budget.num_trials}")
-        if address:
-            r = campaign.resources
-            per_trial = r.trial_cpus + r.workers_per_trial * r.cpus_per_worker
-            click.echo(f"resources: {per_trial:g} CPU per trial; concurrency set by {address}")
-        else:
+        b, r, s = campaign.budget, campaign.resources, campaign.search
+        click.echo(f"trials: {b.num_trials} × {s.epochs} epochs")
+        per_trial = r.trial_cpus + r.workers_per_trial * r.cpus_per_worker
+        gpus = r.workers_per_trial * r.gpus_per_worker
+        if address or gpus:  # planned for a cluster, not for this machine
+            where = address or "a cluster with GPUs (none are needed here to plan)"
             click.echo(
-                f"resources: {plan_resources(campaign.resources, campaign.budget).describe()}"
+                f"resources: {per_trial:g} CPU"
+                + (f" + {gpus:g} GPU" if gpus else "")
+                + f" per trial; concurrency set by {where}"
             )
+        else:
+            click.echo(f"resources: {plan_resources(r, b).describe()}")
         return
     _run_campaign(campaign, root, address)
 

@@ -157,3 +157,11 @@ def test_arch_preset_applies_before_set_and_bad_names_are_one_line():
     )  # fmt: skip
     assert back.stdout.splitlines()[0] == plain.stdout.splitlines()[0]  # --set comes after
     assert_one_line_error(posenfs("validate", quickstart, "--arch-preset", "refrence"), "preset")
+
+
+def test_dry_run_of_a_gpu_campaign_plans_without_gpus_here():
+    repo = Path(__file__).resolve().parents[2]
+    paper = repo / "experiments" / "search_hrnet-w32_cnf5_mpii-256x256_groupings.yaml"
+    proc = posenfs("search", str(paper), "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert "+ 4 GPU per trial" in proc.stdout and "trials: 8 × 200 epochs" in proc.stdout
