@@ -322,12 +322,16 @@ def validate(files: tuple[str, ...], overrides: tuple[str, ...], arch_preset: st
         body = read_yaml(path)
         if "search" not in body and "outer" not in body and "epochs" in body:
             spec = load_retrain(path, overrides)
+            validation = spec.data.describe_validation()  # a missing detections file: exit 2
             click.echo(f"{path}: ok, retrain {spec.name}-{spec.fingerprint()[:8]}")
+            click.echo(f"  validation  {validation}")
             continue
         campaign = load_campaign(path, campaign_overrides(arch_preset, overrides))
+        validation = campaign.data.describe_validation()
         click.echo(f"{path}: ok, campaign {campaign.campaign_id}")
         for line in describe_campaign(campaign):
             click.echo(line)
+        click.echo(f"  validation  {validation}")
 
 
 @main.command()

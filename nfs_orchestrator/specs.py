@@ -16,9 +16,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from nfs_orchestrator.errors import SpecError
+from nfs_orchestrator.errors import InputError, SpecError
 from nfs_orchestrator.keypoints import PartGrouping, resolve_ref
 from nfs_orchestrator.strict import (
     Spec,
@@ -192,6 +192,9 @@ class DataSpec(Spec):
     under ``root`` on first use and then reads it exactly like COCO.
     """
 
+    # added after campaign ids were first published: left out of fingerprints at their default
+    LATE_FIELDS: ClassVar[tuple[str, ...]] = ("val_boxes", "decode", "oks_nms_threshold")
+
     dataset: Literal["coco", "mpii", "synthetic"]
     root: str = "."
     train_annotations: str = ""  # COCO person_keypoints_*.json or MPII train.json
@@ -199,13 +202,24 @@ class DataSpec(Spec):
     val_annotations: str = ""
     val_images: str = ""
     val_gt_mat: str | None = None  # MPII gt_valid.mat (PCKh ground truth)
-    detections: str | None = None  # COCO person detections for validation (else GT boxes)
-    det_score_threshold: float = 0.0
+    # Which person boxes validation crops (COCO-format data; see val_detections): "gt" the
+    # ground truth's (the reference during training), "detections" a person detector's (the
+    # reference's test protocol; the file must exist), "detections_if_present" the detector's
+    # where the file exists and the ground truth's otherwise.
+    val_boxes: Literal["gt", "detections", "detections_if_present"] = "gt"
+    # Person detector results in the layout of COCO_val2017_detections_AP_H_56_person.json
+    # (image_id, category_id, bbox, score); read only when val_boxes is not "gt".
+    detections: str | None = None
+    det_score_threshold: float = 0.0  # detector boxes scored lower are dropped (reference: 0)
     input_size: tuple[int, int] = (192, 256)  # (W, H) of the network input
     sigma: float = 2.0  # Gaussian target sigma in heatmap pixels
     margin: float = 1.25  # box enlargement before the crop
     augment: AugmentSpec = field(default_factory=AugmentSpec)
     flip_test: bool = True
+    # Heatmap → coordinates: argmax + a quarter pixel toward the higher neighbour (reference,
+    # HRNet) or DARK's Taylor refinement on the blurred log-heatmap (Zhang et al. 2020).
+    decode: Literal["quarter_offset", "dark"] = "quarter_offset"
+    oks_nms_threshold: float = 0.9  # COCO: greedy OKS-NMS per image (reference 0.9; 1 = off)
     max_train_instances: int | None = None  # cap for smoke runs; None = all
     max_val_instances: int | None = None
     synthetic: SyntheticSpec = field(default_factory=SyntheticSpec)
@@ -221,6 +235,20 @@ class DataSpec(Spec):
             raise SpecError("sigma and margin must be > 0")
         if self.dataset in ("coco", "mpii") and not self.train_annotations:
             raise SpecError(f"train_annotations: required for dataset {self.dataset}")
+        if self.val_boxes != "gt":
+            if self.dataset == "mpii":
+                raise SpecError(
+                    f"val_boxes: {self.val_boxes} is for COCO-format data; MPII validates on "
+                    f"its annotated people (use gt)"
+                )
+            if not self.detections:
+                raise SpecError(
+                    f"detections: val_boxes {self.val_boxes} needs a person detections file"
+                )
+        if not 0.0 <= self.det_score_threshold <= 1.0:
+            raise SpecError(f"det_score_threshold: {self.det_score_threshold} is not in [0, 1]")
+        if not 0.0 < self.oks_nms_threshold <= 1.0:
+            raise SpecError(f"oks_nms_threshold: {self.oks_nms_threshold} is not in (0, 1]")
 
     @property
     def heatmap_size(self) -> tuple[int, int]:
@@ -231,6 +259,53 @@ class DataSpec(Spec):
         """A path of this spec resolved against ``root``."""
         p = Path(relative)
         return p if p.is_absolute() else Path(self.root) / p
+
+    def val_detections(self) -> Path | None:
+        """The detections file whose boxes validation crops, or None for ground-truth boxes.
+
+        Reads the file system where it is called (the machine that validates): with
+        ``val_boxes: detections`` a missing file is a one-line ``InputError``; with
+        ``detections_if_present`` it means ground-truth boxes."""
+        if self.val_boxes == "gt" or self.detections is None:
+            return None
+        path = self.path(self.detections)
+        if path.is_file():
+            return path
+        if self.val_boxes == "detections_if_present":
+            return None
+        raise InputError(
+            f"{path}: no such detections file (data.detections, val_boxes: detections); set "
+            f"val_boxes: detections_if_present to fall back to ground-truth boxes"
+        )
+
+    def describe_validation(self) -> str:
+        """One line: which boxes, decoding and post-processing validation uses here."""
+        if self.dataset == "mpii":
+            boxes = "annotated people"
+        elif self.val_detections() is not None:
+            boxes = (
+                f"detector boxes from {self.path(self.detections or '')} "
+                f"(score ≥ {self.det_score_threshold:g})"
+            )
+        elif self.val_boxes == "detections_if_present":
+            boxes = f"ground-truth boxes ({self.path(self.detections or '')} absent here)"
+        else:
+            boxes = "ground-truth boxes"
+        nms = "" if self.dataset == "mpii" else f", OKS-NMS {self.oks_nms_threshold:g}"
+        flip = ", flip test" if self.flip_test else ""
+        return f"{boxes}, decode {self.decode}{nms}{flip}"
+
+    def identity(self) -> dict[str, Any]:
+        """The plain dict fingerprints cover: the fields added after campaign ids were first
+        published (``LATE_FIELDS``) are left out at their default, so those ids stay."""
+        body = to_plain(self)
+        for name in self.LATE_FIELDS:
+            if body[name] == _DATA_DEFAULTS[name]:
+                body.pop(name)
+        return body
+
+
+_DATA_DEFAULTS = {f.name: f.default for f in dataclasses.fields(DataSpec)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -436,7 +511,9 @@ class TrialSpec(Spec):
         check_partial_channels(self.fabric, self.search)
 
     def fingerprint(self) -> str:
-        return fingerprint(self)
+        body = to_plain(self)
+        body["data"] = self.data.identity()
+        return fingerprint(body)
 
 
 def check_compatible(
@@ -555,6 +632,7 @@ class RetrainSpec(Spec):
         body = to_plain(self)
         for key in ("resources", "storage"):
             body.pop(key)
+        body["data"] = self.data.identity()
         return fingerprint(body)
 
 

@@ -31,6 +31,7 @@ Randomness: training augmentation draws a seed from torch's global generator per
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -91,6 +92,8 @@ class TopDownDataset(Dataset):
         annotations: str | Path,
         gt_mat: str | Path | None = None,
         capped: bool = False,
+        scored_image_ids: np.ndarray | None = None,
+        boxes: Literal["gt", "detections"] = "gt",
     ) -> None:
         if instances.num_keypoints != schema.num_keypoints:
             raise InputError(
@@ -106,6 +109,9 @@ class TopDownDataset(Dataset):
         self.annotations = Path(annotations)
         self.gt_mat = Path(gt_mat) if gt_mat is not None else None
         self.capped = capped  # True when max_*_instances dropped instances
+        # COCO: the images scoring covers when capped (None: every image of ``annotations``)
+        self.scored_image_ids = scored_image_ids
+        self.boxes = boxes  # whose person boxes the crops come from
         self.flip_perm = np.asarray(schema.flip_permutation(), dtype=np.int64)
         self._lower = lower_body_mask(schema.keypoints)
 
@@ -246,23 +252,32 @@ def build_dataset(
     """The dataset of ``split``; ``train`` enables augmentation (``spec.augment``).
 
     COCO / synthetic: ground-truth boxes, or for ``val`` the detector boxes of
-    ``spec.detections`` when set. MPII: the json people in file order. ``synthetic`` first
-    writes its set under ``spec.root`` (once; see ``synthetic.write_synthetic_coco``).
-    ``max_train_instances`` keeps the first instances of the index; ``max_val_instances``
-    keeps whole images only, so that scoring on those images stays exact.
+    ``spec.detections`` as ``spec.val_boxes`` says (``DataSpec.val_detections``; a fallback
+    to ground-truth boxes is said on stderr). MPII: the json people in file order.
+    ``synthetic`` first writes its set under ``spec.root`` (once; see
+    ``synthetic.write_synthetic_coco``). ``max_train_instances`` keeps the first instances of
+    the index; ``max_val_instances`` keeps whole images only, so that scoring on those images
+    stays exact: with detector boxes, the scored images are every annotated image up to the
+    last kept one, those without a kept detection included (their people count as missed).
     ``cache_dir`` holds annotation indexes when the annotation folder is read-only.
     """
     if split not in ("train", "val"):
         raise SpecError(f"split: {split!r} must be 'train' or 'val'")
     ann, images = _sources(spec, schema, split)
     kind: Literal["coco", "mpii"] = "mpii" if spec.dataset == "mpii" else "coco"
-    gt_mat = None
+    gt_mat, dets = None, None
     if kind == "mpii":
         index = load_mpii_index(ann, cache_dir=cache_dir)
         if split == "val" and spec.val_gt_mat:
             gt_mat = spec.path(spec.val_gt_mat)
     else:
-        dets = spec.path(spec.detections) if (split == "val" and spec.detections) else None
+        dets = spec.val_detections() if split == "val" else None
+        if split == "val" and dets is None and spec.val_boxes == "detections_if_present":
+            print(
+                f"posenfs: {spec.path(spec.detections or '')} not found: validating on "
+                f"ground-truth boxes (data.val_boxes: detections_if_present)",
+                file=sys.stderr,
+            )
         index = load_coco_index(
             ann,
             detections=dets,
@@ -271,6 +286,12 @@ def build_dataset(
         )
     limit = spec.max_train_instances if split == "train" else spec.max_val_instances
     instances, capped = _cap(index.instances, limit, whole_images=split == "val")
+    scored = None
+    if capped:
+        scored = np.unique(instances.image_id)
+        if dets is not None and len(scored):  # + annotated images the detector left empty
+            annotated = load_coco_index(ann, cache_dir=cache_dir).instances.image_id
+            scored = np.union1d(scored, annotated[annotated <= scored[-1]])
     return TopDownDataset(
         instances,
         images_dir=images,
@@ -281,6 +302,8 @@ def build_dataset(
         annotations=ann,
         gt_mat=gt_mat,
         capped=capped,
+        scored_image_ids=scored,
+        boxes="gt" if dets is None else "detections",
     )
 
 

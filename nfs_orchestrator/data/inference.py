@@ -249,10 +249,12 @@ def evaluate_model(
     execution: Execution | None = None,
     grouping: PartGrouping | None = None,
 ) -> dict[str, float]:
-    """Predicts ``dataset`` (flip test per ``spec.flip_test``) and scores it.
+    """Predicts ``dataset`` (flip test per ``spec.flip_test``, decoding per ``spec.decode``)
+    and scores it.
 
-    COCO / synthetic: writes ``work_dir/keypoints_results.json`` and returns the ten COCO stats
-    (only the dataset's images are scored when it was capped). MPII: writes
+    COCO / synthetic: rescoring and OKS-NMS at ``spec.oks_nms_threshold``, then writes
+    ``work_dir/keypoints_results.json`` and returns the ten COCO stats (only
+    ``dataset.scored_image_ids`` are scored when it was capped). MPII: writes
     ``work_dir/pred.mat`` (``preds`` (N, 16, 2), 0-based) and returns the PCKh stats against
     ``dataset.gt_mat`` (``spec.val_gt_mat``), on the ground-truth rows the dataset holds.
     ``num_workers``, ``observe`` and ``execution`` go to ``predict``. With ``grouping``, each
@@ -266,6 +268,7 @@ def evaluate_model(
         flip_test=spec.flip_test,
         device=device,
         num_workers=num_workers,
+        dark=spec.decode == "dark",
         observe=observe,
         execution=execution,
     )
@@ -288,9 +291,12 @@ def evaluate_model(
         return stats
     if schema.sigmas is None:
         raise SpecError(f"schema {schema.name}: COCO scoring needs OKS sigmas")
-    results = coco_results(pred, schema.sigmas)
+    results = coco_results(pred, schema.sigmas, nms_threshold=spec.oks_nms_threshold)
     path = write_json_atomic(work / "keypoints_results.json", results)
-    image_ids = np.unique(dataset.image_ids).tolist() if dataset.capped else None
+    image_ids = None
+    if dataset.capped:
+        scored = dataset.scored_image_ids
+        image_ids = (scored if scored is not None else np.unique(dataset.image_ids)).tolist()
     stats = evaluate_coco(dataset.annotations, path, image_ids=image_ids, sigmas=schema.sigmas)
     if grouping is not None:
         parts = coco_part_ap(dataset.annotations, results, grouping, image_ids=image_ids)

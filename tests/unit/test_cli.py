@@ -141,6 +141,12 @@ def test_validate_accepts_every_shipped_file_and_names_its_kind():
     for path in files:
         kind = "retrain" if Path(path).name.startswith("retrain") else "campaign"
         assert f"{path}: ok, {kind} " in proc.stdout
+    # the COCO paper campaigns validate on detector boxes where the file exists, else say so
+    dets = "/mnt/data/coco/COCO_val2017_detections_AP_H_56_person.json"
+    assert proc.stdout.count(f"validation  ground-truth boxes ({dets} absent here)") == 2
+    paper = str(repo / "experiments" / "search_mobilenetv2_cnf3_coco-384x288.yaml")
+    strict = posenfs("validate", paper, "--set", "data.val_boxes=detections")
+    assert_one_line_error(strict, f"{dets}: no such detections file")
 
 
 def test_arch_preset_applies_before_set_and_bad_names_are_one_line():

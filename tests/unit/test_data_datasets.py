@@ -166,12 +166,30 @@ def test_half_body_augmentation_runs(coco_spec):
 def test_detection_boxes_for_validation(coco_spec):
     from nfs_orchestrator.specs import replace
 
-    spec = replace(coco_spec, detections="test_coco_det_AP_H_56.json", det_score_threshold=0.5)
+    spec = replace(
+        coco_spec,
+        val_boxes="detections",
+        detections="test_coco_det_AP_H_56.json",
+        det_score_threshold=0.5,
+    )
     ds = build_dataset(spec, COCO, "val", train=False)
     dets = json.loads((COCO_DIR / "test_coco_det_AP_H_56.json").read_text())
     assert len(ds) == sum(d["score"] >= 0.5 and d["category_id"] == 1 for d in dets)
     assert (ds.instances.score >= 0.5).all() and (ds.instances.ann_id == -1).all()
-    assert ds[0]["target_weight"].sum() == 0
+    assert ds[0]["target_weight"].sum() == 0 and ds.boxes == "detections"
+    assert build_dataset(replace(spec, val_boxes="gt"), COCO, "val", train=False).boxes == "gt"
+
+
+def test_detections_if_present_falls_back_to_ground_truth_boxes(coco_spec, capsys):
+    from nfs_orchestrator.specs import replace
+
+    spec = replace(coco_spec, val_boxes="detections_if_present", detections="absent.json")
+    ds = build_dataset(spec, COCO, "val", train=False)
+    assert ds.boxes == "gt" and (ds.instances.ann_id >= 0).all()
+    assert "absent.json not found: validating on ground-truth boxes" in capsys.readouterr().err
+    with pytest.raises(InputError) as e:
+        build_dataset(replace(spec, val_boxes="detections"), COCO, "val", train=False)
+    assert _one_line(e).startswith(f"{Path(spec.root) / 'absent.json'}: no such detections file")
 
 
 def test_max_instances_cap(coco_spec):
@@ -285,7 +303,8 @@ def test_unknown_image_in_detections_is_named(coco_spec):
     path = Path(coco_spec.root) / "test_coco_det_AP_H_56.json"
     path.write_text(json.dumps(dets))
     with pytest.raises(InputError) as e:
-        build_dataset(replace(coco_spec, detections=path.name), COCO, "val", train=False)
+        spec = replace(coco_spec, val_boxes="detections", detections=path.name)
+        build_dataset(spec, COCO, "val", train=False)
     assert _one_line(e) == f"{path}: record 7: image_id 99 is not in the annotations"
 
 
@@ -381,3 +400,58 @@ def test_evaluate_model_on_capped_validation_scores_only_kept_images(
     assert len(mp) == 2 and mp.capped
     stats = evaluate_model(Oracle(mp), mp, spec, MPII, device="cpu", work_dir=tmp_path / "m")
     assert stats["Mean"] == 100.0
+
+
+def _detections_from_ground_truth(spec, skip_image: int | None = None) -> list[dict]:
+    """A detector that finds every annotated person at its ground-truth box (score 0.9), except
+    in ``skip_image``: its crops equal the ground-truth ones, so the oracle knows them."""
+    gt = build_dataset(spec, COCO, "val", train=False).instances
+    return [
+        {"image_id": int(i), "category_id": 1, "bbox": [float(v) for v in box], "score": 0.9}
+        for i, box in zip(gt.image_id, gt.box, strict=True)
+        if int(i) != skip_image
+    ]
+
+
+def test_capped_detector_boxes_are_scored_with_the_images_they_miss(coco_spec, tmp_path):
+    from nfs_orchestrator.specs import replace
+
+    gt_set = build_dataset(coco_spec, COCO, "val", train=False)
+    first, skip, third, last = np.unique(gt_set.image_ids).tolist()  # 1, 2, 4, 5 people
+    dets = _detections_from_ground_truth(coco_spec, skip_image=skip)  # nobody found in `skip`
+    (Path(coco_spec.root) / "dets.json").write_text(json.dumps(dets))
+    kept = int(np.isin(gt_set.image_ids, [first, third]).sum())
+    spec = replace(
+        coco_spec, val_boxes="detections", detections="dets.json", max_val_instances=kept
+    )
+    ds = build_dataset(spec, COCO, "val", train=False)
+    assert ds.boxes == "detections" and ds.capped and len(ds) == kept
+    assert sorted(set(ds.image_ids.tolist())) == [first, third]
+    assert ds.scored_image_ids.tolist() == [first, skip, third]  # up to the last kept image
+    stats = evaluate_model(Oracle(gt_set), ds, spec, COCO, device="cpu", work_dir=tmp_path)
+    # the oracle is exact on every detected person (AP 1.0 alone); the 2 missed count
+    assert 0.3 < stats["AP"] < 0.9
+
+
+def test_dark_decoding_is_reachable_from_the_data_spec(coco_spec, tmp_path):
+    from nfs_orchestrator.data.inference import coco_results
+    from nfs_orchestrator.specs import replace
+
+    ds = build_dataset(coco_spec, COCO, "val", train=False)
+    oracle = Oracle(ds)
+    quarter = predict(oracle, ds, batch_size=8, flip_test=False)
+    dark = predict(oracle, ds, batch_size=8, flip_test=False, dark=True)
+    lab = ds.instances.joints[..., 2] > 0
+    gap = np.linalg.norm(dark.keypoints - quarter.keypoints, axis=-1)[lab]  # image px
+    assert 0 < gap.max() < 5.0  # close, not identical
+    err = {
+        name: np.linalg.norm(p.keypoints - ds.instances.joints[..., :2], axis=-1)[lab]
+        for name, p in (("quarter", quarter), ("dark", dark))
+    }
+    assert np.median(err["dark"]) < np.median(err["quarter"])  # the oracle's sub-pixel peaks
+    spec = replace(coco_spec, decode="dark", flip_test=False)
+    stats = evaluate_model(oracle, ds, spec, COCO, device="cpu", work_dir=tmp_path)
+    assert stats["AP"] > 0.95
+    written = json.loads((tmp_path / "keypoints_results.json").read_text())
+    assert written == json.loads(json.dumps(coco_results(dark, COCO.sigmas)))  # DARK's points
+    assert written != json.loads(json.dumps(coco_results(quarter, COCO.sigmas)))

@@ -150,3 +150,53 @@ def test_an_objective_the_trials_never_report_fails_at_load():
         load_campaign(path, ("objectives=[{metric: val_AP, mode: max}]",))
     campaign = load_campaign(path, ("objectives=[{metric: val_ap.head, mode: max}]",))
     assert "val_ap.head" in campaign.reported_metrics()  # coco-p3 is one of its groupings
+
+
+def test_validation_boxes_decode_and_nms_are_checked_at_load():
+    from nfs_orchestrator.specs import DataSpec
+
+    base = {"dataset": "coco", "train_annotations": "a.json"}
+    with pytest.raises(SpecError, match=r"detections: val_boxes detections needs a person"):
+        DataSpec.from_dict({**base, "val_boxes": "detections"})
+    with pytest.raises(SpecError, match=r"val_boxes: detections_if_present is for COCO-format"):
+        DataSpec.from_dict(
+            {**base, "dataset": "mpii", "val_boxes": "detections_if_present", "detections": "d"}
+        )
+    with pytest.raises(SpecError, match=r"decode: .argmax. is not one of"):
+        DataSpec.from_dict({**base, "decode": "argmax"})
+    with pytest.raises(SpecError, match=r"oks_nms_threshold: 0.0 is not in \(0, 1\]"):
+        DataSpec.from_dict({**base, "oks_nms_threshold": 0})
+
+
+def test_later_data_fields_keep_old_ids_at_default_and_count_once_set(tmp_path):
+    smoke = spaces_root().parent / "experiments" / "smoke.yaml"
+    base = load_campaign(smoke)
+    same = load_campaign(
+        smoke, ("data.decode=quarter_offset", "data.val_boxes=gt", "data.oks_nms_threshold=0.9")
+    )
+    dark = load_campaign(smoke, ("data.decode=dark",))
+    assert base.campaign_id == same.campaign_id == "smoke-0f8fd32a"  # the id before the fields
+    assert dark.campaign_id != base.campaign_id  # DARK changes what validation reports
+    assert "decode" in dark.data.identity() and "decode" not in base.data.identity()
+    assert dark.to_dict()["data"]["decode"] == "dark"  # specs crossing processes keep them
+
+
+def test_val_detections_reads_the_file_system(tmp_path):
+    from nfs_orchestrator.errors import InputError
+    from nfs_orchestrator.specs import DataSpec, replace
+
+    spec = DataSpec(
+        dataset="coco",
+        root=str(tmp_path),
+        train_annotations="a.json",
+        val_boxes="detections_if_present",
+        detections="dets.json",
+    )
+    assert spec.val_detections() is None  # absent: ground-truth boxes
+    assert "ground-truth boxes (" in spec.describe_validation()
+    strict = replace(spec, val_boxes="detections")
+    with pytest.raises(InputError, match=r"dets.json: no such detections file"):
+        strict.val_detections()
+    (tmp_path / "dets.json").write_text("[]")
+    assert spec.val_detections() == strict.val_detections() == tmp_path / "dets.json"
+    assert replace(spec, val_boxes="gt").val_detections() is None
