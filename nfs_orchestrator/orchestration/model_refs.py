@@ -7,8 +7,14 @@ What this is: ``resolve_genotype`` accepts what ``posenfs retrain --genotype`` t
     a path                                         a genotype.json file
 
 and returns the genotype with its lineage (model version, source run, campaign), so retraining
-can tag its run and registered model with where the architecture came from;
-``download_model_file`` fetches the posenfs model file a registered retrained model holds.
+can tag its run and registered model with where the architecture came from.
+
+A registered retrained model (``posenfs-<dataset>-retrained``) is a version whose source is the
+retrain run's folder ``posenfs/`` (``MODEL_FOLDER``): ``model.pt``, a posenfs model file
+(``model_io``: the network's description as plain values + its state dict, nothing else) and
+``genotype.json``. No MLflow flavour, no pickle: ``load_registered_model`` rebuilds the derived
+network from the genotype and loads the weights with ``torch.load(weights_only=True)``;
+``download_model_file`` fetches the model file itself.
 
 What it is not: the MLflow calls themselves (``tracking.py``) or promotion (``promote.py``).
 """
@@ -18,12 +24,17 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nfs_orchestrator.errors import InputError
 from nfs_orchestrator.genotype import Genotype, read_genotype
 from nfs_orchestrator.orchestration import tracking
 
-MODEL_FILE_ARTIFACT = "posenfs/model.pt"  # the posenfs model file, beside the MLflow model
+if TYPE_CHECKING:
+    from torch import nn
+
+MODEL_FOLDER = "posenfs"  # a retrain run's folder that its registered model version points at
+MODEL_FILE_ARTIFACT = f"{MODEL_FOLDER}/model.pt"  # the posenfs model file (model_io)
 
 
 @dataclass(frozen=True)
@@ -78,3 +89,32 @@ def download_model_file(ref: str, root: str | Path, tracking_uri: str | None = N
         return tracking.download_artifact(uri, mv.run_id, MODEL_FILE_ARTIFACT, tmp)
     except tracking.ArtifactError as e:
         raise InputError(f"{ref}: holds no posenfs model file ({e})") from None
+
+
+def load_registered_model(
+    ref: str, root: str | Path = "posenfs-runs", tracking_uri: str | None = None
+) -> nn.Module:
+    """The network a registered model version holds (``models:/NAME@ALIAS`` or
+    ``models:/NAME/VERSION``), built by posenfs from its genotype, its weights read with
+    ``torch.load(weights_only=True)``: loading runs no pickle. The store is ``tracking_uri``,
+    else ``$MLFLOW_TRACKING_URI``, else ``root``'s (``tracking.resolve_tracking_uri``). The
+    version's ``nfs.genotype_fp`` tag must match the genotype in the file."""
+    from nfs_orchestrator.model_io import build_model, read_model_file
+
+    uri = tracking.resolve_tracking_uri(root, tracking_uri)
+    mv = tracking.get_model_version(uri, ref)
+    with tempfile.TemporaryDirectory(prefix="posenfs-model-") as tmp:
+        try:
+            path = tracking.download_artifact(uri, mv.run_id, MODEL_FILE_ARTIFACT, tmp)
+        except tracking.ArtifactError as e:
+            raise InputError(f"{ref}: holds no posenfs model file ({e})") from None
+        body = read_model_file(path)
+    model = build_model(body, ref)
+    genotype = getattr(model, "genotype", None)
+    expected = mv.tags.get(tracking.TAG_GENOTYPE)
+    if genotype is not None and expected and genotype.fingerprint() != expected:
+        raise InputError(
+            f"{ref}: the model file holds genotype {genotype.fingerprint()[:12]}, the version "
+            f"is tagged {expected[:12]}"
+        )
+    return model.eval()

@@ -5,8 +5,10 @@
     get or create the retrain's MLflow run (experiment ``posenfs/retrain``, found by its id) →
     TorchTrainer(retrain_worker) with a deterministic run name: re-running the same command
     resumes from the last checkpoint (Ray Train V2 reloads its snapshot) →
-    log the trained model (``tracking.log_torch_model``) and register it as a new version of
-    ``posenfs-<dataset>-retrained`` with the evaluation results and the lineage as tags.
+    log the trained model as plain files (the run's folder ``posenfs/``: the posenfs model file,
+    read back with ``weights_only=True``, and ``genotype.json``) and register that folder as a
+    new version of ``posenfs-<dataset>-retrained`` with the evaluation results and the lineage
+    as tags. No MLflow flavour and no pickle: ``model_refs.load_registered_model`` loads it.
 
 Lineage: registry version → retrain run → genotype fingerprint → search trial run → campaign.
 What it is not: the training loop (``retrain.loop``), the Ray session (``ray_session.py``) or
@@ -140,15 +142,18 @@ def run_retrain_job(
             if isinstance(v, (int, float)) and not isinstance(v, bool)
         }
         with result.checkpoint.as_directory() as d, tempfile.TemporaryDirectory() as tmp:
-            model_file = Path(tmp) / "model.pt"
+            model_file = Path(tmp) / Path(model_refs.MODEL_FILE_ARTIFACT).name
             model_file.write_bytes((Path(d) / MODEL_FILE).read_bytes())
-            model = load_model(model_file)
-            tracking.log_files(
-                tracking_uri, run_id, [model_file], str(Path(model_refs.MODEL_FILE_ARTIFACT).parent)
+            load_model(model_file)  # loads as a user will (weights_only) before it is logged
+            source = tracking.log_model_folder(
+                tracking_uri,
+                run_id,
+                model_refs.MODEL_FOLDER,
+                [model_file],
+                {tracking.GENOTYPE_ARTIFACT: genotype.to_json()},
             )
-        model_uri = tracking.log_torch_model(tracking_uri, run_id, model)
         version = _register(
-            tracking_uri, model_name, model_uri, run_id, rid, genotype, lineage, metrics
+            tracking_uri, model_name, source, run_id, rid, genotype, lineage, metrics
         )
     except KeyboardInterrupt:
         raise

@@ -3,8 +3,9 @@ Model Registry.
 
 What this is: a thin layer over ``mlflow.MlflowClient``. The fluent API (``mlflow.start_run``),
 whose active-run state and ``MLFLOW_RUN_ID`` override (mlflow#15713) do not mix with Ray
-processes, is used in one place only: ``log_torch_model``, because MLflow's model flavours log
-into the active run.
+processes, is never used; nor are MLflow's model flavours: a registered model version's source
+is a folder of plain artifacts (``log_model_folder``: a genotype JSON, a posenfs model file that
+loads with ``torch.load(weights_only=True)``), so loading one never runs pickle.
 
 Which store (``resolve_tracking_uri``, the one rule, for campaigns, promote, retrain and
 ``evaluate``): the spec's ``storage.mlflow_uri`` if set, else ``$MLFLOW_TRACKING_URI`` if set,
@@ -443,18 +444,18 @@ def open_retrain(
     return run_id
 
 
-def log_torch_model(tracking_uri: str, run_id: str, model: Any) -> str:
-    """Logs ``model`` with MLflow's PyTorch flavour into the run; returns its model URI."""
-    import mlflow
-
-    mlflow.set_tracking_uri(tracking_uri)
-    with mlflow.start_run(run_id=run_id):
-        info = mlflow.pytorch.log_model(
-            model,
-            name="model",
-            serialization_format="pickle",  # pt2 would need tracing
-        )
-    return info.model_uri
+def log_model_folder(
+    tracking_uri: str,
+    run_id: str,
+    artifact_path: str,
+    files: list[str | Path],
+    texts: Mapping[str, str],
+) -> str:
+    """Uploads ``files`` and ``{name: text}`` into the run's folder ``artifact_path`` and
+    returns its URI (``runs:/<run_id>/<artifact_path>``), the source of a model version."""
+    log_files(tracking_uri, run_id, files, artifact_path)
+    log_texts(tracking_uri, run_id, texts, artifact_path)
+    return f"runs:/{run_id}/{artifact_path}"
 
 
 # --------------------------------------------------------------------------------------------

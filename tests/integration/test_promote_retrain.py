@@ -4,7 +4,8 @@ Real Ray, real MLflow (SQLite), real Optuna, through the CLI as a user runs it:
 - promote picks the trial with the best metric; the registry has one version with the alias;
   promoting again adds nothing;
 - retrain registers a trained model whose tags lead back to the campaign;
-- ``models:/<name>@<alias>`` loads in a fresh process and gives heatmaps of the right shape;
+- ``models:/<name>@<alias>`` loads in a fresh process through posenfs with pickle disabled
+  (the version holds plain files, no MLflow flavour) and gives the trained network's heatmaps;
 - a retrain killed mid-run and run again continues from its last checkpoint.
 
 Run inside a loopback-only network namespace (see test_campaign_smoke.py).
@@ -21,8 +22,10 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from nfs_orchestrator.campaign_spec import load_campaign
+from nfs_orchestrator.model_io import load_model
 from nfs_orchestrator.orchestration import tracking
 from nfs_orchestrator.orchestration.ledger import best_genotype, read_ledger
 from tests.integration.helpers import POSENFS, REPO
@@ -111,21 +114,36 @@ def test_promote_then_retrain(tmp_path, ray_tmpdir):
     assert epochs == [0, 1, 2, 3]
 
     c.set_registered_model_alias(trained, "candidate", version.version)
+    assert version.source == f"runs:/{version.run_id}/posenfs"  # plain files, no MLflow flavour
+    assert "MLmodel" not in {a.path.split("/")[-1] for a in c.list_artifacts(run.info.run_id)}
     code = (
-        "import sys, torch, mlflow\n"
-        f"mlflow.set_tracking_uri({tracking.default_tracking_uri(root)!r})\n"
-        f"m = mlflow.pytorch.load_model('models:/{trained}@candidate').eval()\n"
-        "print(tuple(m(torch.zeros(1, 3, 64, 64)).shape))\n"
+        "import pickle, sys, torch\n"
+        "torch.set_grad_enabled(False)\n"
+        "from nfs_orchestrator.orchestration.model_refs import load_registered_model\n"
+        "def refuse(*a, **k): raise AssertionError('pickle was called')\n"
+        "class Refused:\n    def __init__(self, *a, **k): refuse()\n"
+        "pickle.load = pickle.loads = pickle._load = pickle._loads = refuse\n"
+        "pickle.Unpickler = pickle._Unpickler = Refused\n"
+        f"m = load_registered_model('models:/{trained}@candidate', {str(root)!r})\n"
+        "torch.save(m(torch.linspace(-1, 1, 3 * 64 * 64).reshape(1, 3, 64, 64)), sys.argv[1])\n"
     )
+    out = tmp_path / "fresh.pt"
     fresh = subprocess.run(
-        [sys.executable, "-c", code],
+        [sys.executable, "-c", code, str(out)],
         capture_output=True,
         text=True,
         cwd=tmp_path,
         env=_env(ray_tmpdir),
     )
     assert fresh.returncode == 0, fresh.stderr[-2000:]
-    assert fresh.stdout.strip().splitlines()[-1] == "(1, 17, 16, 16)"
+    # the trained network itself: the retrain's last Ray Train checkpoint
+    last = [p for p in storage.rglob("model.pt") if "epoch_0003" in str(p)]
+    assert last, sorted(str(p) for p in storage.rglob("model.pt"))
+    with torch.no_grad():
+        x = torch.linspace(-1, 1, 3 * 64 * 64).reshape(1, 3, 64, 64)
+        expected = load_model(last[0]).eval()(x)
+    got = torch.load(out, weights_only=True)
+    assert got.shape == (1, 17, 16, 16) and torch.allclose(got, expected, atol=1e-6)
     evaluated = posenfs(
         [
             "evaluate",
