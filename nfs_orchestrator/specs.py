@@ -299,13 +299,10 @@ class DataSpec(Spec):
         """The plain dict fingerprints cover: the fields added after campaign ids were first
         published (``LATE_FIELDS``) are left out at their default, so those ids stay."""
         body = to_plain(self)
-        for name in self.LATE_FIELDS:
-            if body[name] == _DATA_DEFAULTS[name]:
-                body.pop(name)
+        for f in dataclasses.fields(self):
+            if f.name in self.LATE_FIELDS and body[f.name] == f.default:
+                body.pop(f.name)
         return body
-
-
-_DATA_DEFAULTS = {f.name: f.default for f in dataclasses.fields(DataSpec)}
 
 
 # --------------------------------------------------------------------------------------------
