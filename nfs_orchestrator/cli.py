@@ -436,14 +436,18 @@ def status_command(
 ) -> None:
     """Campaigns under the root, or one campaign's trials (read from disk; starts nothing).
 
-    With --address: the campaign's job (or every job) as the cluster's Jobs API reports it."""
+    With --address: the campaign's jobs, one per attempt (or every job), as the cluster's Jobs
+    API reports them."""
     from nfs_orchestrator.orchestration import status, store
 
     if address:
         from nfs_orchestrator.orchestration import jobs
 
-        infos = [jobs.job_status(campaign_id, address, token_file)] if campaign_id else None
-        for info in infos if infos is not None else jobs.list_jobs(address, token_file):
+        if campaign_id:  # every attempt, the latest last
+            infos = jobs.job_attempts(campaign_id, address, token_file)
+        else:
+            infos = jobs.list_jobs(address, token_file)
+        for info in infos:
             click.echo(info.line())
         return
     if campaign_id:
@@ -485,29 +489,46 @@ def token_file_option(f):
     help="A runtime env YAML to send as well (e.g. cluster/runtime_env.yaml: pip pins).",
 )
 def submit(file, address, overrides, root, token_file, runtime_env_file) -> None:
-    """Run a campaign as a Ray job (job id = campaign id; a second submit reports the job)."""
+    """Run a campaign as a Ray job. Job id = campaign id, then <campaign id>-<n> for attempt n:
+    a PENDING/RUNNING job is reported, not duplicated; after a STOPPED or FAILED one, the next
+    attempt resumes the campaign."""
     from nfs_orchestrator.orchestration import jobs
 
-    info = jobs.submit_campaign(
+    done = jobs.submit_campaign(
         file, overrides, address, root, token_file,
         base_env=jobs.load_runtime_env(runtime_env_file),
     )  # fmt: skip
-    verb = "submitted" if info.created else "already submitted"
-    click.echo(f"{verb}: {info.line()}")
-    click.echo(f"follow it: posenfs logs {info.job_id} --address {address} --follow")
+    info, where = done.job, f"--address {address}"
+    if info.created and done.previous is not None:
+        click.echo(
+            f"resubmitted: {info.line()}: attempt {done.attempt}, resumes the campaign "
+            f"(attempt {done.attempt - 1} ended {done.previous.status})"
+        )
+    elif info.created:
+        click.echo(f"submitted: {info.line()}")
+    elif info.status == "SUCCEEDED":
+        on_root = f" --root {root}" if root else ""
+        click.echo(f"already done: {info.line()}; the campaign is complete, nothing submitted")
+        click.echo(f"results: posenfs compare {done.campaign_id}{on_root}  (or promote)")
+        click.echo("to run it again, change the campaign (a new campaign id) and submit that")
+        return
+    else:
+        click.echo(f"already submitted: {info.line()}")
+    click.echo(f"follow it: posenfs logs {done.campaign_id} {where} --follow")
+    click.echo(f"stop it:   posenfs cancel {done.campaign_id} {where}")
 
 
 @main.command()
-@click.argument("job_id")
+@click.argument("campaign_id")
 @address_option
 @click.option("--follow", is_flag=True, help="Stream the log until the job ends.")
 @token_file_option
-def logs(job_id: str, address: str, follow: bool, token_file: str | None) -> None:
-    """A campaign job's driver log."""
+def logs(campaign_id: str, address: str, follow: bool, token_file: str | None) -> None:
+    """The driver log of a campaign's latest job (or of the job id given)."""
     from nfs_orchestrator.orchestration import jobs
 
     info = jobs.job_logs(
-        job_id, address, token_file, follow, write=lambda text: click.echo(text, nl=False)
+        campaign_id, address, token_file, follow, write=lambda text: click.echo(text, nl=False)
     )
     if follow:
         click.echo(info.line(), err=True)
@@ -515,14 +536,29 @@ def logs(job_id: str, address: str, follow: bool, token_file: str | None) -> Non
 
 
 @main.command()
-@click.argument("job_id")
+@click.argument("campaign_id")
 @address_option
 @token_file_option
-def cancel(job_id: str, address: str, token_file: str | None) -> None:
-    """Stop a campaign job (the campaign stops cleanly; `posenfs resume` continues it)."""
+def cancel(campaign_id: str, address: str, token_file: str | None) -> None:
+    """Stop a campaign's latest job and wait until it has stopped: the driver gets SIGTERM and
+    stops the campaign cleanly (runs end KILLED, checkpoints kept) within the job's stop window;
+    `posenfs submit` of the same campaign then resumes it."""
     from nfs_orchestrator.orchestration import jobs
 
-    click.echo(jobs.cancel_job(job_id, address, token_file).line())
+    done = jobs.cancel_job(campaign_id, address, token_file)
+    info = done.job
+    if not done.stopped_now:
+        click.echo(f"nothing to stop: {info.line()}")
+        return
+    click.echo(f"{info.line()} after {done.waited_s:.0f} s")
+    if done.summary:
+        click.echo(f"driver: {done.summary}")
+    else:
+        click.echo(
+            f"driver: no summary in the log (killed after the {info.stop_wait_s} s stop window?); "
+            "runs it left RUNNING end when the campaign is resumed"
+        )
+    click.echo(f"resume: posenfs submit <the same campaign file and --set> --address {address}")
 
 
 @main.command()

@@ -1,10 +1,30 @@
 """Campaigns as Ray jobs: ``posenfs submit/status/logs/cancel --address http://<head>:8265``.
 
-What this is: everything that talks to the Ray Jobs API (``JobSubmissionClient``). A campaign is
-submitted as one job whose id (``submission_id``) is the campaign id, so submitting the same
-campaign twice finds the existing job instead of starting a second one (Ray answers a duplicate
-``submission_id`` with an HTTP 500, so the job is looked up first). The job's entrypoint is
-``posenfs search <file> --address auto [--root R] [--set ...]``, run in the uploaded working
+What this is: everything that talks to the Ray Jobs API (``JobSubmissionClient``).
+
+Attempts. A campaign runs as one job per attempt: attempt 1 is job ``<campaign id>``, attempt
+n >= 2 is job ``<campaign id>-<n>`` (``attempt_job_id``; a campaign id ends in 8 hex digits, so
+no campaign id has that form). ``submit`` lists the campaign's attempts and acts on the latest:
+PENDING or RUNNING is reported (never a second job), SUCCEEDED is reported as done, STOPPED or
+FAILED (or no attempt) submits the next attempt (``next_attempt``). Every attempt runs the same
+entrypoint, ``posenfs search <file> --address auto [--root R] [--set ...]``: on a campaign that
+has a record, ``search`` resumes it as ``posenfs resume ID`` does (same record and base dir, same
+MLflow parent and trial runs, ``Tuner.restore`` continuing unfinished trials from their
+checkpoints), and unlike ``resume`` it also starts a campaign whose failed attempt never wrote a
+record (a runtime env that did not install). ``status``, ``logs`` and ``cancel`` take a campaign
+id (or one attempt's job id) and use its latest attempt; ``status`` shows every attempt.
+
+Stop window. ``stop_job`` makes Ray's JobSupervisor send SIGTERM to the driver's process tree
+and SIGKILL ``RAY_JOB_STOP_WAIT_TIME_S`` seconds later (default 3). The supervisor reads that
+variable from its own environment, which carries the job's runtime_env ``env_vars``
+(``JobManager._get_supervisor_runtime_env``). A campaign's graceful stop (Tune saves its state,
+trials stop, the ledger is written, open runs end KILLED, the comparison is drawn) takes longer
+than 3 s, so the window is configured, not squeezed: every job gets
+``RAY_JOB_STOP_WAIT_TIME_S=STOP_WAIT_S`` (a ``--runtime-env`` file's ``env_vars`` may set
+another). ``cancel`` waits (bounded: the window plus ``STOP_MARGIN_S``) until the job is terminal
+and prints the driver's own summary line, which says how its trials ended.
+
+Placement: the job's id is its ``submission_id``; the entrypoint runs in the uploaded working
 directory (this repository, without ``.venv``, ``posenfs-runs`` and ``.git``); no entrypoint
 resources are given, so the driver stays pinned to the head node and survives the loss of any
 worker node.
@@ -23,7 +43,8 @@ from __future__ import annotations
 import asyncio
 import os
 import shlex
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,9 +53,17 @@ import nfs_orchestrator
 from nfs_orchestrator.errors import PosenfsError
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+RESUBMITTABLE = ("FAILED", "STOPPED")  # a new attempt resumes the campaign
+STOP_WAIT_S = 60  # SIGTERM -> SIGKILL window given to every job (Ray's default: 3 s)
+STOP_MARGIN_S = 30  # cancel waits this long past the window for Ray to record the stop
+RAY_STOP_WAIT_S = 3  # Ray's own window, for jobs that do not set one
 UPLOAD_EXCLUDES = [".venv", "posenfs-runs", ".git", "**/__pycache__", ".pytest_cache",
                    ".ruff_cache", "*.egg-info"]  # fmt: skip
-JOB_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
+JOB_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "PYTHONUNBUFFERED": "1",
+    "RAY_JOB_STOP_WAIT_TIME_S": str(STOP_WAIT_S),  # read by the JobSupervisor (an int)
+}
 
 
 class JobsError(PosenfsError):
@@ -59,13 +88,16 @@ class JobNotFound(JobsError):
 
 @dataclass(frozen=True)
 class JobInfo:
-    """What posenfs shows of a job; ``created`` is True when this call submitted it."""
+    """What posenfs shows of a job; ``created`` is True when this call submitted it;
+    ``stop_wait_s`` is the job's SIGTERM -> SIGKILL window."""
 
     job_id: str
     status: str
     message: str = ""
     entrypoint: str = ""
     created: bool = False
+    stop_wait_s: int = RAY_STOP_WAIT_S
+    campaign_id: str = ""  # from the job's metadata (jobs posenfs submitted)
 
     @property
     def terminal(self) -> bool:
@@ -173,18 +205,70 @@ def _call(fn: Callable[..., Any], job_id: str, *args: Any, **kwargs: Any) -> Any
 
 
 # --------------------------------------------------------------------------------------------
+# Attempts: job ids from the campaign id (pure, no cluster)
+# --------------------------------------------------------------------------------------------
+
+
+def attempt_job_id(campaign_id: str, attempt: int) -> str:
+    """Attempt 1 is job ``<campaign id>``; attempt n >= 2 is ``<campaign id>-<n>``."""
+    if not 1 <= attempt < 10**7:
+        raise ValueError(f"attempt {attempt}: attempts count from 1 (fewer than 8 digits)")
+    return campaign_id if attempt == 1 else f"{campaign_id}-{attempt}"
+
+
+def attempt_number(job_id: str, campaign_id: str) -> int | None:
+    """The attempt ``job_id`` is of ``campaign_id``, or None when it is not one of its jobs."""
+    if job_id == campaign_id:
+        return 1
+    prefix = f"{campaign_id}-"
+    tail = job_id[len(prefix) :] if job_id.startswith(prefix) else ""
+    if tail.isdigit() and not tail.startswith("0") and len(tail) < 8 and int(tail) >= 2:
+        return int(tail)
+    return None
+
+
+def campaign_attempts(infos: Iterable[JobInfo], campaign_id: str) -> list[JobInfo]:
+    """The campaign's jobs among ``infos``, oldest attempt first."""
+    numbered = [(attempt_number(i.job_id, campaign_id), i) for i in infos]
+    return [info for n, info in sorted((p for p in numbered if p[0]), key=lambda p: p[0])]
+
+
+def next_attempt(attempts: Sequence[JobInfo], campaign_id: str) -> int | None:
+    """The attempt ``submit`` starts, or None when the latest one is to be reported instead
+    (PENDING/RUNNING: not duplicated; SUCCEEDED: the campaign is done)."""
+    if not attempts:
+        return 1
+    latest = attempts[-1]
+    if latest.status not in RESUBMITTABLE:
+        return None
+    return (attempt_number(latest.job_id, campaign_id) or 1) + 1
+
+
+def summary_line(log: str, campaign_id: str) -> str | None:
+    """The campaign driver's last summary line in a job log (``campaign <id> <outcome>: N
+    trials (... finished, ...)``, printed by ``posenfs search`` after the ledger and the runs
+    are final), or None when the driver ended before printing it."""
+    lines = [ln for ln in log.splitlines() if ln.startswith(f"campaign {campaign_id} ")]
+    return lines[-1] if lines else None
+
+
+# --------------------------------------------------------------------------------------------
 # Jobs
 # --------------------------------------------------------------------------------------------
 
 
 def _info(details: Any, created: bool = False) -> JobInfo:
     status = details.status
+    env_vars = (details.runtime_env or {}).get("env_vars") or {}
+    wait = str(env_vars.get("RAY_JOB_STOP_WAIT_TIME_S", RAY_STOP_WAIT_S))
     return JobInfo(
         job_id=details.submission_id or details.job_id,
         status=str(getattr(status, "value", status)),
         message=details.message or "",
         entrypoint=details.entrypoint or "",
         created=created,
+        stop_wait_s=int(wait) if wait.isdigit() else RAY_STOP_WAIT_S,
+        campaign_id=(details.metadata or {}).get("posenfs.campaign_id", ""),
     )
 
 
@@ -195,6 +279,18 @@ def _lookup(client: Any, job_id: str) -> JobInfo | None:
         return None
 
 
+def _all_jobs(client: Any) -> list[JobInfo]:
+    return [_info(d) for d in client.list_jobs()]
+
+
+def _attempts_or_fail(client: Any, name: str) -> list[JobInfo]:
+    """The attempts of campaign ``name`` (a campaign id or one attempt's job id)."""
+    found = campaign_attempts(_all_jobs(client), name)
+    if not found:
+        raise JobNotFound(f"job {name}: no such job on this cluster")
+    return found
+
+
 def working_dir() -> Path:
     """The folder uploaded with a job: the one holding the ``nfs_orchestrator`` package."""
     return Path(nfs_orchestrator.__file__).resolve().parent.parent
@@ -202,7 +298,8 @@ def working_dir() -> Path:
 
 def entrypoint(spec_path: str, overrides: Sequence[str], root: str | None, workdir: Path) -> str:
     """``posenfs search <file relative to the working dir> --address auto [--root R]
-    [--set K=V ...]``: ``auto`` joins the cluster the job runs on (``RAY_ADDRESS``)."""
+    [--set K=V ...]``: ``auto`` joins the cluster the job runs on (``RAY_ADDRESS``). The same
+    for every attempt: on a campaign id with a record, ``search`` resumes."""
     spec = Path(spec_path).resolve()
     try:
         relative = spec.relative_to(workdir)
@@ -220,11 +317,15 @@ def entrypoint(spec_path: str, overrides: Sequence[str], root: str | None, workd
 
 def runtime_env(workdir: Path, base: dict[str, Any] | None = None) -> dict[str, Any]:
     """The job's runtime env: ``base`` (e.g. cluster/runtime_env.yaml) plus the working dir,
-    the upload excludes and posenfs' environment variables."""
+    the upload excludes and posenfs' environment variables (``base``'s ``env_vars`` win)."""
     env = dict(base or {})
     env["working_dir"] = str(workdir)
     env["excludes"] = sorted({*env.get("excludes", []), *UPLOAD_EXCLUDES})
     env["env_vars"] = {**JOB_ENV, **env.get("env_vars", {})}
+    wait = str(env["env_vars"]["RAY_JOB_STOP_WAIT_TIME_S"])
+    if not wait.isdigit():  # Ray parses it with int() in the supervisor, after the job started
+        raise JobsError(f"env_vars.RAY_JOB_STOP_WAIT_TIME_S: {wait!r} is not a whole number")
+    env["env_vars"]["RAY_JOB_STOP_WAIT_TIME_S"] = wait
     return env
 
 
@@ -242,6 +343,17 @@ def load_runtime_env(path: str | None) -> dict[str, Any] | None:
     return body
 
 
+@dataclass(frozen=True)
+class Submission:
+    """What ``submit`` did: ``job`` is the attempt submitted (``job.created``) or the one
+    reported; ``previous`` the attempt a new one resumes after (None for attempt 1)."""
+
+    campaign_id: str
+    job: JobInfo
+    attempt: int
+    previous: JobInfo | None = None
+
+
 def submit_campaign(
     spec_path: str,
     overrides: Sequence[str],
@@ -250,57 +362,72 @@ def submit_campaign(
     token: str | None = None,
     *,
     base_env: dict[str, Any] | None = None,
-) -> JobInfo:
-    """Submits the campaign as job ``<campaign id>``, or reports the job already there.
-
-    ``token`` is a token *file* (``--token-file``); the other places are searched as well."""
+) -> Submission:
+    """Submits the campaign's next attempt, or reports its latest one (PENDING, RUNNING or
+    SUCCEEDED). ``token`` is a token *file* (``--token-file``); the other places are searched
+    as well."""
     from nfs_orchestrator.campaign_spec import load_campaign
 
     campaign = load_campaign(spec_path, tuple(overrides))  # a bad spec fails here, not remotely
-    job_id = campaign.campaign_id
+    cid = campaign.campaign_id
     workdir = working_dir()
     command = entrypoint(spec_path, overrides, root, workdir)
+    env = runtime_env(workdir, base_env)
     client = connect(address, token)
-    existing = _lookup(client, job_id)
-    if existing is not None:
-        return existing
+    attempts = campaign_attempts(_all_jobs(client), cid)
+    attempt = next_attempt(attempts, cid)
+    if attempt is None:
+        latest = attempts[-1]
+        return Submission(cid, latest, attempt_number(latest.job_id, cid) or 1)
+    job_id = attempt_job_id(cid, attempt)
+    previous = attempts[-1] if attempts else None
     try:
         client.submit_job(
             entrypoint=command,
             submission_id=job_id,
-            runtime_env=runtime_env(workdir, base_env),
-            metadata={"posenfs.campaign_id": job_id},
+            runtime_env=env,
+            metadata={"posenfs.campaign_id": cid, "posenfs.attempt": str(attempt)},
         )
     except RuntimeError as e:
-        if "already exists" not in str(e):  # submitted meanwhile by someone else
+        if "already exists" not in str(e):
             raise
-        return _lookup(client, job_id) or JobInfo(job_id, "PENDING", entrypoint=command)
+        # submitted meanwhile by someone else: report theirs
+        found = _lookup(client, job_id) or JobInfo(job_id, "PENDING", entrypoint=command)
+        return Submission(cid, found, attempt, previous)
     found = _lookup(client, job_id)
     status = found.status if found else "PENDING"
-    return JobInfo(job_id, status, found.message if found else "", command, created=True)
+    wait = int(env["env_vars"]["RAY_JOB_STOP_WAIT_TIME_S"])
+    message = found.message if found else ""
+    job = JobInfo(job_id, status, message, command, True, wait, cid)
+    return Submission(cid, job, attempt, previous)
 
 
-def job_status(job_id: str, address: str, token: str | None = None) -> JobInfo:
-    client = connect(address, token)
-    return _info(_call(client.get_job_info, job_id, job_id))
+def job_attempts(name: str, address: str, token: str | None = None) -> list[JobInfo]:
+    """Every attempt of campaign ``name`` (a campaign id or a job id), oldest first."""
+    return _attempts_or_fail(connect(address, token), name)
+
+
+def job_status(name: str, address: str, token: str | None = None) -> JobInfo:
+    """The latest attempt of campaign ``name`` (a campaign id or a job id)."""
+    return job_attempts(name, address, token)[-1]
 
 
 def list_jobs(address: str, token: str | None = None) -> list[JobInfo]:
     client = connect(address, token)
-    return sorted((_info(d) for d in client.list_jobs()), key=lambda j: j.job_id)
+    return sorted(_all_jobs(client), key=lambda j: j.job_id)
 
 
 def job_logs(
-    job_id: str,
+    name: str,
     address: str,
     token: str | None = None,
     follow: bool = False,
     write: Callable[[str], None] = print,
 ) -> JobInfo:
-    """Writes the job's log (with ``follow``, streams it until the job ends); returns the
-    job's status afterwards."""
+    """Writes the log of campaign ``name``'s latest attempt (with ``follow``, streams it until
+    the job ends); returns the job's status afterwards."""
     client = connect(address, token)
-    _call(client.get_job_info, job_id, job_id)  # a clear error for an unknown id
+    job_id = _attempts_or_fail(client, name)[-1].job_id
     if not follow:
         write(_call(client.get_job_logs, job_id, job_id))
         return _info(_call(client.get_job_info, job_id, job_id))
@@ -313,12 +440,46 @@ def job_logs(
     return _info(_call(client.get_job_info, job_id, job_id))
 
 
-def cancel_job(job_id: str, address: str, token: str | None = None) -> JobInfo:
-    """Stops the job (its driver gets SIGTERM: the campaign stops cleanly and can be resumed);
-    a job already over is reported as it is."""
+@dataclass(frozen=True)
+class Cancellation:
+    """What ``cancel`` saw: the job afterwards, whether this call stopped it, how long the stop
+    took, and the driver's summary line (None: the driver did not print it, e.g. SIGKILLed)."""
+
+    job: JobInfo
+    stopped_now: bool
+    waited_s: float = 0.0
+    summary: str | None = None
+
+
+def cancel_job(
+    name: str,
+    address: str,
+    token: str | None = None,
+    *,
+    poll_s: float = 1.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Cancellation:
+    """Stops the latest attempt of campaign ``name`` and waits until Ray reports it terminal:
+    the driver gets SIGTERM and stops the campaign cleanly (checkpoints kept, open runs ended
+    KILLED) within the job's stop window; a job already over is reported as it is. Waiting
+    longer than the window plus ``STOP_MARGIN_S`` is a ``JobsError``."""
     client = connect(address, token)
-    info = _info(_call(client.get_job_info, job_id, job_id))
+    info = _attempts_or_fail(client, name)[-1]
+    job_id = info.job_id
     if info.terminal:
-        return info
+        return Cancellation(info, stopped_now=False)
+    started = time.monotonic()
     _call(client.stop_job, job_id, job_id)
-    return _info(_call(client.get_job_info, job_id, job_id))
+    bound = info.stop_wait_s + STOP_MARGIN_S
+    while not info.terminal:
+        if time.monotonic() - started > bound:
+            raise JobsError(
+                f"job {job_id}: still {info.status} {bound} s after the stop request (its stop "
+                f"window is {info.stop_wait_s} s); see posenfs status {job_id} --address {address}"
+            )
+        sleep(poll_s)
+        info = _info(_call(client.get_job_info, job_id, job_id))
+    waited = time.monotonic() - started
+    log = _call(client.get_job_logs, job_id, job_id)
+    cid = info.campaign_id or name
+    return Cancellation(info, stopped_now=True, waited_s=waited, summary=summary_line(log, cid))

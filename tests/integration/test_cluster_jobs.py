@@ -1,4 +1,4 @@
-"""A campaign as a Ray job on a two-node loopback cluster that loses its worker node.
+"""A campaign as Ray jobs on a two-node loopback cluster: node loss, cancel, resubmit.
 
 ``LoopbackCluster`` (RAY-MULTINODE §5): ``ray start --head --block`` and ``ray start --address
 ... --block`` worker nodes as subprocesses, each with its own short ``--temp-dir``, a per-test
@@ -7,11 +7,15 @@ teardown; nodes are stopped by PID, never with ``ray stop``. The head carries ``
 worker nodes ``worker_node``, so the spec (``resources.trial_resources`` /
 ``resources.worker_resources``) keeps trial drivers on the head and Train workers on the worker.
 
-The test: ``posenfs submit`` the smoke campaign (MLflow on a real tracking server process);
-submitting again reports the same job; once a trial has a registered checkpoint the worker
-node's raylet gets SIGKILL and a second worker node starts; the job must SUCCEED with every trial
-finished once, the interrupted trial resumed after its checkpoint, no duplicate MLflow runs; then
-``posenfs compare`` and ``posenfs promote`` work against that server.
+The test: ``posenfs submit`` the smoke campaign (two trials, one at a time; MLflow on a real
+tracking server process). Once trial A has a registered checkpoint the worker node's raylet gets
+SIGKILL and a second worker node starts (Ray Train resumes A). Once trial B has a registered
+checkpoint, ``posenfs cancel`` stops the job: the driver stops inside the job's stop window, A's
+run is FINISHED, B's KILLED, none RUNNING, the ledger agrees. ``posenfs submit`` again starts
+attempt 2 (job ``<id>-2``; a third submit reports it); it must SUCCEED with every trial finished
+once: A untouched (same run, not re-run), A and B resumed after their checkpoints in their own
+runs, no duplicate MLflow runs. Then ``posenfs compare`` and ``posenfs promote`` work against
+that server.
 
 Run inside a loopback-only network namespace:
     unshare -rn sh -c 'ip link set lo up && .venv/bin/pytest -q \
@@ -53,14 +57,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for(check, timeout: float, what: str, interval: float = 0.5):
+def wait_for(check, timeout: float, what: str, interval: float = 0.5, explain=None):
+    """``check()``'s first true value; on timeout an AssertionError, with ``explain()``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = check()
         if value:
             return value
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+    detail = f"\n{explain()}" if explain else ""
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}{detail}")
 
 
 class LoopbackCluster:
@@ -228,13 +234,14 @@ def posenfs(args: list[str], env: dict[str, str], timeout: float = 300):
     )
 
 
-def test_submit_survives_worker_node_loss(tmp_path, cluster, mlflow_server):
+def test_submit_node_loss_cancel_resubmit(tmp_path, cluster, mlflow_server):
     root = tmp_path / "runs"
     overrides = [
         f"data.root={tmp_path / 'data'}",
         f"storage.mlflow_uri={mlflow_server}",
         f"search.epochs={EPOCHS}",
         "budget.worker_retries=2",
+        "budget.max_concurrent=1",  # trial A finishes before trial B starts
         "resources.worker_resources={worker_node: 0.5}",
         "resources.trial_resources={head_node: 0.01}",
     ]
@@ -243,61 +250,96 @@ def test_submit_survives_worker_node_loss(tmp_path, cluster, mlflow_server):
     sets = [w for o in overrides for w in ("--set", o)]
     env = {**cluster.env, "HOME": str(tmp_path)}  # no ~/.ray/auth_token: only --token-file
     env.pop("RAY_AUTH_TOKEN_PATH")
-    submit = ["submit", "experiments/smoke.yaml", "--address", cluster.address,
-              "--token-file", str(cluster.token_file), "--root", str(root), *sets]  # fmt: skip
+    tok = str(cluster.token_file)
+    on_cluster = ["--address", cluster.address, "--token-file", tok]
+    submit = ["submit", "experiments/smoke.yaml", *on_cluster, "--root", str(root), *sets]
+    train_root = root / "ray" / cid / "train"
+    ledger_path = root / "campaigns" / cid / "ledger.parquet"
+    c = tracking.client(mlflow_server)
+
+    def log_tail() -> str:
+        return posenfs(["logs", cid, *on_cluster], env).stdout[-6000:]
+
+    def checkpointed(skip: set[str]) -> tuple[str, int] | None:
+        """A trial not in ``skip`` with a registered checkpoint and two epochs still to run."""
+        assert not jobs.job_status(cid, cluster.address, tok).terminal, log_tail()
+        for run in sorted(train_root.glob(f"{cid}-*")) if train_root.is_dir() else []:
+            trial_id, epoch = run.name.removeprefix(f"{cid}-"), registered_epoch(run)
+            if trial_id not in skip and epoch is not None and epoch < EPOCHS - 2:
+                return trial_id, epoch
+        return None
+
+    def terminal():
+        info = jobs.job_status(cid, cluster.address, tok)
+        return info if info.terminal else None
+
+    def trial_runs() -> dict[str, object]:
+        exp = c.get_experiment_by_name(tracking.experiment_name(cid))
+        runs = tracking.find_runs(c, exp.experiment_id, {tracking.TAG_KIND: "trial"})
+        assert len(runs) == len({r.data.tags[tracking.TAG_TRIAL] for r in runs}), "duplicate"
+        return {r.data.tags[tracking.TAG_TRIAL]: r for r in runs}
 
     first = posenfs(submit, env)
     assert first.returncode == 0, first.stdout + first.stderr
     assert f"submitted: job {cid}" in first.stdout and "already" not in first.stdout
-    again = posenfs(submit, env)
-    assert again.returncode == 0, again.stdout + again.stderr
-    assert f"already submitted: job {cid}" in again.stdout
-    tok = str(cluster.token_file)
-    assert [j.job_id for j in jobs.list_jobs(cluster.address, tok)] == [cid]  # no second job
 
-    train_root = root / "ray" / cid / "train"
-
-    def victim() -> tuple[str, int] | None:
-        info = jobs.job_status(cid, cluster.address, tok)
-        assert not info.terminal, posenfs(["logs", cid, "--address", cluster.address,
-                                           "--token-file", tok], env).stdout[-4000:]  # fmt: skip
-        for run in sorted(train_root.glob(f"{cid}-*")) if train_root.is_dir() else []:
-            epoch = registered_epoch(run)
-            if epoch is not None and epoch < EPOCHS - 2:
-                return run.name.removeprefix(f"{cid}-"), epoch
-        return None
-
-    trial_id, _ = wait_for(victim, 240, "a registered checkpoint", interval=0.2)
+    # 1. the worker node dies under trial A (Ray Train restarts it from its checkpoint) ...
+    lost, _ = wait_for(lambda: checkpointed(set()), 240, "a checkpoint", 0.2, log_tail)
     cluster.kill_worker("w1")
-    registered = registered_epoch(train_root / f"{cid}-{trial_id}")  # final: its node is dead
+    registered = registered_epoch(train_root / f"{cid}-{lost}")  # final: its node is dead
     cluster.add_worker("w2")
 
-    def finished():
-        info = jobs.job_status(cid, cluster.address, tok)
-        return info if info.terminal else None
-
-    info = wait_for(finished, 300, "the job to end", interval=1.0)
-    status = posenfs(["status", cid, "--address", cluster.address, "--token-file", tok], env)
-    assert status.returncode == 0 and f"job {cid}: SUCCEEDED" in status.stdout, (
-        info.line()
-        + posenfs(["logs", cid, "--address", cluster.address, "--token-file", tok], env).stdout[
-            -6000:
-        ]  # fmt: skip
+    # 2. ... then `posenfs cancel` stops the job mid-way through trial B
+    cut, _ = wait_for(lambda: checkpointed({lost}), 300, "trial B's checkpoint", 0.2, log_tail)
+    cancel = posenfs(["cancel", cid, *on_cluster], env)
+    assert cancel.returncode == 0, cancel.stdout + cancel.stderr
+    assert f"job {cid}: STOPPED" in cancel.stdout, cancel.stdout
+    # the driver stopped inside the stop window and printed its summary (not SIGKILLed)
+    assert f"driver: campaign {cid} interrupted: {trials} trials (1 finished" in cancel.stdout, (
+        cancel.stdout + log_tail()
     )
+    cut_epoch = registered_epoch(train_root / f"{cid}-{cut}")
+    rows = {r["trial_id"]: r for r in read_ledger(ledger_path)}
+    runs = trial_runs()
+    assert {t: r["status"] for t, r in rows.items()} == {lost: "FINISHED", cut: "KILLED"}
+    assert {t: r.info.status for t, r in runs.items()} == {lost: "FINISHED", cut: "KILLED"}
+    assert {t: r["run_id"] for t, r in rows.items()} == {t: r.info.run_id for t, r in runs.items()}
+    assert runs[cut].data.tags.get(tracking.TAG_PREEMPTED) == "true"
+    exp = c.get_experiment_by_name(tracking.experiment_name(cid))
+    everything = c.search_runs([exp.experiment_id])
+    assert "RUNNING" not in {r.info.status for r in everything}  # parent run included
+    finished_before = runs[lost]
+    starts_before = c.get_metric_history(finished_before.info.run_id, "start_epoch")
 
-    rows = {r["trial_id"]: r for r in read_ledger(root / "campaigns" / cid / "ledger.parquet")}
+    # 3. submit again: attempt 2 resumes; a second submit reports it
+    second = posenfs(submit, env)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert f"resubmitted: job {cid}-2" in second.stdout, second.stdout
+    again = posenfs(submit, env)
+    assert f"already submitted: job {cid}-2" in again.stdout, again.stdout + again.stderr
+    assert [j.job_id for j in jobs.list_jobs(cluster.address, tok)] == [cid, f"{cid}-2"]
+
+    info = wait_for(terminal, 300, "attempt 2 to end", 1.0, log_tail)
+    status = posenfs(["status", cid, *on_cluster], env)
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert status.stdout.splitlines()[0].startswith(f"job {cid}: STOPPED")
+    assert f"job {cid}-2: SUCCEEDED" in status.stdout, info.line() + log_tail()
+
+    rows = {r["trial_id"]: r for r in read_ledger(ledger_path)}
     assert len(rows) == trials and {r["status"] for r in rows.values()} == {"FINISHED"}
     assert all(r["epochs_run"] == EPOCHS for r in rows.values())
-    assert rows[trial_id]["start_epoch"] >= registered + 1  # not from 0
+    assert rows[lost]["start_epoch"] >= registered + 1  # not from 0 after the node loss
+    assert rows[cut]["start_epoch"] >= cut_epoch + 1  # nor after the cancel
 
-    c = tracking.client(mlflow_server)
-    exp = c.get_experiment_by_name(tracking.experiment_name(cid))
-    runs = tracking.find_runs(c, exp.experiment_id, {tracking.TAG_KIND: "trial"})
-    assert sorted(r.data.tags[tracking.TAG_TRIAL] for r in runs) == sorted(rows)  # once each
-    assert {r.info.status for r in runs} == {"FINISHED"}
-    victim_run = next(r for r in runs if r.data.tags[tracking.TAG_TRIAL] == trial_id)
-    starts = [int(m.value) for m in c.get_metric_history(victim_run.info.run_id, "start_epoch")]
-    assert max(starts) >= registered + 1, starts
+    runs = trial_runs()  # once each, the same runs
+    assert sorted(runs) == sorted(rows) and {r.info.status for r in runs.values()} == {"FINISHED"}
+    assert {t: r["run_id"] for t, r in rows.items()} == {t: r.info.run_id for t, r in runs.items()}
+    assert runs[lost].info.run_id == finished_before.info.run_id  # the finished trial untouched:
+    assert runs[lost].info.end_time == finished_before.info.end_time  # not re-run
+    assert c.get_metric_history(runs[lost].info.run_id, "start_epoch") == starts_before
+    for trial_id, floor in ((lost, registered), (cut, cut_epoch)):
+        history = c.get_metric_history(runs[trial_id].info.run_id, "start_epoch")
+        assert max(int(m.value) for m in history) >= floor + 1, (trial_id, history)
     assert len(tracking.find_runs(c, exp.experiment_id, {tracking.TAG_KIND: "campaign"})) == 1
 
     compared = posenfs(["compare", cid, "--root", str(root)], env)
