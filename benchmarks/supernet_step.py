@@ -13,10 +13,10 @@ Search-cost variants run beside them, each in eager fp32 NCHW like the baseline,
 to it is the algorithm's alone: ``--partial-channels 4`` (PC-DARTS, ``search.partial_channels``;
 several values allowed) and ``--sampling gumbel`` (GDAS, ``search.sampling``);
 ``--variant-execution fast`` runs them under the fast execution instead (paths ``fast+pc4``,
-``fast+gumbel``: what a search with those settings runs on this machine), ``both`` runs both. ``--batched`` adds
-the fast execution with the P parts computed together (``nn.batched``). ``--device cuda`` runs
-every path on the GPU (synchronised timing, peak CUDA memory instead of RSS, and the bf16 matmul
-rate measured as well).
+``fast+gumbel``: what a search with those settings runs on this machine), ``both`` runs both.
+``--batched`` adds the fast execution with the P parts computed together (``nn.batched``).
+``--device cuda`` runs every path on the GPU (synchronised timing, peak CUDA memory instead of
+RSS, and the bf16 matmul rate measured as well).
 
 It warms every path up, then times them alternating step by step and prints medians and their
 ratios to the baseline.
