@@ -2,9 +2,10 @@
 sampled ops — the counts behind ``supernet_step.py``'s ratios.
 
 For each (P, K, sampling) it builds the seeded random supernet (``common.random_supernet``), runs
-one sync step's forward and backward under ``torch.utils.flop_counter.FlopCounterMode`` and
-splits the MACs by module: the shared backbone, then over the P part fabrics the adapters, the
-cells' input resampling (Down / Up convs), the mixed-op edges (the only work K and sampling
+one forward, then one sync step's forward and backward, under
+``torch.utils.flop_counter.FlopCounterMode`` (the step's total) and splits the forward's MACs
+by module: the shared backbone, then over the P part fabrics the adapters, the cells' input
+resampling (Down / Up convs), the mixed-op edges (the only work K and sampling
 shrink), the cells' 1×1 output convs and the heads. With ``--profile`` it also runs
 ``torch.profiler`` over ``--steps`` steps of each case under the execution the search uses
 (``hardware.choose_execution``, ``--precision``) and prints the self CPU time of the top
@@ -50,17 +51,21 @@ def step(net, batch, execution) -> None:
 
 
 def mac_breakdown(net, batch) -> dict[str, float]:
-    """GMACs of one forward + backward by component, and the total."""
+    """GMACs of one forward by component (the counter's module attribution is exact in the
+    forward pass only), the forward's total and the whole step's (forward + backward)."""
     with FlopCounterMode(display=False) as counter:
-        step(net, batch, None)
+        net(batch["image"])  # with autograd on, as in a step (the tracker needs it)
     counts = counter.get_flop_counts()
     out: dict[str, float] = defaultdict(float)
     for name, pattern in COMPONENTS:
         for module, ops in counts.items():
             if re.match(pattern, module):
                 out[name] += sum(ops.values()) / 2e9
-    out["total"] = counter.get_total_flops() / 2e9
-    out["other"] = out["total"] - sum(out[n] for n, _ in COMPONENTS)
+    out["forward"] = counter.get_total_flops() / 2e9
+    out["other"] = out["forward"] - sum(out[n] for n, _ in COMPONENTS)
+    with FlopCounterMode(display=False) as counter:
+        step(net, batch, None)
+    out["step"] = counter.get_total_flops() / 2e9
     return dict(out)
 
 
@@ -106,8 +111,8 @@ def main() -> None:
     ex = choose_execution(detect(), args.precision)
     print(f"hardware: {detect().to_dict()}")
     print(f"config: {args.fabric} / {args.backbone} / {args.input} / batch {args.batch}")
-    names = [n for n, _ in COMPONENTS] + ["other", "total"]
-    print("case              " + "".join(f"{n:>10}" for n in names) + "   (GMAC, fwd+bwd)")
+    names = [n for n, _ in COMPONENTS] + ["other", "forward", "step"]
+    print("case              " + "".join(f"{n:>10}" for n in names) + "   (GMAC; step = fwd+bwd)")
     results = []
     for parts in args.parts:
         for sampling in args.sampling:
