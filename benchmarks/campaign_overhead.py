@@ -17,6 +17,9 @@ last one JSON line with every figure.
 Run it in a loopback-only network namespace (Ray binds to the machine's address otherwise):
     unshare -rn sh -c 'ip link set lo up && .venv/bin/python benchmarks/campaign_overhead.py'
 Options: --trials N --epochs N --steps N --workers N --worker-group auto|always
+--timeline: also print, per trial, when each of its Ray processes (Tune trial actor, Train
+controller, Train workers) was asked for, started its Python process and became ready, and when
+its actor ended, from Ray's state API (seconds after the trial actor's start).
 """
 
 from __future__ import annotations
@@ -93,6 +96,51 @@ def breakdown(result) -> dict[str, float]:
     return out
 
 
+def timeline() -> list[dict]:
+    """Ray's record of every actor of the campaign (it must still be running): class, pid,
+    actor start/end and its worker process's launch request, process start and ready times
+    (epoch seconds), in actor start order."""
+    from ray.util.state import list_actors, list_workers
+
+    workers = {
+        w.pid: w for w in list_workers(detail=True, limit=10000, raise_on_missing_output=False)
+    }
+    rows = []
+    for a in list_actors(detail=True, limit=10000, raise_on_missing_output=False):
+        w = workers.get(a.pid)
+        rows.append(
+            {
+                "actor": a.class_name,
+                "pid": a.pid,
+                "launch": (w.worker_launch_time_ms / 1e3)
+                if w and w.worker_launch_time_ms and w.worker_launch_time_ms > 0
+                else None,
+                "process": (w.worker_launched_time_ms / 1e3)
+                if w and w.worker_launched_time_ms and w.worker_launched_time_ms > 0
+                else None,
+                "ready": (w.start_time_ms / 1e3) if w and w.start_time_ms else None,
+                "actor_start": (a.start_time_ms / 1e3) if a.start_time_ms else None,
+                "actor_end": (a.end_time_ms / 1e3) if a.end_time_ms else None,
+            }
+        )
+    return sorted(rows, key=lambda r: r["actor_start"] or 0.0)
+
+
+def print_timeline(rows: list[dict]) -> None:
+    """One line per actor, times in seconds after the first actor's start."""
+    t0 = min(r["actor_start"] for r in rows if r["actor_start"])
+
+    def rel(v: float | None) -> str:
+        return "    -  " if v is None else f"{v - t0:7.1f}"
+
+    print("actor                        pid    launch  process  ready  actor_start  actor_end")
+    for r in rows:
+        print(
+            f"{r['actor'][:28]:<28} {r['pid']:>6} {rel(r['launch'])} {rel(r['process'])} "
+            f"{rel(r['ready'])} {rel(r['actor_start'])}    {rel(r['actor_end'])}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=2)
@@ -100,6 +148,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--worker-group", choices=("auto", "always"), default="auto")
+    parser.add_argument("--timeline", action="store_true", help="per-actor start/end times")
     args = parser.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
@@ -119,11 +168,21 @@ def main() -> None:
         load_grouping(campaign.grouping)
         base = baseline(campaign, root)  # also writes the synthetic data both runs share
 
+        from nfs_orchestrator.orchestration import ray_session
         from nfs_orchestrator.orchestration.campaign import run_campaign
 
         started = time.monotonic()
+        if args.timeline:  # Ray started here and kept up after the campaign, for its records
+            ray_session.prepare_ray_environment(None)
+            ray_session.start_ray(campaign.resources, campaign.budget, None)
         result = run_campaign(campaign, root / "runs", base_dir=root)
         wall = time.monotonic() - started
+        actors = []
+        if args.timeline:
+            import ray
+
+            actors = timeline()
+            ray.shutdown()
         parts = breakdown(result)
         loop, epochs = parts["loop"], parts["epochs"]
 
@@ -177,6 +236,9 @@ def main() -> None:
         f"{base['loop_s']:.1f} s loop; campaign per trial = "
         f"{figures['campaign_s_per_trial_vs_baseline']}× the baseline"
     )
+    if actors:
+        print_timeline(actors)
+        figures["timeline"] = actors
     print(json.dumps(figures, sort_keys=True))
 
 

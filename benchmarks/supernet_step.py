@@ -11,10 +11,12 @@ supernet twice with the same weights:
 
 Search-cost variants run beside them, each in eager fp32 NCHW like the baseline, so their ratio
 to it is the algorithm's alone: ``--partial-channels 4`` (PC-DARTS, ``search.partial_channels``;
-several values allowed) and ``--sampling gumbel`` (GDAS, ``search.sampling``). ``--batched`` adds
-the fast execution with the P parts computed together (``nn.batched``). ``--device cuda`` runs
-every path on the GPU (synchronised timing, peak CUDA memory instead of RSS, and the bf16 matmul
-rate measured as well).
+several values allowed) and ``--sampling gumbel`` (GDAS, ``search.sampling``);
+``--variant-execution fast`` runs them under the fast execution instead (paths ``fast+pc4``,
+``fast+gumbel``: what a search with those settings runs on this machine), ``both`` runs both.
+``--batched`` adds the fast execution with the P parts computed together (``nn.batched``).
+``--device cuda`` runs every path on the GPU (synchronised timing, peak CUDA memory instead of
+RSS, and the bf16 matmul rate measured as well).
 
 It warms every path up, then times them alternating step by step and prints medians and their
 ratios to the baseline.
@@ -29,6 +31,8 @@ line printed is one JSON object with every figure and the detected hardware.
     python benchmarks/supernet_step.py --fabric tiny --backbone tiny --dataset coco --input 64x64
     python benchmarks/supernet_step.py --fabric tiny --backbone tiny --dataset coco --input 64x64 \
         --parts 3 --partial-channels 4 --sampling gumbel --steps 3
+    python benchmarks/supernet_step.py --parts 1 5 8 --modes sync --partial-channels 4 \
+        --sampling gumbel --variant-execution fast --warmup 2 --steps 3 --no-memory
 
 This measures; it asserts nothing. ``benchmarks/RESULTS.md`` records figures with their hardware.
 """
@@ -73,10 +77,17 @@ def matmul_rate(precision: str, device: str = "cpu", n: int = 2048, repeats: int
 
 
 def variants(args: argparse.Namespace) -> dict[str, dict]:
-    """Search-cost variants timed beside the baseline: path name → supernet options."""
-    out = {f"pc{k}": {"partial_channels": k} for k in args.partial_channels if k != 1}
+    """Search-cost variants timed beside the baseline: path name → supernet options. A name
+    ``fast+…`` runs under the fast execution, the others in eager fp32 like the baseline
+    (``--variant-execution``)."""
+    algorithm = {f"pc{k}": {"partial_channels": k} for k in args.partial_channels if k != 1}
     if args.sampling == "gumbel":
-        out["gumbel"] = {"sampling": "gumbel"}
+        algorithm["gumbel"] = {"sampling": "gumbel"}
+    out = {}
+    if args.variant_execution in ("baseline", "both"):
+        out |= algorithm
+    if args.variant_execution in ("fast", "both"):
+        out |= {f"fast+{name}": options for name, options in algorithm.items()}
     return out
 
 
@@ -112,6 +123,8 @@ def build_path(args: argparse.Namespace, path: str):
         net.batched = path == "batched"
         return net, ex, b1, b2
     net, b1, b2 = supernet(args, **variants(args)[path])
+    if path.startswith("fast+"):
+        return prepare_model(net, ex), ex, b1, b2
     return net, None, b1, b2
 
 
@@ -154,17 +167,20 @@ def timing_case(args: argparse.Namespace) -> dict:
         with FlopCounterMode(display=False) as counter:
             step()
         macs[name] = counter.get_total_flops() / 2
-    times = {n: t["wall"] for n, t in time_alternating(steps, args.warmup - 1, args.steps).items()}
+    timed = time_alternating(steps, args.warmup - 1, args.steps)
+    times = {n: t["wall"] for n, t in timed.items()}
     wanted = {"fp32", ex.precision} | ({"bf16"} if args.device == "cuda" else set())
     rates = {p: matmul_rate(p, args.device) for p in sorted(wanted)}
     images = args.batch * (1 if args.case_mode == "sync" else 2)
     out = {"mode": args.case_mode, "parts": args.case_parts, "execution": ex.describe()}
     for name in steps:
         median = statistics.median(times[name])
-        precision = ex.precision if name in ("fast", "batched") else "fp32"
+        precision = ex.precision if name in ("fast", "batched") or "+" in name else "fp32"
         out[name] = {
             "median_s": median,
             "min_s": min(times[name]),
+            # process CPU seconds: steadier than wall time on a machine shared with other jobs
+            "cpu_median_s": statistics.median(timed[name]["cpu"]),
             "images_per_s": images / median,
             "macs_per_step": macs[name],
             "mac_per_s": macs[name] / median,
@@ -175,6 +191,9 @@ def timing_case(args: argparse.Namespace) -> dict:
     out["speedup"] = out["baseline"]["median_s"] / out["fast"]["median_s"]
     out["ratios"] = {  # baseline time / path time: > 1 is faster than the baseline
         name: out["baseline"]["median_s"] / out[name]["median_s"] for name in steps
+    }
+    out["cpu_ratios"] = {
+        name: out["baseline"]["cpu_median_s"] / out[name]["cpu_median_s"] for name in steps
     }
     out["matmul_flop_per_s"] = rates
     return out
@@ -224,6 +243,12 @@ def main() -> None:
     p.add_argument(
         "--sampling", choices=["gumbel"], help="GDAS variant (search.sampling), timed beside it"
     )
+    p.add_argument(
+        "--variant-execution",
+        choices=["baseline", "fast", "both"],
+        default="baseline",
+        help="run the variants in eager fp32 (baseline), under the fast execution, or both",
+    )
     p.add_argument("--batched", action="store_true", help="also time the batched-parts path")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--warmup", type=int, default=2)
@@ -256,20 +281,30 @@ def main() -> None:
                 peak = r.get("peak_rss_mb", r.get("peak_cuda_mb"))
                 mem = f"  peak {peak:.0f} MB" if peak is not None else ""
                 print(
-                    f"P={parts} {mode:<12} {path:<9} {r['median_s'] * 1000:8.1f} ms/step  "
+                    f"P={parts} {mode:<12} {path:<11} {r['median_s'] * 1000:8.1f} ms/step  "
+                    f"(CPU {r['cpu_median_s'] * 1000:8.1f} ms)  "
                     f"{r['images_per_s']:6.2f} img/s  {r['mac_per_s'] / 1e9:6.1f} GMAC/s  "
                     f"{100 * r['matmul_fraction']:5.1f}% of matmul{mem}",
                     flush=True,
                 )
             for path in paths(args)[1:]:
-                ratio = row["ratios"][path]
-                print(f"P={parts} {mode:<12} {path}/baseline speedup {ratio:.2f}x", flush=True)
+                ratio, cpu = row["ratios"][path], row["cpu_ratios"][path]
+                print(
+                    f"P={parts} {mode:<12} {path}/baseline speedup {ratio:.2f}x "
+                    f"(CPU time {cpu:.2f}x)",
+                    flush=True,
+                )
     for mode in args.modes:
         by_parts = {r["parts"]: r for r in rows if r["mode"] == mode}
         if 1 in by_parts and len(by_parts) > 1:
-            for parts, r in sorted(by_parts.items()):
-                ratio = r["fast"]["median_s"] / by_parts[1]["fast"]["median_s"]
-                print(f"{mode}: P={parts} / P=1 step time (fast path) {ratio:.2f}x")
+            for path in paths(args):
+                for parts, r in sorted(by_parts.items()):
+                    ratio = r[path]["median_s"] / by_parts[1][path]["median_s"]
+                    cpu = r[path]["cpu_median_s"] / by_parts[1][path]["cpu_median_s"]
+                    print(
+                        f"{mode}: P={parts} / P=1 step time ({path}) {ratio:.2f}x "
+                        f"(CPU time {cpu:.2f}x)"
+                    )
     keys = ("fabric", "backbone", "input", "batch", "threads", "device")
     config = {k: getattr(args, k) for k in keys}
     config["paths"] = paths(args)

@@ -61,6 +61,24 @@ def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     return x.view(b, groups, c // groups, h, w).transpose(1, 2).reshape(b, c, h, w)
 
 
+def partial_merge(y: torch.Tensor, rest: torch.Tensor, groups: int) -> torch.Tensor:
+    """A partial-channel edge's output: ``channel_shuffle(torch.cat([y, rest], 1), groups)`` in
+    one copy, in ``y``'s memory layout (the two-step form returns NCHW whatever its input, so a
+    channels_last search left it after every edge).
+
+    Args:
+        y: (B, C/K, H, W) the mixed op's output on the first C/K channels.
+        rest: (B, C - C/K, H, W) the channels passed by.
+    Returns:
+        (B, C, H, W), channel i·K + g = group g's channel i (group 0 = y).
+    """
+    parts = [y, *rest.split(y.shape[1], dim=1)]  # K × (B, C/K, H, W)
+    if y.is_contiguous(memory_format=torch.channels_last) and y.dim() == 4:
+        nhwc = torch.stack([p.permute(0, 2, 3, 1) for p in parts], dim=-1)  # (B, H, W, C/K, K)
+        return nhwc.flatten(3).permute(0, 3, 1, 2)  # (B, C, H, W), channels_last
+    return torch.stack(parts, dim=2).flatten(1, 2)  # (B, C/K, K, H, W) → (B, C, H, W)
+
+
 class MixedOp(nn.Module):
     """One edge of the supernet: every candidate op, weighted by softmax(α_e / T).
 
@@ -87,7 +105,7 @@ class MixedOp(nn.Module):
             return self._edge(x, alpha, temperature)  # (B, C, H, W)
         c = x.shape[1] // k
         y = self._edge(x[:, :c], alpha, temperature)  # (B, C/K, H, W)
-        return channel_shuffle(torch.cat([y, x[:, c:]], dim=1), k)  # (B, C, H, W)
+        return partial_merge(y, x[:, c:], k)  # (B, C, H, W), shuffled with K groups
 
     def _edge(self, x: torch.Tensor, alpha: torch.Tensor, temperature: float) -> torch.Tensor:
         if self.sampling == "gumbel":

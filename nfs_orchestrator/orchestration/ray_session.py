@@ -3,7 +3,8 @@
 What this is: what a campaign driver (``campaign.py``) and a retrain (``retrain.py``) both do
 to run on Ray: set the environment Ray reads at import (``prepare_ray_environment``), start
 the embedded cluster or join one (``start_ray``) with a resource plan (``plan_resources``),
-the Ray Train worker group of a trial or retrain (``scaling_config``, ``torch_backend``), what
+the Ray Train worker group of a trial or retrain (``scaling_config``, ``torch_backend``,
+``torch_trainer``), what
 a Tune trial actor holds (``trial_actor_resources``), relative paths made absolute for
 processes that run elsewhere (``absolute``), and SIGINT/SIGTERM handling (``StopSignals``).
 
@@ -168,6 +169,32 @@ def scaling_config(resources: ResourceSpec) -> Any:
     return ray.train.ScalingConfig(
         num_workers=resources.workers_per_trial, use_gpu=use_gpu, resources_per_worker=per_worker
     )
+
+
+def torch_trainer(train_fn: Callable[[dict[str, Any]], None], **kwargs: Any) -> Any:
+    """A ``ray.train.torch.TorchTrainer(train_fn, **kwargs)`` whose controller starts no Ray
+    Data ``DatasetManager`` actor. Ray Train V2 starts one for every run, datasets or not: one
+    more Python process per trial, importing Ray Data (≈ 2–3 s of CPU on a small machine;
+    ``benchmarks/RESULTS.md``). posenfs passes no Ray Datasets (its workers load their own
+    data), so that actor has nothing to serve. The controller's other callbacks (accelerator
+    and backend set-up, placement-group cleaner, working directory, metrics, the user's) are
+    kept; so are the failure policy and the checkpoints. Where Ray no longer has the hook, this
+    is a plain TorchTrainer."""
+    from ray.train.torch import TorchTrainer
+
+    try:
+        from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+    except ImportError:  # another Ray layout: the plain trainer
+        return TorchTrainer(train_fn, **kwargs)
+    if not hasattr(TorchTrainer, "_create_default_callbacks"):
+        return TorchTrainer(train_fn, **kwargs)
+
+    class NoDatasetsTrainer(TorchTrainer):
+        def _create_default_callbacks(self) -> list[Any]:
+            callbacks = super()._create_default_callbacks()
+            return [cb for cb in callbacks if not isinstance(cb, DatasetsCallback)]
+
+    return NoDatasetsTrainer(train_fn, **kwargs)
 
 
 def torch_backend(resources: ResourceSpec) -> str:

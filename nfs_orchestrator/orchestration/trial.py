@@ -37,7 +37,7 @@ from typing import Any
 import ray.train
 import ray.tune as tune
 import torch
-from ray.train.torch import TorchConfig, TorchTrainer
+from ray.train.torch import TorchConfig
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.search.repeater import TRIAL_INDEX
 
@@ -177,7 +177,7 @@ def search_on_train_workers(
     # from here to the controller and the workers; a value set by the user wins.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", TRAIN_POLL_S)
     resources = campaign.resources
-    trainer = TorchTrainer(
+    trainer = ray_session.torch_trainer(
         search_worker,
         train_loop_config=launch.to_dict(),
         scaling_config=ray_session.scaling_config(resources),

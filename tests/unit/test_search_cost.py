@@ -17,7 +17,7 @@ from nfs_orchestrator.campaign_spec import load_campaign
 from nfs_orchestrator.errors import SpecError
 from nfs_orchestrator.keypoints import load_grouping
 from nfs_orchestrator.nn.backbones import build_backbone
-from nfs_orchestrator.nn.cell import MixedOp, channel_shuffle
+from nfs_orchestrator.nn.cell import MixedOp, channel_shuffle, partial_merge
 from nfs_orchestrator.nn.supernet import PoseSupernet
 from nfs_orchestrator.runtime import LocalRuntime
 from nfs_orchestrator.search import bilevel
@@ -113,6 +113,21 @@ def test_k1_is_bit_equal_to_the_old_mixed_op(monkeypatch):
 def test_channel_shuffle_interleaves_groups():
     x = torch.arange(8.0).view(1, 8, 1, 1)
     assert channel_shuffle(x, 4).flatten().tolist() == [0, 2, 4, 6, 1, 3, 5, 7]
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_partial_merge_is_cat_then_shuffle_in_the_inputs_layout(layout):
+    torch.manual_seed(0)
+    y = torch.randn(2, 4, 5, 3).contiguous(memory_format=layout).requires_grad_()
+    rest = torch.randn(2, 12, 5, 3).contiguous(memory_format=layout).requires_grad_()
+    merged = partial_merge(y, rest, 4)
+    reference = channel_shuffle(torch.cat([y, rest], dim=1), 4)
+    assert torch.equal(merged, reference)
+    assert merged.is_contiguous(memory_format=layout)
+    g = torch.randn_like(merged)
+    grads = torch.autograd.grad(merged, (y, rest), g)
+    ref_grads = torch.autograd.grad(reference, (y, rest), g)
+    assert all(torch.equal(a, b) for a, b in zip(grads, ref_grads))
 
 
 def test_partial_edge_runs_ops_on_one_kth_and_passes_the_rest_by():

@@ -44,3 +44,28 @@ def test_the_plan_counts_the_same_cpus_either_way():
     assert here.cpus_per_trial == there.cpus_per_trial == 1.0
     assert here.max_concurrent == there.max_concurrent == 2
     assert "in the trial actor" in here.describe()
+
+
+def test_the_trial_trainer_starts_no_dataset_manager_and_keeps_the_rest():
+    """posenfs passes no Ray Datasets: the TorchTrainer of a trial drops Ray Train's datasets
+    callback (one DatasetManager actor process per trial) and keeps every other callback:
+    backend set-up, the placement-group cleaner (fault tolerance), the user's (Tune report)."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+    from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+
+    from nfs_orchestrator.orchestration.ray_session import torch_trainer
+
+    config = {
+        "scaling_config": ray.train.ScalingConfig(num_workers=1),
+        "run_config": ray.train.RunConfig(name="t", storage_path="/tmp/posenfs-unused"),
+    }
+    plain = TorchTrainer(lambda c: None, **config)._create_default_callbacks()
+    ours = torch_trainer(lambda c: None, **config)._create_default_callbacks()
+    names = [type(c).__name__ for c in ours]
+    assert any(isinstance(c, DatasetsCallback) for c in plain)  # what Ray does by itself
+    assert not any(isinstance(c, DatasetsCallback) for c in ours)
+    assert names == [type(c).__name__ for c in plain if not isinstance(c, DatasetsCallback)]
+    assert {"BackendSetupCallback", "PlacementGroupCleanerCallback", "UserCallbackHandler"} <= set(
+        names
+    )
