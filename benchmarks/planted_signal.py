@@ -9,8 +9,8 @@ each run it takes ``confidence.coarseness`` per part and prints
     lean   = coarseness(lower_limb) − coarseness(upper_limb)     (per run; 0 under uniform β)
     flip   = lean(context_legs) − lean(context_arms)             (per seed; > 0 = found)
 
-and the same for the op: the share of ``atr_conv_3x3`` (dilated, wider receptive field) in
-softmax(α). Under the null (the search ignores the plant) a flip's sign is a coin toss, so
+The fabric is the tiny one with a single op (``test_planted.FABRIC``), so β (the scale each
+cell reads) is the whole search. Under the null (the search ignores the plant) a flip's sign is a coin toss, so
 "flip > 0 in k of n seeds" has the binomial tail P(X ≥ k | n, 1/2) printed beside it. The
 hardware comes first, one JSON line last.
 
@@ -35,8 +35,26 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from nfs_orchestrator.genotype import Genotype, derive_genotype, read_genotype  # noqa: E402
 from nfs_orchestrator.hardware import detect  # noqa: E402
-from tests.unit.test_planted import MODES, SETTINGS, planted_run  # noqa: E402
+from tests.unit.test_planted import MODES, SETTINGS, genotype_lean, planted_run  # noqa: E402
+
+
+def genotype_chance(like: Genotype, draws: int = 4000) -> tuple[float, float]:
+    """P(flip > 0) and P(flip = 0) of the genotype lean when both searches return a uniformly
+    random genotype (β drawn i.i.d., so every cell's kept input is uniform; α is one op)."""
+    g = torch.Generator().manual_seed(0)
+    n_cells = len(like.arch_weights[like.grouping.parts[0].name]["beta"])
+
+    def lean() -> float:
+        arch = {
+            p.name: (torch.zeros(1, len(like.space.ops)), torch.randn(n_cells, 3, generator=g))
+            for p in like.grouping.parts
+        }
+        return genotype_lean(derive_genotype(like.space, like.grouping, arch))
+
+    flips = [lean() - lean() for _ in range(draws)]
+    return sum(f > 0 for f in flips) / draws, sum(f == 0 for f in flips) / draws
 
 
 def tail(k: int, n: int) -> float:
@@ -71,25 +89,32 @@ def main() -> None:
                 started = time.monotonic()
                 row[mode] = planted_run(root, seed, mode, tuple(args.sets))
                 row[mode]["wall_s"] = round(time.monotonic() - started, 1)
-            row["flip_beta"] = row[MODES[0]]["lean_beta"] - row[MODES[1]]["lean_beta"]
-            row["flip_atr"] = row[MODES[0]]["lean_atr"] - row[MODES[1]]["lean_atr"]
+            row["flip"] = row[MODES[0]]["lean"] - row[MODES[1]]["lean"]
             rows.append(row)
+            like = read_genotype(root / f"seed{seed}-{MODES[0]}" / "artifacts" / "genotype.json")
             print(
-                f"seed {seed}: lean β legs-context {row[MODES[0]]['lean_beta']:+.4f}  "
-                f"arms-context {row[MODES[1]]['lean_beta']:+.4f}  flip {row['flip_beta']:+.4f} | "
-                f"lean atr {row[MODES[0]]['lean_atr']:+.4f} {row[MODES[1]]['lean_atr']:+.4f} "
-                f"flip {row['flip_atr']:+.4f} | val_ap {row[MODES[0]]['val_ap']:.3f} "
+                f"seed {seed}: lean legs-context {row[MODES[0]]['lean']:+.4f}  "
+                f"arms-context {row[MODES[1]]['lean']:+.4f}  flip {row['flip']:+.4f} | "
+                f"val_ap {row[MODES[0]]['val_ap']:.3f} "
                 f"{row[MODES[1]]['val_ap']:.3f} | {row[MODES[0]]['wall_s']:.0f} s + "
                 f"{row[MODES[1]]['wall_s']:.0f} s",
                 flush=True,
             )
     n = len(rows)
     summary = {"settings": [*SETTINGS, *args.sets], "hardware": hw.to_dict(), "rows": rows}
-    for key in ("flip_beta", "flip_atr"):
-        values = [r[key] for r in rows]
-        k = sum(v > 0 for v in values)
-        summary[key] = {"positive": k, "n": n, "p_chance": tail(k, n)}
-        print(f"{key}: {spread(values)}; > 0 in {k} of {n} (chance P(≥{k}) = {tail(k, n):.4f})")
+    for mode in MODES:
+        print(f"lean on {mode}: {spread([r[mode]['lean'] for r in rows])}")
+    above, tie = genotype_chance(like)
+    flips = [r[MODES[0]]["genotype_lean"] - r[MODES[1]]["genotype_lean"] for r in rows]
+    k_g, ties = sum(f > 0 for f in flips), sum(f == 0 for f in flips)
+    summary["genotype_flip"] = {"values": flips, "positive": k_g, "ties": ties,
+                                "chance_positive": above, "chance_tie": tie}  # fmt: skip
+    print(f"genotype flip: {[round(f, 3) for f in flips]}; > 0 in {k_g} of {n}, = 0 in {ties} "
+          f"(uniform random genotypes: P(> 0) = {above:.3f}, P(= 0) = {tie:.3f})")
+    values = [r["flip"] for r in rows]
+    k = sum(v > 0 for v in values)
+    summary["flip"] = {"positive": k, "n": n, "p_chance": tail(k, n)}
+    print(f"flip: {spread(values)}; > 0 in {k} of {n} (chance P(≥{k}) = {tail(k, n):.4f})")
     print(json.dumps(summary, sort_keys=True))
 
 

@@ -12,6 +12,8 @@ import pytest
 
 from nfs_orchestrator.confidence import coarseness
 from nfs_orchestrator.data.synthetic import write_synthetic_coco
+from nfs_orchestrator.genotype import Genotype, read_genotype
+from nfs_orchestrator.geometry import SLOTS, fabric_sites
 from nfs_orchestrator.keypoints import load_grouping
 
 SCHEMA = load_grouping("coco-p3").schema
@@ -62,14 +64,49 @@ SETTINGS = (  # the quickstart's trial, cut down (benchmarks/RESULTS.md, "Plante
     "search.epochs=4",
     "search.val_every=4",
     "search.arch_start_epoch=1",
+    "search.precision=fp32",  # the same arithmetic on every CPU (auto picks bf16 on some)
+    "search.memory_format=contiguous",
 )
 
 
+# The tiny fabric (search_spaces/fabrics/tiny.yaml) with one op: every cell is its β-mixed inputs
+# and a 1×1 conv, so a row-0 cell sees far only through β's "below" input (a coarser row): the
+# search's one decision per cell is the scale it reads, the preference the plant is about.
+FABRIC = """\
+name: tiny-scales
+depth: 4
+cut: 1
+scales: [4, 8, 16, 32]
+channel_factor: 4
+hidden_nodes: 1
+input_nodes: 1
+ops: [skip_connect]
+alpha_sharing: part
+head: plain
+derivation: {ops: argmax_nonzero, inputs: argmax}
+"""
+
+
+def genotype_lean(genotype: Genotype) -> float:
+    """The derived genotype's version of the lean: per part, the mean row offset (source row −
+    own row) of the inputs its kept cells read; lower_limb's minus upper_limb's."""
+    site = {(s.scale, s.depth): s for layer in fabric_sites(genotype.space) for s in layer}
+    mean = {}
+    for part in genotype.parts:
+        offsets = [
+            site[cell.scale, cell.depth].offsets()[SLOTS.index(slot)]
+            for cell in part.cells
+            for slot in cell.inputs
+        ]
+        mean[part.name] = sum(offsets) / len(offsets)
+    return mean["lower_limb"] - mean["upper_limb"]
+
+
 def planted_run(root, seed: int, mode: str, sets: tuple[str, ...] = ()) -> dict:
-    """One search on the ``mode`` set; the legs' lean over the arms from its final α/β:
-    ``lean_beta`` = coarseness(lower_limb) − coarseness(upper_limb) of softmax(β) (how much
-    coarser rows the legs' cells read), ``lean_atr`` = the same difference of softmax(α)'s
-    ``atr_conv_3x3`` share (the dilated op: a wider receptive field)."""
+    """One search on the ``mode`` set; from its final softmax(β), the legs' ``lean`` =
+    coarseness(lower_limb) − coarseness(upper_limb): how much coarser rows the legs' cells
+    read than the arms' (``confidence.coarseness``; 0 under uniform β, as the parts share
+    one geometry)."""
     import torch
 
     from nfs_orchestrator.campaign_spec import load_campaign
@@ -77,27 +114,29 @@ def planted_run(root, seed: int, mode: str, sets: tuple[str, ...] = ()) -> dict:
     from nfs_orchestrator.search.loop import STATE_FILE, run_search
     from tests.unit.test_search_defects import QUICKSTART
 
+    fabric = root / "fabric-tiny-scales.yaml"
+    if not fabric.is_file():
+        root.mkdir(parents=True, exist_ok=True)
+        fabric.write_text(FABRIC)
     overrides = (
         f"data.root={root / 'data'}",
+        f"fabric={fabric}",
         f"seed={seed}",
         f"data.synthetic.planted={mode}",
         *SETTINGS,
         *sets,
     )
     trial = load_campaign(QUICKSTART, overrides).trial({})
-    run = LocalRuntime(root / f"seed{seed}-{mode}", verbose=False)
+    run_dir = root / f"seed{seed}-{mode}"
+    run = LocalRuntime(run_dir, verbose=False)
     metrics = run_search(trial, run)
     last = torch.load(run.latest_checkpoint() / STATE_FILE, weights_only=True)["history"][-1]
     c = coarseness(trial.fabric, last)
-    atr = trial.fabric.ops.index("atr_conv_3x3")
-
-    def atr_share(part: str) -> float:
-        rows = last[part]["alpha"]
-        return sum(row[atr] for row in rows) / len(rows)
-
+    genotype = read_genotype(run_dir / "artifacts" / "genotype.json")
     return {
-        "lean_beta": c["lower_limb"] - c["upper_limb"],
-        "lean_atr": atr_share("lower_limb") - atr_share("upper_limb"),
+        "lean": c["lower_limb"] - c["upper_limb"],
+        "genotype_lean": genotype_lean(genotype),
         "coarseness": c,
+        "arch": last,  # softmax(α), softmax(β) per part
         "val_ap": metrics.get("val_ap", float("nan")),
     }
