@@ -10,8 +10,9 @@ each run it takes ``confidence.coarseness`` per part and prints
     flip   = lean(context_legs) − lean(context_arms)             (per seed; > 0 = found)
 
 The fabric is the tiny one with a single op (``test_planted.FABRIC``), so β (the scale each
-cell reads) is the whole search. Under the null (the search ignores the plant) a flip's sign is a coin toss, so
-"flip > 0 in k of n seeds" has the binomial tail P(X ≥ k | n, 1/2) printed beside it. The
+cell reads) is the whole search. Under the null (the search ignores the plant) a flip's sign
+is a coin toss, so "flip > 0 in k of n seeds" has the binomial tail P(X ≥ k | n, 1/2) printed
+beside it; the derived genotypes' flip is compared with uniformly random genotypes. The
 hardware comes first, one JSON line last.
 
     python benchmarks/planted_signal.py --seeds 0 1 2 3 4 5 --root /tmp/planted
@@ -109,8 +110,10 @@ def main() -> None:
     k_g, ties = sum(f > 0 for f in flips), sum(f == 0 for f in flips)
     summary["genotype_flip"] = {"values": flips, "positive": k_g, "ties": ties,
                                 "chance_positive": above, "chance_tie": tie}  # fmt: skip
-    print(f"genotype flip: {[round(f, 3) for f in flips]}; > 0 in {k_g} of {n}, = 0 in {ties} "
-          f"(uniform random genotypes: P(> 0) = {above:.3f}, P(= 0) = {tie:.3f})")
+    print(
+        f"genotype flip: {[round(f, 3) for f in flips]}; > 0 in {k_g} of {n}, = 0 in {ties} "
+        f"(uniform random genotypes: P(> 0) = {above:.3f}, P(= 0) = {tie:.3f})"
+    )
     values = [r["flip"] for r in rows]
     k = sum(v > 0 for v in values)
     summary["flip"] = {"positive": k, "n": n, "p_chance": tail(k, n)}

@@ -61,8 +61,8 @@ SETTINGS = (  # the quickstart's trial, cut down (benchmarks/RESULTS.md, "Plante
     "grouping=groupings/coco-p3",
     "data.synthetic.train_images=192",
     "data.synthetic.val_images=8",
-    "search.epochs=4",
-    "search.val_every=4",
+    "search.epochs=6",
+    "search.val_every=6",
     "search.arch_start_epoch=1",
     "search.precision=fp32",  # the same arithmetic on every CPU (auto picks bf16 on some)
     "search.memory_format=contiguous",
@@ -140,3 +140,29 @@ def planted_run(root, seed: int, mode: str, sets: tuple[str, ...] = ()) -> dict:
         "arch": last,  # softmax(α), softmax(β) per part
         "val_ap": metrics.get("val_ap", float("nan")),
     }
+
+
+SEEDS = (0, 1, 2, 3, 4, 5)  # 6 of 6 flips > 0: P = 1/64 under the null (a coin per seed)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="measured: at this budget the search does not read the planted preference "
+    "(benchmarks/RESULTS.md, 'Planted structure: a swap test'); an XPASS means it now does",
+)
+def test_search_flips_its_scale_preference_with_the_planted_roles(tmp_path):
+    """The same search on the plant and on its swap, per seed: the legs' fabric leans further
+    toward coarser rows (than the arms') when the legs are the context group than when they are
+    the detail group, in every one of 6 seeds (chance, if the search ignored the plant: 1/64).
+    About 12 searches of ≈ 30–60 s each on 2 CPU cores, one thread."""
+    import torch
+
+    torch.set_num_threads(1)
+    flips = [
+        planted_run(tmp_path, seed, MODES[0])["lean"]
+        - planted_run(tmp_path, seed, MODES[1])["lean"]
+        for seed in SEEDS
+    ]
+    assert all(f > 0 for f in flips), flips
