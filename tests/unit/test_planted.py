@@ -12,6 +12,7 @@ import pytest
 
 from nfs_orchestrator.confidence import coarseness
 from nfs_orchestrator.data.synthetic import write_synthetic_coco
+from nfs_orchestrator.errors import SpecError
 from nfs_orchestrator.genotype import Genotype, read_genotype
 from nfs_orchestrator.geometry import SLOTS, fabric_sites
 from nfs_orchestrator.keypoints import load_grouping
@@ -54,6 +55,15 @@ def test_planted_sets_mark_one_limb_group_by_context_and_swap_it(tmp_path):
     arms_wrist, arms_ankle = marked["context_arms"]  # arms: rings
     assert legs_ankle < 0.2 and legs_wrist > 0.5, marked
     assert arms_wrist < 0.2 and arms_ankle > 0.5, marked
+
+
+def test_unknown_planted_mode_is_refused_with_the_known_ones(tmp_path):
+    with pytest.raises(SpecError, match="context_legs"):
+        write_synthetic_coco(
+            tmp_path / "x", train_images=1, val_images=1, image_size=(64, 64), seed=0,
+            schema=SCHEMA, planted="context_detail",
+        )  # fmt: skip
+    assert not (tmp_path / "x").exists()  # nothing written
 
 
 MODES = ("context_legs", "context_arms")  # the plant and its swap (data/synthetic.py)
