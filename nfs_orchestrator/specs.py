@@ -179,9 +179,10 @@ class SyntheticSpec(Spec):
     val_images: int = 32
     image_size: tuple[int, int] = (128, 128)  # (W, H) of generated images
     seed: int = 0
-    # "context_detail": lower-limb keypoints located by context only, head ones by local detail
-    # only (data/synthetic.py), so a part-specific search has a planted preference to find
-    planted: Literal["none", "context_detail"] = "none"
+    # "context_legs" / "context_arms": one limb group located by long-range context only, the
+    # other by local detail only, roles exchanged between the two (data/synthetic.py), so a
+    # part-specific search has a planted preference to find, and to flip
+    planted: Literal["none", "context_legs", "context_arms"] = "none"
 
 
 @dataclass(frozen=True)

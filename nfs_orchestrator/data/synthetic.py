@@ -16,13 +16,20 @@ so ``left_*`` lies on the image-right side of the body axis). A mirrored image w
 labels obeys the same rule. About 6 % of in-image keypoints are covered by an occluder patch
 and labelled v = 1; keypoints outside the image are v = 0 with (0, 0).
 
-Planted structure (``planted="context_detail"``), so that a part-specific search has something
-to find: the lower-limb keypoints (hips, knees, ankles) get no blob, so only the figure's
-geometry (where a leg line ends or bends, relative to the torso) locates them: long-range
-context. The head keypoints keep their blobs but lose the head disc and the neck line, and the
-face blobs are small: only local detail locates them. The other keypoints are drawn as usual.
-A search that sees this should give the lower-limb fabric coarser inputs than the head fabric.
+Planted structure, so that a part-specific search has something to find (``planted``):
+one limb group is marked for long-range context only, the other for local detail only, and
+the two modes exchange the roles, so the same search on the two sets must flip its preference.
 
+    planted="context_legs"   hips, knees, ankles: context;  shoulders, elbows, wrists: detail
+    planted="context_arms"   shoulders, elbows, wrists: context;  hips, knees, ankles: detail
+
+A *context* keypoint has nothing at its spot: it is the centre of a thin ring of radius
+``RING_RADIUS`` · figure height in its group's colour, so only a receptive field that spans the
+ring (coarser fabric rows, or a wide stack of ops) locates it. A *detail* keypoint is a small
+dot (the face's size) and nothing else. In both modes no limb line and no torso polygon is
+drawn (their bends and corners would be local cues); a spine line, the neck, the head disc and
+the face stay, so the body axis (left/right) reads as usual. Arms and legs have the same
+build (root joint, bend, end), so the two modes differ only in which group gets which mark.
 Writing is idempotent and atomic: the set is generated into a temporary sibling folder and
 renamed onto ``root``; a second call (or a process that lost the race) finds ``root`` with the
 same settings and leaves it alone. Same seed → same bytes.
@@ -44,9 +51,14 @@ from nfs_orchestrator.errors import InputError, SpecError
 from nfs_orchestrator.keypoints import KeypointSchema
 
 GENERATOR_VERSION = 1
-PLANTED = ("none", "context_detail")  # see the module docstring
-CONTEXT_ONLY = ("hip", "knee", "ankle")  # planted: no blob, located by the figure's geometry
-DETAIL_ONLY = ("nose", "eye", "ear")  # planted: a blob without head disc or neck line
+# planted mode → (context group, detail group), see the module docstring
+PLANTED_GROUPS = {
+    "context_legs": (("hip", "knee", "ankle"), ("shoulder", "elbow", "wrist")),
+    "context_arms": (("shoulder", "elbow", "wrist"), ("hip", "knee", "ankle")),
+}
+PLANTED = ("none", *PLANTED_GROUPS)
+RING_RADIUS = 0.16  # a context keypoint's ring, in figure heights
+DETAIL_RADIUS = 0.016  # a detail keypoint's dot, in figure heights (the face's size)
 MANIFEST = "synthetic.json"
 VAL_ID_OFFSET = 100_000
 JPEG_QUALITY = 92
@@ -135,29 +147,38 @@ def _draw_figure(
     def fix(q: np.ndarray) -> tuple[int, int]:  # sub-pixel drawing with shift=4
         return int(round(q[0] * 16)), int(round(q[1] * 16))
 
-    torso = np.stack([pts[idx[n]] for n in ("left_shoulder", "right_shoulder",
-                                             "right_hip", "left_hip")])  # fmt: skip
-    cv2.fillPoly(img, [np.round(torso * 16).astype(np.int32)], body, cv2.LINE_AA, shift=4)
-    for a, b in _LIMBS:
-        cv2.line(img, fix(pts[idx[a]]), fix(pts[idx[b]]), body, thick, cv2.LINE_AA, shift=4)
-    if planted != "context_detail":  # planted: the face has no context around its blobs
-        neck = 0.5 * (pts[idx["left_shoulder"]] + pts[idx["right_shoulder"]])
-        cv2.line(img, fix(neck), fix(pts[idx["nose"]]), body, thick, cv2.LINE_AA, shift=4)
-        head_r = 0.065 * height_px
-        cv2.circle(img, fix(pts[idx["nose"]]), int(head_r * 16), body, -1, cv2.LINE_AA, shift=4)
+    context, detail = PLANTED_GROUPS.get(planted, ((), ()))
+    if planted == "none":
+        torso = np.stack([pts[idx[n]] for n in ("left_shoulder", "right_shoulder",
+                                                 "right_hip", "left_hip")])  # fmt: skip
+        cv2.fillPoly(img, [np.round(torso * 16).astype(np.int32)], body, cv2.LINE_AA, shift=4)
+        for a, b in _LIMBS:
+            cv2.line(img, fix(pts[idx[a]]), fix(pts[idx[b]]), body, thick, cv2.LINE_AA, shift=4)
+    neck = 0.5 * (pts[idx["left_shoulder"]] + pts[idx["right_shoulder"]])
+    if planted != "none":  # the body axis only: no limb, no torso corner
+        pelvis = 0.5 * (pts[idx["left_hip"]] + pts[idx["right_hip"]])
+        cv2.line(img, fix(neck), fix(pelvis), body, thick, cv2.LINE_AA, shift=4)
+    cv2.line(img, fix(neck), fix(pts[idx["nose"]]), body, thick, cv2.LINE_AA, shift=4)
+    head_r = 0.065 * height_px
+    cv2.circle(img, fix(pts[idx["nose"]]), int(head_r * 16), body, -1, cv2.LINE_AA, shift=4)
 
-    vis = np.zeros(len(names))
-    for i, name in enumerate(names):
-        x, y = pts[i]
-        if not (0 <= x <= w - 1 and 0 <= y <= h - 1):
-            continue
+    inside = (pts[:, 0] >= 0) & (pts[:, 0] <= w - 1) & (pts[:, 1] >= 0) & (pts[:, 1] <= h - 1)
+    vis = np.where(inside, 2.0, 0.0)
+    for i, name in enumerate(names):  # rings first: no ring covers another group's dot
         group = name.split("_")[-1]
+        if inside[i] and group in context:  # labelled, but nothing marks the spot
+            ring = int(round(RING_RADIUS * height_px * 16))
+            cv2.circle(img, fix(pts[i]), ring, _COLORS[group][::-1], max(1, thick // 2),
+                       cv2.LINE_AA, shift=4)  # fmt: skip
+    for i, name in enumerate(names):
+        group = name.split("_")[-1]
+        if not inside[i] or group in context:
+            continue
         face = group in ("nose", "eye", "ear")
         r = max(1.0, (0.016 if face else 0.028) * height_px)
         rgb = _COLORS[group]
-        vis[i] = 2
-        if planted == "context_detail" and group in CONTEXT_ONLY:
-            continue  # labelled, but nothing marks the spot: the legs' geometry must
+        if group in detail:
+            r = max(1.0, DETAIL_RADIUS * height_px)
         cv2.circle(img, fix(pts[i]), int(r * 16), rgb[::-1], -1, cv2.LINE_AA, shift=4)
         if rng.random() < OCCLUDED_PROB:
             half = 1.4 * r + 1

@@ -1,0 +1,125 @@
+"""Benchmark: does the part-specific search find the planted preference, and flip it?
+
+For each ``--seeds`` value it runs the same small in-process search (``LocalRuntime``, coco-p3,
+the test's settings ``tests/unit/test_planted.py::SETTINGS`` plus any ``--set``) twice: on the
+``context_legs`` set (legs marked by rings: context; arms by dots: detail) and on the
+``context_arms`` set (roles exchanged; ``data/synthetic.py``). From the final softmax(β) of
+each run it takes ``confidence.coarseness`` per part and prints
+
+    lean   = coarseness(lower_limb) − coarseness(upper_limb)     (per run; 0 under uniform β)
+    flip   = lean(context_legs) − lean(context_arms)             (per seed; > 0 = found)
+
+The fabric is the tiny one with a single op (``test_planted.FABRIC``), so β (the scale each
+cell reads) is the whole search. Under the null (the search ignores the plant) a flip's sign
+is a coin toss, so "flip > 0 in k of n seeds" has the binomial tail P(X ≥ k | n, 1/2) printed
+beside it; the derived genotypes' flip is compared with uniformly random genotypes. The
+hardware comes first, one JSON line last.
+
+    python benchmarks/planted_signal.py --seeds 0 1 2 3 4 5 --root /tmp/planted
+
+This measures; it asserts nothing. ``benchmarks/RESULTS.md`` ("Planted structure") records figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from math import comb
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from nfs_orchestrator.genotype import Genotype, derive_genotype, read_genotype  # noqa: E402
+from nfs_orchestrator.hardware import detect  # noqa: E402
+from tests.unit.test_planted import MODES, SETTINGS, genotype_lean, planted_run  # noqa: E402
+
+
+def genotype_chance(like: Genotype, draws: int = 4000) -> tuple[float, float]:
+    """P(flip > 0) and P(flip = 0) of the genotype lean when both searches return a uniformly
+    random genotype (β drawn i.i.d., so every cell's kept input is uniform; α is one op)."""
+    g = torch.Generator().manual_seed(0)
+    n_cells = len(like.arch_weights[like.grouping.parts[0].name]["beta"])
+
+    def lean() -> float:
+        arch = {
+            p.name: (torch.zeros(1, len(like.space.ops)), torch.randn(n_cells, 3, generator=g))
+            for p in like.grouping.parts
+        }
+        return genotype_lean(derive_genotype(like.space, like.grouping, arch))
+
+    flips = [lean() - lean() for _ in range(draws)]
+    return sum(f > 0 for f in flips) / draws, sum(f == 0 for f in flips) / draws
+
+
+def tail(k: int, n: int) -> float:
+    """P(X ≥ k) for X ~ Binomial(n, 1/2)."""
+    return sum(comb(n, i) for i in range(k, n + 1)) / 2**n
+
+
+def spread(values: list[float]) -> str:
+    m = statistics.fmean(values)
+    sd = statistics.stdev(values) if len(values) > 1 else float("nan")
+    return f"{m:+.4f} ± {sd:.4f} (min {min(values):+.4f}, max {max(values):+.4f}, n={len(values)})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--root", default=None, help="work folder (default: a temporary one)")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    hw = detect("cpu")
+    print(f"hardware: {hw.name}, {hw.usable_cpus} usable CPUs, torch {hw.torch}, "
+          f"{args.threads} thread(s)")  # fmt: skip
+    print(f"settings: {[*SETTINGS, *args.sets]}", flush=True)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="posenfs-planted-") as tmp:
+        root = Path(args.root) if args.root else Path(tmp)
+        for seed in args.seeds:
+            row: dict = {"seed": seed}
+            for mode in MODES:
+                started = time.monotonic()
+                row[mode] = planted_run(root, seed, mode, tuple(args.sets))
+                row[mode]["wall_s"] = round(time.monotonic() - started, 1)
+            row["flip"] = row[MODES[0]]["lean"] - row[MODES[1]]["lean"]
+            rows.append(row)
+            like = read_genotype(root / f"seed{seed}-{MODES[0]}" / "artifacts" / "genotype.json")
+            print(
+                f"seed {seed}: lean legs-context {row[MODES[0]]['lean']:+.4f}  "
+                f"arms-context {row[MODES[1]]['lean']:+.4f}  flip {row['flip']:+.4f} | "
+                f"val_ap {row[MODES[0]]['val_ap']:.3f} "
+                f"{row[MODES[1]]['val_ap']:.3f} | {row[MODES[0]]['wall_s']:.0f} s + "
+                f"{row[MODES[1]]['wall_s']:.0f} s",
+                flush=True,
+            )
+    n = len(rows)
+    summary = {"settings": [*SETTINGS, *args.sets], "hardware": hw.to_dict(), "rows": rows}
+    for mode in MODES:
+        print(f"lean on {mode}: {spread([r[mode]['lean'] for r in rows])}")
+    above, tie = genotype_chance(like)
+    flips = [r[MODES[0]]["genotype_lean"] - r[MODES[1]]["genotype_lean"] for r in rows]
+    k_g, ties = sum(f > 0 for f in flips), sum(f == 0 for f in flips)
+    summary["genotype_flip"] = {"values": flips, "positive": k_g, "ties": ties,
+                                "chance_positive": above, "chance_tie": tie}  # fmt: skip
+    print(
+        f"genotype flip: {[round(f, 3) for f in flips]}; > 0 in {k_g} of {n}, = 0 in {ties} "
+        f"(uniform random genotypes: P(> 0) = {above:.3f}, P(= 0) = {tie:.3f})"
+    )
+    values = [r["flip"] for r in rows]
+    k = sum(v > 0 for v in values)
+    summary["flip"] = {"positive": k, "n": n, "p_chance": tail(k, n)}
+    print(f"flip: {spread(values)}; > 0 in {k} of {n} (chance P(≥{k}) = {tail(k, n):.4f})")
+    print(json.dumps(summary, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()
