@@ -146,8 +146,9 @@ def epoch_batches(
     for s in range(start, steps):
         for a in range(accumulation):
             first = s * per_step + (a * runtime.world_size + runtime.rank) * micro
+            positions = range(first, first + micro)
             micro_batches.append(
-                [_sample_key(dataset, indices[order[p]], seed, p) for p in range(first, first + micro)]
+                [_sample_key(dataset, indices[order[p]], seed, p) for p in positions]
             )
     if not micro_batches:
         return
@@ -290,10 +291,9 @@ def epoch_steps(
         k, within = divmod(done, per_pass)
         pass_seed = seed if k == 0 else seed * PASS_SEED_STRIDE + k
         last = min(per_pass, within + steps - done)  # this pass's steps end here
-        for batches in epoch_batches(
+        yield from epoch_batches(
             dataset, indices, micro, accumulation, runtime, pass_seed, last, workers, within
-        ):
-            yield batches
+        )
         done += last - within
 
 

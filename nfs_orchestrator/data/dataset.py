@@ -62,7 +62,6 @@ from nfs_orchestrator.errors import InputError, SpecError
 from nfs_orchestrator.keypoints import KeypointSchema
 from nfs_orchestrator.specs import AugmentSpec, DataSpec
 
-
 SampleKey = tuple[int, int, int]  # (instance index, pass seed, position in the pass's order)
 
 

@@ -15,10 +15,11 @@ Pre-emption at step granularity: after every step the loop asks ``runtime.should
 (every rank agrees: a SIGTERM or a pre-emption notice reached some rank). When it says so, the
 loop writes a mid-epoch checkpoint (``state.pt`` with an ``interrupted`` entry: the steps done
 in the epoch, its losses so far, which say how many α/β batches were drawn, and every rank's
-torch/numpy/python RNG states) and hands it to ``runtime.interrupt``, then returns. A resume from it seeds the epoch as usual, restores the
-RNG states and continues at that step: the sample order is a function of (seed, epoch, step)
-(``loop_utils.epoch_steps(start=...)``) and each sample's augmentation of its position in it, so
-it takes exactly the batches and random numbers the uninterrupted run takes.
+torch/numpy/python RNG states) and hands it to ``runtime.interrupt``, then returns. A resume
+from it seeds the epoch as usual, restores the RNG states and continues at that step: the
+sample order is a function of (seed, epoch, step) (``loop_utils.epoch_steps(start=...)``) and
+each sample's augmentation of its position in it, so it takes exactly the batches and random
+numbers the uninterrupted run takes.
 
 Batches: ``search.batch_size`` images per optimizer step in total; each of the W workers runs
 ``micro_batch`` images per forward, accumulating ``batch / (W · micro_batch)`` micro-batches, so
@@ -47,8 +48,8 @@ from nfs_orchestrator.loop_utils import (
     make_optimizer,
     mean,
     seed_everything,
-    set_rng_state,
     set_lr,
+    set_rng_state,
     to_device,
     validate,
 )
@@ -116,7 +117,7 @@ def run_search(trial: TrialSpec, runtime: Runtime) -> dict[str, float]:
             a_opt.load_state_dict(state["arch_optimizer"])
         start_epoch, history = state["epoch"] + 1, state["history"]
         frozen_at = state.get("arch_frozen_at")
-        if (resumed := state.get("interrupted") or {}):  # continue that epoch at that step
+        if resumed := state.get("interrupted") or {}:  # continue that epoch at that step
             start_epoch, start_step = state["epoch"], resumed["step"]
 
     setup_s = time.monotonic() - entered  # data, supernet, checkpoint restore
