@@ -163,6 +163,8 @@ class TrialRuntime(DistributedOps):
         if now < self._next_drain_poll:
             return self._draining
         self._next_drain_poll = now + DRAIN_POLL_S
+        if not ray.is_initialized():  # not in a Ray process (and never start one from here)
+            return False
         try:
             from ray._private.state import state
 
