@@ -153,7 +153,10 @@ class TrialRuntime(DistributedOps):
         SystemExit in the main thread): ask for a stop at the next step boundary and wait for
         its checkpoint."""
         self._sigterm.set()
-        self._interrupted.wait(PREEMPTION_GRACE_S)
+        print("posenfs: exiting; the search stops at its next step boundary", file=sys.stderr)
+        sys.stderr.flush()
+        done = self._interrupted.wait(PREEMPTION_GRACE_S)
+        print(f"posenfs: exit hook done (checkpoint written: {done})", file=sys.stderr, flush=True)
 
     def _node_draining(self) -> bool:
         """Whether Ray drains this process's node (a pre-emption notice), asked at most once per
@@ -282,6 +285,9 @@ class TrialRuntime(DistributedOps):
             self._save_interrupted(checkpoint_dir, epoch, step)
             self._end_run_preempted(epoch, step)
         self.all_reduce_mean({"interrupted": 1.0})
+        print(
+            f"posenfs: pre-empted after step {step} of epoch {epoch}", file=sys.stderr, flush=True
+        )
         self.stop_requested = True
         self._interrupted.set()
 

@@ -120,14 +120,17 @@ def test_sigterm_to_the_search_process_resumes_mid_epoch(tmp_path, ray_tmpdir, p
     train_root = root / "ray" / cid / "train"
     log = tmp_path / "search.log"
 
+    ledger = root / "campaigns" / cid / "ledger.parquet"
     proc = search_in_background(spec_path, root, ray_tmpdir, log)
     deadline = time.monotonic() + 240
     try:
-        while True:  # epoch 0's checkpoint registered: epoch 1 is running
+        while True:  # epoch 0 checkpointed and its result seen by Tune: epoch 1's steps run
             assert proc.poll() is None, log.read_text()[-3000:]
             assert time.monotonic() < deadline, "no registered checkpoint"
             runs = list(train_root.glob(f"{cid}-*")) if train_root.is_dir() else []
-            if runs and registered_epoch(runs[0]) == 0:
+            rows = read_ledger(ledger) if ledger.is_file() else []
+            seen = rows and (rows[0]["epochs_run"] or 0) >= 1
+            if seen and runs and registered_epoch(runs[0]) == 0:
                 break
             time.sleep(0.1)
         target = search_process(proc.pid, SEARCH_PROCESS[path])
