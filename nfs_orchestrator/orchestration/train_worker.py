@@ -31,9 +31,11 @@ in a thread (Tune's and Train's runner threads), so the search cannot install a 
 (only the main thread may). What reaches the process is Ray's own handler in the main thread: it
 raises ``SystemExit``, the worker's task loop ends and the interpreter exits, running the
 ``atexit`` hooks first (verified with Ray 2.60: a daemon thread keeps running during them). A
-``TrialRuntime`` registers such a hook while its search runs: it sets the SIGTERM flag and waits
-(``PREEMPTION_GRACE_S`` at most) until the search has written its mid-epoch checkpoint at the next
-step boundary and ended its MLflow run KILLED with ``nfs.preempted=true`` (``interrupt``). A
+``TrialRuntime`` holds that exit while its search runs, inside Ray's handler (``_hold_ray_exit``,
+before the raylet learns the worker exits) and in an ``atexit`` hook as a fallback: it sets the
+SIGTERM flag and waits (``PREEMPTION_GRACE_S`` at most) until the search has written its
+mid-epoch checkpoint at the next step boundary and ended its MLflow run KILLED with
+``nfs.preempted=true`` (``interrupt``). A
 node pre-emption notice without a signal (Ray 2.60 drains a node that got SIGTERM, or one the
 cloud reclaims) is seen by polling Ray's drain table for this process's node (at most once per
 ``DRAIN_POLL_S``; the table Ray Train's own ``get_preemption_info`` reads). With several ranks,
@@ -131,6 +133,7 @@ class TrialRuntime(DistributedOps):
         self._next_drain_poll = 0.0
         self._draining = False
         self._install_sigterm_handler()
+        self._release_ray_exit = self._hold_ray_exit()  # undone by close()
         atexit.register(self._on_exit)  # removed again by close()
 
     def _publish(self, row: dict[str, Any], checkpoint_dir: Path | None, epoch: int) -> None:
@@ -152,6 +155,8 @@ class TrialRuntime(DistributedOps):
         """The process is exiting while the search runs (Ray's SIGTERM handler raised
         SystemExit in the main thread): ask for a stop at the next step boundary and wait for
         its checkpoint."""
+        if self._sigterm.is_set():
+            return  # the first hook waited already
         self._sigterm.set()
         print("posenfs: exiting; the search stops at its next step boundary", file=sys.stderr)
         sys.stderr.flush()
@@ -189,10 +194,39 @@ class TrialRuntime(DistributedOps):
 
         signal.signal(signal.SIGTERM, on_sigterm)
 
+    def _hold_ray_exit(self) -> Any:
+        """In a Ray worker process whose search runs in a thread: makes Ray's SIGTERM handler
+        (main thread) wait for the mid-epoch checkpoint before it raises ``SystemExit``. Ray's
+        handler calls ``ray._private.worker.raise_sys_exit_with_custom_error_message`` (private,
+        Ray 2.60); wrapping it holds the process before Ray tells its raylet that the worker
+        exits, so a retry cannot start and read the checkpoints before this one is written (the
+        ``atexit`` hook alone runs after that). Returns what undoes it (None: nothing done)."""
+        if threading.current_thread() is threading.main_thread():
+            return None
+        try:
+            import ray._private.worker as ray_worker
+
+            original = ray_worker.raise_sys_exit_with_custom_error_message
+        except (ImportError, AttributeError):
+            return None
+
+        def held(*args: Any, **kwargs: Any) -> None:
+            self._on_exit()
+            original(*args, **kwargs)
+
+        ray_worker.raise_sys_exit_with_custom_error_message = held
+
+        def release() -> None:
+            ray_worker.raise_sys_exit_with_custom_error_message = original
+
+        return release
+
     def close(self) -> None:
-        """Removes the exit hook and the local copy of the resume checkpoint."""
+        """Removes the exit hooks and the local copy of the resume checkpoint."""
         self._interrupted.set()
         atexit.unregister(self._on_exit)
+        if self._release_ray_exit is not None:
+            self._release_ray_exit()
         if self._checkpoint is not None:
             shutil.rmtree(self._checkpoint, ignore_errors=True)
 
