@@ -88,7 +88,7 @@ def test_sigterm_marks_runs_preempted_then_resume(tmp_path, ray_tmpdir):
     assert 0 in starts and max(starts) >= 1
 
 
-STEPS = 8  # steps per epoch in the mid-epoch test
+STEPS = 6  # steps per epoch in the mid-epoch test
 # what Ray's process title of the process that runs the search holds
 SEARCH_PROCESS = {"actor": ("ImplicitFunc", "trial_driver"), "train": ("RayTrainWorker",)}
 
@@ -107,7 +107,7 @@ def search_process(cli_pid: int, markers: tuple[str, ...]) -> psutil.Process | N
 @pytest.mark.parametrize("path", ["actor", "train"])
 def test_sigterm_to_the_search_process_resumes_mid_epoch(tmp_path, ray_tmpdir, path):
     spec_path = one_worker_smoke(
-        tmp_path, f"mid-{path}", trials=1, epochs=3,
+        tmp_path, f"mid-{path}", trials=1, epochs=2,
         worker_group="auto" if path == "actor" else "always",
     )  # fmt: skip
     body = yaml.safe_load(spec_path.read_text())
@@ -158,5 +158,5 @@ def test_sigterm_to_the_search_process_resumes_mid_epoch(tmp_path, ray_tmpdir, p
     assert preempted.step == 1 and 1 <= step < STEPS  # in the middle of epoch 1
     starts = {m.step: int(m.value) for m in c.get_metric_history(run.info.run_id, "start_step")}
     epochs = {m.step: int(m.value) for m in c.get_metric_history(run.info.run_id, "start_epoch")}
-    assert starts[0] == 0 and starts[1] == step and starts[2] == step  # continued at that step
+    assert starts[0] == 0 and starts[1] == step  # epoch 1 continued at that step
     assert epochs[0] == 0 and epochs[1] == 1
