@@ -47,6 +47,30 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def get_rng_state() -> dict[str, Any]:
+    """This process's torch (CPU and every GPU), numpy and python RNG states, in types that
+    ``torch.load(weights_only=True)`` reads back (a mid-epoch checkpoint holds one per rank)."""
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, words, gauss_next = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), gauss],
+        "python": [version, list(words), gauss_next],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Puts back what ``get_rng_state`` took."""
+    torch.set_rng_state(state["torch"].cpu())
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state(("MT19937", keys.cpu().numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, words, gauss_next = state["python"]
+    random.setstate((version, tuple(words), gauss_next))
+
+
 def make_optimizer(spec: OptimSpec, params: Sequence[nn.Parameter]) -> torch.optim.Optimizer:
     """The optimizer of ``spec``; on a GPU its fused kernels (one launch per step, not one per
     tensor; not measured here: no GPU was lent), on CPU torch's default implementation."""
@@ -66,10 +90,12 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 
 def _loader(
-    dataset: Dataset, batches: list[list[int]], workers: int, device: torch.device
+    dataset: Dataset, batches: list[list[Any]], workers: int, device: torch.device, seed: int
 ) -> DataLoader:
-    """One epoch's loader; pinned host memory when batches go to a GPU (``to_device`` copies
-    them with ``non_blocking``)."""
+    """One pass's loader; pinned host memory when batches go to a GPU (``to_device`` copies
+    them with ``non_blocking``). Its own generator (seeded by the pass) draws the loader's base
+    seed, so creating it leaves the global RNG streams alone: a pass started mid-way by a resume
+    sees the same global random numbers as the uninterrupted one."""
     from nfs_orchestrator.data import worker_init
 
     return DataLoader(
@@ -79,7 +105,17 @@ def _loader(
         worker_init_fn=worker_init if workers else None,
         persistent_workers=False,
         pin_memory=device.type == "cuda",
+        generator=torch.Generator().manual_seed(seed),
     )
+
+
+def _sample_key(dataset: Dataset, index: int, seed: int, position: int) -> Any:
+    """What the loader hands ``dataset`` for the sample at ``position`` of a pass seeded
+    ``seed``: a ``SampleKey`` for our datasets (augmentation seeded by seed and position, see
+    ``data.dataset``), the bare index for any other."""
+    from nfs_orchestrator.data import TopDownDataset
+
+    return (int(index), seed, position) if isinstance(dataset, TopDownDataset) else index
 
 
 def epoch_batches(
@@ -91,8 +127,11 @@ def epoch_batches(
     seed: int,
     max_steps: int | None = None,
     workers: int = 0,
+    start: int = 0,
 ) -> Iterator[list[dict[str, Any]]]:
-    """This rank's micro-batches for one epoch, grouped per optimizer step.
+    """This rank's micro-batches for one epoch, grouped per optimizer step, from step ``start``
+    (a resume in the middle of the pass: the steps before it are skipped in the plan, no image
+    is loaded for them).
 
     The permutation is a function of ``seed``; rank r takes every W-th micro-batch, so ranks see
     disjoint images and together cover ``batch_size`` images per step. Incomplete steps are
@@ -104,13 +143,17 @@ def epoch_batches(
     if max_steps is not None:
         steps = min(steps, max_steps)
     micro_batches = []
-    for s in range(steps):
-        chunk = order[s * per_step : (s + 1) * per_step]
+    for s in range(start, steps):
         for a in range(accumulation):
-            start = (a * runtime.world_size + runtime.rank) * micro
-            micro_batches.append([indices[i] for i in chunk[start : start + micro]])
-    it = iter(_loader(dataset, micro_batches, workers, runtime.device))
-    for _ in range(steps):
+            first = s * per_step + (a * runtime.world_size + runtime.rank) * micro
+            positions = range(first, first + micro)
+            micro_batches.append(
+                [_sample_key(dataset, indices[order[p]], seed, p) for p in positions]
+            )
+    if not micro_batches:
+        return
+    it = iter(_loader(dataset, micro_batches, workers, runtime.device, seed))
+    for _ in range(start, steps):
         yield [next(it) for _ in range(accumulation)]
 
 
@@ -122,14 +165,19 @@ def cycle_batches(
     runtime: Runtime,
     seed: int,
     workers: int = 0,
+    skip: int = 0,
 ) -> Iterator[list[dict[str, Any]]]:
-    """Endless steps over ``indices``: one reseeded ``epoch_batches`` pass after another."""
-    k = 0
+    """Endless steps over ``indices``: one reseeded ``epoch_batches`` pass after another, the
+    first ``skip`` steps left out (a resume in the middle of an epoch: as many as were drawn)."""
+    per_pass = len(indices) // (micro * runtime.world_size * accumulation)
+    if not per_pass:
+        return
+    k, skip = divmod(skip, per_pass)
     while indices:
         yield from epoch_batches(
-            dataset, indices, micro, accumulation, runtime, seed * 7919 + k, workers=workers
+            dataset, indices, micro, accumulation, runtime, seed * 7919 + k, None, workers, skip
         )
-        k += 1
+        k, skip = k + 1, 0
 
 
 def to_device(batches: list[dict[str, Any]], device: torch.device) -> list[dict[str, Any]]:
@@ -224,27 +272,29 @@ def epoch_steps(
     seed: int,
     steps: int | None,
     workers: int = 0,
+    start: int = 0,
 ) -> Iterator[list[dict[str, Any]]]:
     """This rank's micro-batches for ``steps`` optimizer steps (None: one pass over
-    ``indices``). The first pass is ``epoch_batches(..., seed)`` itself, so a run whose
-    ``steps`` fit into one pass takes exactly the batches it took before."""
+    ``indices``), from step ``start`` (a mid-epoch resume: the same batches the uninterrupted
+    epoch takes from there). The first pass is ``epoch_batches(..., seed)`` itself, so a run
+    whose ``steps`` fit into one pass takes exactly the batches it took before."""
     if steps is None:
         yield from epoch_batches(
-            dataset, indices, micro, accumulation, runtime, seed, None, workers
+            dataset, indices, micro, accumulation, runtime, seed, None, workers, start
         )
         return
-    done, k = 0, 0
+    per_pass = len(indices) // (micro * runtime.world_size * accumulation)
+    if per_pass == 0:  # fewer images than one step: nothing will come
+        return
+    done = start
     while done < steps:
+        k, within = divmod(done, per_pass)
         pass_seed = seed if k == 0 else seed * PASS_SEED_STRIDE + k
-        taken = 0
-        for batches in epoch_batches(
-            dataset, indices, micro, accumulation, runtime, pass_seed, steps - done, workers
-        ):
-            yield batches
-            taken += 1
-        if taken == 0:  # fewer images than one step: nothing more will come
-            return
-        done, k = done + taken, k + 1
+        last = min(per_pass, within + steps - done)  # this pass's steps end here
+        yield from epoch_batches(
+            dataset, indices, micro, accumulation, runtime, pass_seed, last, workers, within
+        )
+        done += last - within
 
 
 def steps_in_epoch(num_indices: int, per_step: int, steps: int | None) -> int:

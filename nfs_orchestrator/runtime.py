@@ -30,9 +30,10 @@ import torch
 import torch.distributed as dist
 
 
-def checkpoint_name(epoch: int) -> str:
-    """The folder name of ``epoch``'s checkpoint, for every runtime: ``epoch_NNNN``."""
-    return f"epoch_{epoch:04d}"
+def checkpoint_name(epoch: int, step: int | None = None) -> str:
+    """The folder name of ``epoch``'s checkpoint, for every runtime: ``epoch_NNNN``; a mid-epoch
+    one after ``step`` steps of ``epoch``: ``epoch_NNNN_step_NNNNNN``."""
+    return f"epoch_{epoch:04d}" if step is None else f"epoch_{epoch:04d}_step_{step:06d}"
 
 
 class Runtime(Protocol):
@@ -77,6 +78,21 @@ class Runtime(Protocol):
         """True when the run must checkpoint now and exit (pre-emption notice)."""
         ...
 
+    def should_stop_step(self) -> bool:
+        """The same question at a step boundary, asked after every step: True on every rank
+        when the run must write a mid-epoch checkpoint and exit. Collective and cheap."""
+        ...
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj``, in rank order."""
+        ...
+
+    def interrupt(self, checkpoint_dir: Path | None, epoch: int, step: int) -> None:
+        """Keeps the mid-epoch checkpoint written on rank 0 (None elsewhere) after ``step``
+        steps of ``epoch`` as the run's latest, and marks the run stopped (it exits next).
+        Every rank calls it."""
+        ...
+
 
 class DistributedOps:
     """``sync_gradients``/``broadcast_object``/``all_reduce_mean`` over ``torch.distributed``.
@@ -119,6 +135,13 @@ class DistributedOps:
         box = [obj]
         dist.broadcast_object_list(box, src=0)
         return box[0]
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        if not self._distributed:
+            return [obj]
+        out: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(out, obj)
+        return out
 
     def all_reduce_mean(self, values: Mapping[str, float]) -> dict[str, float]:
         keys = sorted(values)
@@ -167,10 +190,10 @@ class RunCheckpoints:
         except FileNotFoundError:
             return None
 
-    def save(self, local_dir: Path, epoch: int) -> None:
-        """Copies ``local_dir`` in as ``epoch``'s checkpoint, points ``latest.json`` at it, then
-        removes the folders beyond ``keep``."""
-        name = checkpoint_name(epoch)
+    def save(self, local_dir: Path, epoch: int, step: int | None = None) -> None:
+        """Copies ``local_dir`` in as ``epoch``'s checkpoint (after ``step`` steps of it: a
+        mid-epoch one), points ``latest.json`` at it, then removes the folders beyond ``keep``."""
+        name = checkpoint_name(epoch, step)
         target = f"{self.root}/{name}"
         self.fs.delete_dir_contents(target, missing_dir_ok=True)  # a copy a kill interrupted
         self.fs.create_dir(target)
@@ -180,7 +203,10 @@ class RunCheckpoints:
             source_filesystem=pafs.LocalFileSystem(),
             destination_filesystem=self.fs,
         )
-        pointer = json.dumps({"epoch": epoch, "dir": name}, sort_keys=True)
+        entry: dict[str, Any] = {"epoch": epoch, "dir": name}
+        if step is not None:
+            entry["step"] = step
+        pointer = json.dumps(entry, sort_keys=True)
         self._replace(LATEST, pointer.encode())
         for old in self._epoch_dirs()[: -self.keep]:
             if old != name:
@@ -210,7 +236,10 @@ class RunCheckpoints:
     def _epoch_dirs(self) -> list[str]:
         infos = self.fs.get_file_info(pafs.FileSelector(self.root, allow_not_found=True))
         names = [i.base_name for i in infos if i.type == pafs.FileType.Directory]
-        return sorted(n for n in names if n.startswith("epoch_"))
+        # oldest first; a mid-epoch checkpoint (epoch_NNNN_step_...) before its epoch's own
+        return sorted(
+            (n for n in names if n.startswith("epoch_")), key=lambda n: (n[:10], len(n) == 10)
+        )
 
     def _replace(self, name: str, data: bytes) -> None:
         """Writes ``name`` so that a reader sees the old or the new content, never a part: a
@@ -250,6 +279,8 @@ class LocalRuntime(DistributedOps):
         self.checkpoints = RunCheckpoints(str(self.run_dir), "checkpoints", keep)
         self.history: list[dict[str, float]] = []
         self.stop_requested = False
+        self.stop_at_step: int | None = None  # a pre-emption notice after this many steps
+        self.steps = 0  # steps this runtime has seen
         self._started = time.monotonic()
 
     def latest_checkpoint(self) -> Path | None:
@@ -285,3 +316,12 @@ class LocalRuntime(DistributedOps):
 
     def should_stop(self) -> bool:
         return self.stop_requested
+
+    def should_stop_step(self) -> bool:
+        self.steps += 1
+        return self.stop_at_step is not None and self.steps >= self.stop_at_step
+
+    def interrupt(self, checkpoint_dir: Path | None, epoch: int, step: int) -> None:
+        if checkpoint_dir is not None:
+            self.checkpoints.save(checkpoint_dir, epoch, step)
+        self.stop_requested = True

@@ -25,8 +25,12 @@ Sample format (``__getitem__``), all of which default-collates:
         area       float                    annotated area (box w·h for detections)
         joints     float32 (K, 3)           ground truth x, y, v in image px (zeros if unknown)
 
-Randomness: training augmentation draws a seed from torch's global generator per sample, so
-``torch.manual_seed`` (and DataLoader's per-worker seeding) make it reproducible.
+Randomness: a sample's training augmentation is drawn from its own generator. A key
+``(index, seed, position)`` (what the loops' batch plans hand the DataLoader, ``SampleKey``) seeds
+it from (the pass's seed, the sample's position in the pass), so the augmentation of every sample
+is a function of where it sits in the sample order, whichever DataLoader worker loads it and
+whether the epoch started at its first step or resumed in the middle (a mid-epoch checkpoint
+holds no loader state). A plain ``index`` draws the seed from torch's global generator.
 """
 
 from __future__ import annotations
@@ -58,6 +62,8 @@ from nfs_orchestrator.data.transforms import (
 from nfs_orchestrator.errors import InputError, SpecError
 from nfs_orchestrator.keypoints import KeypointSchema
 from nfs_orchestrator.specs import AugmentSpec, DataSpec
+
+SampleKey = tuple[int, int, int]  # (instance index, pass seed, position in the pass's order)
 
 
 @dataclass(frozen=True)
@@ -137,13 +143,19 @@ class TopDownDataset(Dataset):
             )
         return image
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, key: int | SampleKey) -> dict[str, Any]:
+        seed: list[int] | int | None = None
+        if isinstance(key, tuple):  # SampleKey: the augmentation seeded by (seed, position)
+            key, seed = key[0], [int(key[1]), int(key[2])]
+        index = int(key)
         inst = self.instances
         joints = inst.joints[index]  # (K, 3) image px
         box = inst.box[index]
         rotation, flip, aug_scale = 0.0, False, 1.0
         if self.augment is not None:
-            rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
+            if seed is None:
+                seed = int(torch.randint(0, 2**62, (1,)).item())
+            rng = np.random.default_rng(seed)
             aug = sample_augmentation(self.augment, rng)
             if aug.half_body:
                 box = half_body_box(joints, self._lower, rng) or box

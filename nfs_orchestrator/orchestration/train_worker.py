@@ -17,13 +17,33 @@ and the runtimes:
   keeps its epoch's report (``posenfs_report.json``): a trial killed after its last checkpoint
   but before Tune saw the result resumes with nothing left to run, and
   ``replay_final_report`` hands Tune that result again. ``should_stop`` agrees across ranks on
-  "a SIGTERM reached some rank, or Ray announced a pre-emption".
+  "a SIGTERM reached some rank, or Ray announced a pre-emption" at an epoch's end,
+  ``should_stop_step`` after every step (see "Pre-emption" below).
 - ``RayTrainRuntime`` is the one of a Ray Train worker: rank and world size from
   ``ray.train.get_context()``, the device from ``ray.train.torch.get_device()``, collectives
   over the process group the TorchTrainer set up, checkpoints through ``ray.train.report`` /
   ``get_checkpoint`` under ``epoch_NNNN``. Inside Train workers only ``ray.train.*`` is used
   (never ``ray.tune.*``); the runtime of a trial without a worker group is
   ``trial.ActorRuntime``. ``retrain.py``'s workers use it as well.
+
+Pre-emption at step granularity. Both a Tune trial actor and a Ray Train worker run the search
+in a thread (Tune's and Train's runner threads), so the search cannot install a SIGTERM handler
+(only the main thread may). What reaches the process is Ray's own handler in the main thread: it
+raises ``SystemExit``, the worker's task loop ends and the interpreter exits, running the
+``atexit`` hooks first (verified with Ray 2.60: a daemon thread keeps running during them). A
+``TrialRuntime`` holds that exit while its search runs, inside Ray's handler (``_hold_ray_exit``,
+before the raylet learns the worker exits) and in an ``atexit`` hook as a fallback: it sets the
+SIGTERM flag and waits (``PREEMPTION_GRACE_S`` at most) until the search has written its
+mid-epoch checkpoint at the next step boundary and ended its MLflow run KILLED with
+``nfs.preempted=true`` (``interrupt``). A
+node pre-emption notice without a signal (Ray 2.60 drains a node that got SIGTERM, or one the
+cloud reclaims) is seen by polling Ray's drain table for this process's node (at most once per
+``DRAIN_POLL_S``; the table Ray Train's own ``get_preemption_info`` reads). With several ranks,
+one all-reduce of the flag per step makes every rank stop at the same step; rank 0 writes the
+checkpoint (every rank holds the same weights; each rank's RNG states are gathered into it).
+Where it goes: ``ActorRuntime``'s ``RunCheckpoints``; for Train workers a ``RunCheckpoints``
+beside Ray Train's (``interrupted_store``), taken on resume when it is newer than Ray's latest.
+A retry or resume continues at that step (``search.loop``).
 
 This module lives apart from the trial driver (``trial.py``) so that the processes which only
 need it (the Train controller unpickles ``search_worker``, every worker runs it) import torch
@@ -36,6 +56,7 @@ What it is not: the trial driver (``trial.py``) or the search loop itself (``sea
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import shutil
@@ -53,10 +74,14 @@ import ray.train
 import ray.train.torch
 import torch
 
-from nfs_orchestrator.runtime import DistributedOps, checkpoint_name
+from nfs_orchestrator.runtime import DistributedOps, RunCheckpoints, checkpoint_name
 from nfs_orchestrator.specs import TrialSpec
 
 REPORT_FILE = "posenfs_report.json"  # the Ray report of a checkpoint's epoch, kept inside it
+
+PREEMPTION_GRACE_S = 60.0  # the longest a SIGTERM'd process waits for its mid-epoch checkpoint
+DRAIN_POLL_S = 1.0  # how often a search asks Ray whether its node is being drained
+INTERRUPTED_DIR = "posenfs_interrupted"  # mid-epoch checkpoints of a Train run, in its folder
 
 # Shown first, in this order, so that Ray's progress table (first 4 metrics) is useful.
 LEADING_METRICS = ("epoch",)
@@ -104,7 +129,12 @@ class TrialRuntime(DistributedOps):
         self._tracking_warned = False
         self._objective_values: dict[str, float] = {}
         self.reports = 0  # results published by this process
+        self._interrupted = threading.Event()  # the mid-epoch checkpoint is written
+        self._next_drain_poll = 0.0
+        self._draining = False
         self._install_sigterm_handler()
+        self._release_ray_exit = self._hold_ray_exit()  # undone by close()
+        atexit.register(self._on_exit)  # removed again by close()
 
     def _publish(self, row: dict[str, Any], checkpoint_dir: Path | None, epoch: int) -> None:
         """Hands one epoch's result, and rank 0's checkpoint folder, to Ray."""
@@ -116,6 +146,41 @@ class TrialRuntime(DistributedOps):
 
     def _preempted(self) -> bool:
         return False
+
+    def _save_interrupted(self, checkpoint_dir: Path, epoch: int, step: int) -> None:
+        """Keeps rank 0's mid-epoch checkpoint as the run's latest."""
+        raise NotImplementedError
+
+    def _on_exit(self) -> None:
+        """The process is exiting while the search runs (Ray's SIGTERM handler raised
+        SystemExit in the main thread): ask for a stop at the next step boundary and wait for
+        its checkpoint."""
+        if self._sigterm.is_set():
+            return  # the first hook waited already
+        self._sigterm.set()
+        print("posenfs: exiting; the search stops at its next step boundary", file=sys.stderr)
+        sys.stderr.flush()
+        done = self._interrupted.wait(PREEMPTION_GRACE_S)
+        print(f"posenfs: exit hook done (checkpoint written: {done})", file=sys.stderr, flush=True)
+
+    def _node_draining(self) -> bool:
+        """Whether Ray drains this process's node (a pre-emption notice), asked at most once per
+        ``DRAIN_POLL_S``. Ray's drain table is private API (``ray._private.state``), the one
+        Ray Train's preemption watcher reads."""
+        now = time.monotonic()
+        if now < self._next_drain_poll:
+            return self._draining
+        self._next_drain_poll = now + DRAIN_POLL_S
+        if not ray.is_initialized():  # not in a Ray process (and never start one from here)
+            return False
+        try:
+            from ray._private.state import state
+
+            node = ray.get_runtime_context().get_node_id()
+            self._draining = node in (state.get_draining_nodes() or {})
+        except Exception:  # noqa: BLE001 - no notice is no reason to stop
+            self._draining = False
+        return self._draining
 
     def _install_sigterm_handler(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -129,8 +194,39 @@ class TrialRuntime(DistributedOps):
 
         signal.signal(signal.SIGTERM, on_sigterm)
 
+    def _hold_ray_exit(self) -> Any:
+        """In a Ray worker process whose search runs in a thread: makes Ray's SIGTERM handler
+        (main thread) wait for the mid-epoch checkpoint before it raises ``SystemExit``. Ray's
+        handler calls ``ray._private.worker.raise_sys_exit_with_custom_error_message`` (private,
+        Ray 2.60); wrapping it holds the process before Ray tells its raylet that the worker
+        exits, so a retry cannot start and read the checkpoints before this one is written (the
+        ``atexit`` hook alone runs after that). Returns what undoes it (None: nothing done)."""
+        if threading.current_thread() is threading.main_thread():
+            return None
+        try:
+            import ray._private.worker as ray_worker
+
+            original = ray_worker.raise_sys_exit_with_custom_error_message
+        except (ImportError, AttributeError):
+            return None
+
+        def held(*args: Any, **kwargs: Any) -> None:
+            self._on_exit()
+            original(*args, **kwargs)
+
+        ray_worker.raise_sys_exit_with_custom_error_message = held
+
+        def release() -> None:
+            ray_worker.raise_sys_exit_with_custom_error_message = original
+
+        return release
+
     def close(self) -> None:
-        """Removes the local copy of the resume checkpoint."""
+        """Removes the exit hooks and the local copy of the resume checkpoint."""
+        self._interrupted.set()
+        atexit.unregister(self._on_exit)
+        if self._release_ray_exit is not None:
+            self._release_ray_exit()
         if self._checkpoint is not None:
             shutil.rmtree(self._checkpoint, ignore_errors=True)
 
@@ -205,11 +301,49 @@ class TrialRuntime(DistributedOps):
         self.stop_requested = self.stop_requested or stop
         return stop
 
+    def should_stop_step(self) -> bool:
+        """True on every rank when a SIGTERM reached some rank or some rank's node is being
+        drained. One rank: a flag read (a drain poll at most once a second); several: one
+        all-reduce of one number per step."""
+        local = self._sigterm.is_set() or self._node_draining()
+        if self.world_size == 1:
+            return local
+        return self.all_reduce_mean({"stop": float(local)})["stop"] > 0.0
+
+    def interrupt(self, checkpoint_dir: Path | None, epoch: int, step: int) -> None:
+        """Rank 0 keeps the mid-epoch checkpoint and ends the MLflow run KILLED, tagged
+        ``nfs.preempted`` (with ``preempted_step``, the steps done in ``epoch``); then every
+        rank lets its exit hook go (after a barrier: a SIGTERM'd rank 1 must not exit before
+        rank 0 has written)."""
+        if self.rank == 0 and checkpoint_dir is not None:
+            self._save_interrupted(checkpoint_dir, epoch, step)
+            self._end_run_preempted(epoch, step)
+        self.all_reduce_mean({"interrupted": 1.0})
+        print(
+            f"posenfs: pre-empted after step {step} of epoch {epoch}", file=sys.stderr, flush=True
+        )
+        self.stop_requested = True
+        self._interrupted.set()
+
+    def _end_run_preempted(self, epoch: int, step: int) -> None:
+        if not (self.tracking_uri and self.run_id):
+            return
+        from nfs_orchestrator.orchestration import tracking
+
+        try:
+            c = tracking.client(self.tracking_uri)
+            c.log_metric(self.run_id, "preempted_step", float(step), step=epoch)
+            tracking.end_run(
+                c, self.run_id, "KILLED", label="preempted", tags={tracking.TAG_PREEMPTED: "true"}
+            )
+        except Exception as e:  # noqa: BLE001 - the checkpoint is what matters now
+            print(f"posenfs: MLflow logging failed ({e!r})", file=sys.stderr)
+
 
 class RayTrainRuntime(TrialRuntime):
     """The Runtime of one Ray Train worker; construct it inside the worker function."""
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, interrupted: RunCheckpoints | None = None, **kwargs: Any) -> None:
         context = ray.train.get_context()
         super().__init__(
             rank=context.get_world_rank(),
@@ -217,6 +351,7 @@ class RayTrainRuntime(TrialRuntime):
             device=torch.device(ray.train.torch.get_device()),
             **kwargs,
         )
+        self.interrupted = interrupted  # mid-epoch checkpoints (``interrupted_store``)
 
     def _publish(self, row: dict[str, Any], checkpoint_dir: Path | None, epoch: int) -> None:
         checkpoint = None
@@ -226,12 +361,26 @@ class RayTrainRuntime(TrialRuntime):
         ray.train.report(row, checkpoint=checkpoint, checkpoint_dir_name=checkpoint_name(epoch))
 
     def _fetch_latest(self) -> Path | None:
+        """Ray Train's latest checkpoint, or the mid-epoch one when it is newer (an epoch Ray
+        has no checkpoint of yet)."""
         checkpoint = ray.train.get_checkpoint()
-        if checkpoint is None:
-            return None
-        local = Path(tempfile.mkdtemp(prefix="posenfs-resume-"))
-        checkpoint.to_directory(str(local))
+        local, done = None, -1  # the last epoch Ray's checkpoint completed
+        if checkpoint is not None:
+            local = Path(tempfile.mkdtemp(prefix="posenfs-resume-"))
+            checkpoint.to_directory(str(local))
+            report = local / REPORT_FILE
+            done = json.loads(report.read_text())["epoch"] if report.is_file() else math.inf
+        entry = self.interrupted.latest() if self.interrupted is not None else None
+        if entry is not None and entry["epoch"] > done:
+            if local is not None:
+                shutil.rmtree(local, ignore_errors=True)
+            return self.interrupted.download(entry)
         return local
+
+    def _save_interrupted(self, checkpoint_dir: Path, epoch: int, step: int) -> None:
+        if self.interrupted is None:
+            raise RuntimeError("no store for mid-epoch checkpoints")
+        self.interrupted.save(checkpoint_dir, epoch, step)
 
     def _preempted(self) -> bool:
         return ray.train.get_preemption_info() is not None
@@ -269,6 +418,7 @@ class SearchLaunch:
     torch_threads: int  # the CPUs a worker holds
     driver_started: float  # time.time() when the trial driver started
     trial_columns: str  # the ledger columns describing the trial, JSON (ledger.trial_columns)
+    train_storage: str = ""  # the campaign's train storage (mid-epoch checkpoints of Train runs)
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.__dict__, "trial": self.trial.to_dict(), "objectives": list(self.objectives)}
@@ -290,6 +440,14 @@ class SearchLaunch:
         }
 
 
+def interrupted_store(train_storage: str, run_name: str) -> RunCheckpoints | None:
+    """Where the Train run ``run_name`` keeps its mid-epoch checkpoint: a ``RunCheckpoints`` in
+    its own folder (``posenfs_interrupted``), the latest one only."""
+    if not train_storage:
+        return None
+    return RunCheckpoints(train_storage, f"{run_name}/{INTERRUPTED_DIR}", keep=1)
+
+
 def search_worker(config: dict[str, Any]) -> None:
     """Runs on every Train worker: the core search loop through a RayTrainRuntime
     (``config`` is ``SearchLaunch.to_dict()``)."""
@@ -297,5 +455,8 @@ def search_worker(config: dict[str, Any]) -> None:
     # from the trial driver's start to here: actor, controller and worker group start-up
     startup_s = time.time() - launch.driver_started
     torch.set_num_threads(launch.torch_threads)  # the CPUs this worker holds
-    runtime = RayTrainRuntime(**launch.runtime_options(startup_s))
+    runtime = RayTrainRuntime(
+        interrupted_store(launch.train_storage, launch.trial.name),
+        **launch.runtime_options(startup_s),
+    )
     run_trial_search(launch.trial, runtime)

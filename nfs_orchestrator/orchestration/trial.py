@@ -102,6 +102,9 @@ class ActorRuntime(TrialRuntime):
         entry = self.checkpoints.latest()
         return None if entry is None else self.checkpoints.download(entry)
 
+    def _save_interrupted(self, checkpoint_dir: Path, epoch: int, step: int) -> None:
+        self.checkpoints.save(checkpoint_dir, epoch, step)  # the run's latest, as any other
+
 
 def trial_driver(config: dict[str, Any], *, campaign: CampaignSpec, context: DriverContext) -> None:
     """The Tune function trial (use with ``tune.with_parameters(campaign=..., context=...)``:
@@ -123,6 +126,7 @@ def trial_driver(config: dict[str, Any], *, campaign: CampaignSpec, context: Dri
         torch_threads=max(1, int(campaign.resources.cpus_per_worker)),
         driver_started=driver_started,
         trial_columns=json.dumps(trial_columns(trial), sort_keys=True),
+        train_storage=context.train_storage,
     )
     in_actor = campaign.resources.search_in_trial_actor
     search = search_here if in_actor else search_on_train_workers

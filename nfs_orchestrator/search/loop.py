@@ -11,6 +11,16 @@ Determinism: every epoch starts by seeding torch/numpy/random from (trial seed, 
 epoch's sample order is a function of the same, so checkpoint → restore → continue on CPU is
 bit-identical to an uninterrupted run. Schedules are pure functions of progress.
 
+Pre-emption at step granularity: after every step the loop asks ``runtime.should_stop_step()``
+(every rank agrees: a SIGTERM or a pre-emption notice reached some rank). When it says so, the
+loop writes a mid-epoch checkpoint (``state.pt`` with an ``interrupted`` entry: the steps done
+in the epoch, its losses so far, which say how many α/β batches were drawn, and every rank's
+torch/numpy/python RNG states) and hands it to ``runtime.interrupt``, then returns. A resume
+from it seeds the epoch as usual, restores the RNG states and continues at that step: the
+sample order is a function of (seed, epoch, step) (``loop_utils.epoch_steps(start=...)``) and
+each sample's augmentation of its position in it, so it takes exactly the batches and random
+numbers the uninterrupted run takes.
+
 Batches: ``search.batch_size`` images per optimizer step in total; each of the W workers runs
 ``micro_batch`` images per forward, accumulating ``batch / (W · micro_batch)`` micro-batches, so
 the effective batch (and with it the α/β dynamics) does not change with the number of workers.
@@ -34,10 +44,12 @@ from nfs_orchestrator.loop_utils import (
     batch_plan,
     cycle_batches,
     epoch_steps,
+    get_rng_state,
     make_optimizer,
     mean,
     seed_everything,
     set_lr,
+    set_rng_state,
     to_device,
     validate,
 )
@@ -94,8 +106,9 @@ def run_search(trial: TrialSpec, runtime: Runtime) -> dict[str, float]:
             f"batch {search.batch_size} on {runtime.world_size} worker(s) in mode {search.mode}"
         )
 
-    start_epoch, history = 0, []
+    start_epoch, start_step, history = 0, 0, []
     frozen_at: int | None = None  # the epoch a collapse monitor froze α/β at (search.collapse)
+    resumed: dict = {}  # a mid-epoch checkpoint's "interrupted" part (see interrupted_state)
     if (ckpt := runtime.latest_checkpoint()) is not None:
         state = torch.load(Path(ckpt) / STATE_FILE, map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
@@ -104,6 +117,8 @@ def run_search(trial: TrialSpec, runtime: Runtime) -> dict[str, float]:
             a_opt.load_state_dict(state["arch_optimizer"])
         start_epoch, history = state["epoch"] + 1, state["history"]
         frozen_at = state.get("arch_frozen_at")
+        if resumed := state.get("interrupted") or {}:  # continue that epoch at that step
+            start_epoch, start_step = state["epoch"], resumed["step"]
 
     setup_s = time.monotonic() - entered  # data, supernet, checkpoint restore
     metrics: dict[str, float] = {}
@@ -111,6 +126,9 @@ def run_search(trial: TrialSpec, runtime: Runtime) -> dict[str, float]:
         started = time.monotonic()
         progress = epoch / search.epochs
         seed_everything(trial.seed * 100_003 + epoch)
+        first_step = start_step if epoch == start_epoch else 0
+        if first_step:
+            set_rng_state(resumed["rng"][runtime.rank])  # where this rank's streams stood
         set_lr(w_opt, search.weight_optimizer.lr * lr_factor(search.lr_schedule, progress))
         model.temperature = temperature(search.temperature, progress)
         arch_active = a_opt is not None and epoch >= search.arch_start and frozen_at is None
@@ -127,9 +145,19 @@ def run_search(trial: TrialSpec, runtime: Runtime) -> dict[str, float]:
             trial.seed + epoch,
             search.steps_per_epoch,
             workers,
+            first_step,
         )
-        a_batches = cycle_batches(
-            train_set, arch_idx, micro, accumulation, runtime, trial.seed + epoch + 1, workers
+        train_losses = list(resumed["train_losses"]) if first_step else []
+        arch_losses = list(resumed["arch_losses"]) if first_step else []
+        a_batches = cycle_batches(  # one α/β batch per α/β step: as many drawn as arch losses
+            train_set,
+            arch_idx,
+            micro,
+            accumulation,
+            runtime,
+            trial.seed + epoch + 1,
+            workers,
+            len(arch_losses),
         )
         arch_batches = (to_device(b, device) for b in a_batches)  # drawn only by α/β steps
         step = bilevel.STEPS[search.mode] if arch_active else bilevel.WEIGHTS_ONLY
@@ -146,12 +174,29 @@ def run_search(trial: TrialSpec, runtime: Runtime) -> dict[str, float]:
             execution,
         )
 
-        train_losses, arch_losses = [], []
-        for step_batches in w_batches:
+        for step_index, step_batches in enumerate(w_batches, start=first_step):
             train_loss, arch_loss = step(step_state, to_device(step_batches, device), arch_batches)
             train_losses.append(train_loss)
             if arch_loss is not None:
                 arch_losses.append(arch_loss)
+            if runtime.should_stop_step():  # pre-empted: checkpoint this step boundary, return
+                interrupted = {
+                    "step": step_index + 1,  # steps of this epoch done
+                    "rng": runtime.all_gather_object(get_rng_state()),  # [rank] -> states
+                    "train_losses": train_losses,
+                    "arch_losses": arch_losses,
+                }
+                with tempfile.TemporaryDirectory(prefix="posenfs-ckpt-") as tmp:
+                    ckpt_dir = None
+                    if runtime.rank == 0:
+                        ckpt_dir = Path(tmp)
+                        state = checkpoint_state(
+                            model, w_opt, a_opt, epoch, history, trial, frozen_at
+                        )
+                        state["interrupted"] = interrupted
+                        torch.save(state, ckpt_dir / STATE_FILE)
+                    runtime.interrupt(ckpt_dir, epoch, step_index + 1)
+                return metrics
 
         last = epoch == search.epochs - 1
         losses = {"train_loss": mean(train_losses)}
@@ -189,6 +234,7 @@ def run_search(trial: TrialSpec, runtime: Runtime) -> dict[str, float]:
             epoch=epoch,
             epochs=search.epochs,
             start_epoch=start_epoch,
+            start_step=start_step,
             epoch_time_s=time.monotonic() - started,
             setup_s=setup_s,
             temperature=model.temperature,
@@ -200,15 +246,7 @@ def run_search(trial: TrialSpec, runtime: Runtime) -> dict[str, float]:
             if runtime.rank == 0:
                 ckpt_dir = Path(tmp)
                 torch.save(
-                    {
-                        "model": model.state_dict(),
-                        "weight_optimizer": w_opt.state_dict(),
-                        "arch_optimizer": a_opt.state_dict() if a_opt is not None else None,
-                        "epoch": epoch,
-                        "history": history,
-                        "trial": trial.to_dict(),
-                        "arch_frozen_at": frozen_at,
-                    },
+                    checkpoint_state(model, w_opt, a_opt, epoch, history, trial, frozen_at),
                     ckpt_dir / STATE_FILE,
                 )
                 (ckpt_dir / "genotype.json").write_text(genotype.to_json())
@@ -217,6 +255,28 @@ def run_search(trial: TrialSpec, runtime: Runtime) -> dict[str, float]:
         if runtime.should_stop() or (collapsed and search.collapse.action == "stop"):
             break
     return metrics
+
+
+def checkpoint_state(
+    model: PoseSupernet,
+    w_opt: torch.optim.Optimizer,
+    a_opt: torch.optim.Optimizer | None,
+    epoch: int,
+    history: list[dict],
+    trial: TrialSpec,
+    frozen_at: int | None,
+) -> dict:
+    """What ``state.pt`` holds after epoch ``epoch`` (a mid-epoch checkpoint adds
+    ``interrupted``: the step in ``epoch``, the RNG states per rank and the losses so far)."""
+    return {
+        "model": model.state_dict(),
+        "weight_optimizer": w_opt.state_dict(),
+        "arch_optimizer": a_opt.state_dict() if a_opt is not None else None,
+        "epoch": epoch,
+        "history": history,
+        "trial": trial.to_dict(),
+        "arch_frozen_at": frozen_at,
+    }
 
 
 def collapse_check(search: SearchSpec, arch_active: bool, param_free_share: float) -> bool:

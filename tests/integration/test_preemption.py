@@ -5,6 +5,13 @@ registered checkpoint, the CLI process (only it) gets SIGTERM. The campaign must
 (exit 130), end the trial's MLflow run KILLED with ``nfs.preempted=true``, and `posenfs resume
 ID` must then finish the trial from its checkpoint (not from epoch 0) in the same MLflow run.
 
+Mid-epoch: SIGTERM to the process that runs the search (the Tune trial actor of a one-worker
+trial; the Ray Train worker of a trial on a worker group), right after epoch 0's checkpoint. The
+search writes a checkpoint at its next step boundary, in the middle of epoch 1, ends the run
+KILLED with ``nfs.preempted=true`` and ``preempted_step``, and the retry (Tune's, or Train's
+worker-group restart) continues at that very step: its report says ``start_epoch`` 1 and
+``start_step`` = the recorded step, and the trial finishes in the same MLflow run.
+
 Run inside a loopback-only network namespace:
     unshare -rn sh -c 'ip link set lo up && .venv/bin/pytest -q \
         tests/integration/test_preemption.py'
@@ -17,7 +24,9 @@ import signal
 import subprocess
 import time
 
+import psutil
 import pytest
+import yaml
 
 from nfs_orchestrator.campaign_spec import load_campaign
 from nfs_orchestrator.orchestration import tracking
@@ -77,3 +86,77 @@ def test_sigterm_marks_runs_preempted_then_resume(tmp_path, ray_tmpdir):
     assert again.info.run_id == run.info.run_id and again.info.status == "FINISHED"
     starts = {int(m.value) for m in c.get_metric_history(run.info.run_id, "start_epoch")}
     assert 0 in starts and max(starts) >= 1
+
+
+STEPS = 6  # steps per epoch in the mid-epoch test
+# what Ray's process title of the process that runs the search holds
+SEARCH_PROCESS = {"actor": ("ImplicitFunc", "trial_driver"), "train": ("RayTrainWorker",)}
+
+
+def search_process(cli_pid: int, markers: tuple[str, ...]) -> psutil.Process | None:
+    """The process under the CLI whose command line (Ray's process title) names a marker."""
+    for child in psutil.Process(cli_pid).children(recursive=True):
+        try:
+            if any(m in " ".join(child.cmdline()) for m in markers):
+                return child
+        except psutil.Error:
+            continue
+    return None
+
+
+@pytest.mark.parametrize("path", ["actor", "train"])
+def test_sigterm_to_the_search_process_resumes_mid_epoch(tmp_path, ray_tmpdir, path):
+    spec_path = one_worker_smoke(
+        tmp_path, f"mid-{path}", trials=1, epochs=2,
+        worker_group="auto" if path == "actor" else "always",
+    )  # fmt: skip
+    body = yaml.safe_load(spec_path.read_text())
+    body["search"]["steps_per_epoch"] = STEPS
+    # the retry: Tune re-runs a trial whose actor died; Train restarts its worker group
+    body["budget"].update(trial_retries=int(path == "actor"), worker_retries=int(path == "train"))
+    spec_path.write_text(yaml.safe_dump(body))
+    cid = load_campaign(spec_path).campaign_id
+    root = tmp_path / "runs"
+    train_root = root / "ray" / cid / "train"
+    log = tmp_path / "search.log"
+
+    ledger = root / "campaigns" / cid / "ledger.parquet"
+    proc = search_in_background(spec_path, root, ray_tmpdir, log)
+    deadline = time.monotonic() + 240
+    try:
+        while True:  # epoch 0 checkpointed and its result seen by Tune: epoch 1's steps run
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "no registered checkpoint"
+            runs = list(train_root.glob(f"{cid}-*")) if train_root.is_dir() else []
+            rows = read_ledger(ledger) if ledger.is_file() else []
+            seen = rows and (rows[0]["epochs_run"] or 0) >= 1
+            if seen and runs and registered_epoch(runs[0]) == 0:
+                break
+            time.sleep(0.1)
+        target = search_process(proc.pid, SEARCH_PROCESS[path])
+        assert target is not None, [c.cmdline() for c in psutil.Process(proc.pid).children(True)]
+        target.send_signal(signal.SIGTERM)
+        target.wait(timeout=120)  # it exits once its checkpoint is written and its run ended
+
+        c = tracking.client(tracking.default_tracking_uri(root))
+        exp = c.get_experiment_by_name(tracking.experiment_name(cid))
+        (run,) = tracking.find_runs(c, exp.experiment_id, {tracking.TAG_KIND: "trial"})
+        assert run.info.status == "KILLED" or path == "actor" and run.info.status == "RUNNING"
+        assert run.data.tags.get(tracking.TAG_PREEMPTED) == "true"
+        assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    (row,) = read_ledger(root / "campaigns" / cid / "ledger.parquet")
+    assert row["status"] == "FINISHED", row
+    run = c.get_run(run.info.run_id)
+    assert run.info.status == "FINISHED"
+    (preempted,) = c.get_metric_history(run.info.run_id, "preempted_step")
+    step = int(preempted.value)
+    assert preempted.step == 1 and 1 <= step < STEPS  # in the middle of epoch 1
+    starts = {m.step: int(m.value) for m in c.get_metric_history(run.info.run_id, "start_step")}
+    epochs = {m.step: int(m.value) for m in c.get_metric_history(run.info.run_id, "start_epoch")}
+    assert starts[0] == 0 and starts[1] == step  # epoch 1 continued at that step
+    assert epochs[0] == 0 and epochs[1] == 1
