@@ -140,4 +140,7 @@ class CampaignCallback(tune.Callback):
         error = ""
         if trial.error_file and Path(trial.error_file).is_file():
             error = Path(trial.error_file).read_text()
+        if "TrialInterrupted" in error:  # pre-empted with no retry left: resumable, not failed
+            self._end(row, "KILLED", "killed", error=error)  # keeps its nfs.preempted tag
+            return
         self._end(row, "FAILED", "failed", error=error)
