@@ -39,7 +39,7 @@ demo: $(STAMP)
 # The suite CI runs: every test but those marked slow (minutes of search each; pytest reports
 # them as deselected). `make test-slow` runs those.
 test: $(STAMP)
-	$(call LOOPBACK,RAY_USAGE_STATS_ENABLED=0 $(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow" tests)
+	$(call LOOPBACK,RAY_USAGE_STATS_ENABLED=0 $(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow" --durations=25 tests)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m slow tests
