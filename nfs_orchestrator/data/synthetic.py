@@ -30,6 +30,9 @@ dot (the face's size) and nothing else. In both modes no limb line and no torso 
 drawn (their bends and corners would be local cues); a spine line, the neck, the head disc and
 the face stay, so the body axis (left/right) reads as usual. Arms and legs have the same
 build (root joint, bend, end), so the two modes differ only in which group gets which mark.
+(Measured: a short search follows the swap, but the dot group reads the coarser rows;
+benchmarks/RESULTS.md, "Planted structure: a swap test".)
+
 Writing is idempotent and atomic: the set is generated into a temporary sibling folder and
 renamed onto ``root``; a second call (or a process that lost the race) finds ``root`` with the
 same settings and leaves it alone. Same seed → same bytes.

@@ -74,7 +74,7 @@ SETTINGS = (  # the quickstart's trial, cut down (benchmarks/RESULTS.md, "Plante
     "search.epochs=6",
     "search.val_every=6",
     "search.arch_start_epoch=1",
-    "search.precision=fp32",  # the same arithmetic on every CPU (auto picks bf16 on some)
+    "search.precision=fp32",  # fp32 everywhere (auto would pick bf16 on CPUs with a bf16 path)
     "search.memory_format=contiguous",
 )
 
