@@ -58,7 +58,7 @@ from nfs_orchestrator.nn.supernet import PoseSupernet  # noqa: E402
 from nfs_orchestrator.retrain.loop import run_retrain  # noqa: E402
 from nfs_orchestrator.runtime import LocalRuntime  # noqa: E402
 from nfs_orchestrator.search.loop import STATE_FILE, run_search  # noqa: E402
-from nfs_orchestrator.specs import PARAMETER_FREE_OPS, DerivationRule, load_retrain  # noqa: E402
+from nfs_orchestrator.specs import PARAMETER_FREE_OPS, TrialSpec, load_retrain  # noqa: E402
 from nfs_orchestrator.specs import replace as replace_spec  # noqa: E402
 
 MASKED = -1e4  # a logit whose softmax weight is exactly 0 in fp32
@@ -88,8 +88,28 @@ def map_rule_genotype(model: PoseSupernet, genotype: Genotype) -> Genotype:
     return measure_genotype(out, model.backbone, genotype.input_size)
 
 
-def one_hot_(model: PoseSupernet, genotype: Genotype) -> None:
-    """α/β of ``model`` ← logits whose softmax is the one-hot of ``genotype``'s choices."""
+def probe_genotype(model: PoseSupernet, genotype: Genotype, kept: tuple[str, ...]) -> Genotype:
+    """The genotype's ops with every cell keeping the slots ``kept`` (a probe, not a search
+    result): ("parallel",) = the stride-4 row, (…all three) = every cell and input."""
+    arch = {}
+    for name, fabric in model.parts.items():
+        logits = torch.full_like(fabric.beta.detach(), MASKED)
+        for slot in kept:
+            logits[:, SLOTS.index(slot)] = 0.0
+        arch[name] = (fabric.alpha.detach(), logits)
+    rule = model.space.derivation
+    space = model.space
+    if len(kept) > 1:
+        space = dataclasses.replace(
+            space, derivation=dataclasses.replace(rule, inputs="threshold", beta_threshold=0.3)
+        )
+    out = derive_genotype(space, model.grouping, arch, backbone=genotype.backbone)
+    return measure_genotype(out, model.backbone, genotype.input_size)
+
+
+def one_hot_(model: PoseSupernet, genotype: Genotype, which: str = "alpha+beta") -> None:
+    """α and/or β (``which``) of ``model`` ← logits whose softmax is the one-hot of
+    ``genotype``'s choices; the other keeps its searched value."""
     sites = [s for layer in fabric_sites(model.space) for s in layer]
     ops = model.space.ops
     for part in genotype.parts:
@@ -107,8 +127,10 @@ def one_hot_(model: PoseSupernet, genotype: Genotype) -> None:
             for e, op in enumerate(chosen):
                 rows[e, ops.index(op)] = 0.0
         with torch.no_grad():
-            fabric.alpha.copy_(alpha)
-            fabric.beta.copy_(beta)
+            if "alpha" in which:
+                fabric.alpha.copy_(alpha)
+            if "beta" in which:
+                fabric.beta.copy_(beta)
 
 
 def recalibrate_bn(model, train_set, runtime, steps: int, batch: int, execution) -> None:
@@ -130,6 +152,33 @@ def recalibrate_bn(model, train_set, runtime, steps: int, batch: int, execution)
     for m in bns:
         m.momentum = 0.1
     model.eval()
+
+
+def slot_rms(model: PoseSupernet, val_set, execution, images: int = 32) -> dict:
+    """Per part and cell, the RMS of each slot's resampled input (what β weighs) on the first
+    ``images`` validation images, eval mode: {part: {"(scale,depth)": [parallel, above, below]}}."""
+    from nfs_orchestrator.hardware import run_model
+
+    seen: dict[tuple[str, str, int], float] = {}
+    handles = []
+    for name, fabric in model.parts.items():
+        for key, cell in fabric.cells.items():
+            for slot, module in enumerate(cell.resample):
+
+                def hook(mod, inp, out, k=(name, key, slot)):
+                    seen[k] = float(out.detach().float().pow(2).mean().sqrt())
+
+                handles.append(module.register_forward_hook(hook))
+    batch = torch.stack([val_set[i]["image"] for i in range(min(images, len(val_set)))])
+    model.eval()
+    with torch.no_grad():
+        run_model(model, batch, execution)
+    for h in handles:
+        h.remove()
+    out: dict = {}
+    for (name, key, slot), v in seen.items():
+        out.setdefault(name, {}).setdefault(key, [0.0, 0.0, 0.0])[slot] = round(v, 4)
+    return out
 
 
 def describe(genotype: Genotype, arch_weights: dict | None = None) -> dict:
@@ -170,13 +219,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--campaign", default=str(REPO / "experiments" / "quickstart.yaml"))
     parser.add_argument("--retrain", default=str(REPO / "experiments" / "retrain_quickstart.yaml"))
-    parser.add_argument("--search-seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--search-seeds", type=int, nargs="*", default=[0, 1])
     parser.add_argument("--retrain-seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--retrain-set", dest="retrain_sets", action="append", default=[])
     parser.add_argument("--random", type=int, default=1, help="random matched-size controls")
     parser.add_argument("--recal-steps", type=int, default=20)
     parser.add_argument("--no-retrain", action="store_true")
+    parser.add_argument("--state", nargs="*", default=[], help="finished search checkpoint dirs")
+    parser.add_argument("--arms", nargs="*", default=[], help="retrain only arms with a prefix")
     parser.add_argument("--root", required=True)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
@@ -192,17 +243,26 @@ def main() -> None:
     retrain_spec = load_retrain(args.retrain, (data_root, *args.retrain_sets))
     results: dict = {"searches": [], "retrains": {}}
     arms: list[tuple[str, Genotype]] = []
+    sources = []  # (label, trial, run dir or None, checkpoint dir, final metrics, wall)
+    for state_dir in args.state:  # finished searches elsewhere (e.g. a campaign's trial)
+        state = torch.load(Path(state_dir) / STATE_FILE, weights_only=True)
+        body = state["trial"]
+        body["data"]["root"] = str(root / "data")  # the same generated data, here
+        trial = TrialSpec.from_dict(body)
+        report = Path(state_dir) / "posenfs_report.json"
+        final = json.loads(report.read_text()) if report.is_file() else {}
+        sources.append((Path(state_dir).parent.name, trial, Path(state_dir), final, float("nan")))
     for seed in args.search_seeds:
         trial = load_campaign(args.campaign, (data_root, f"seed={seed}", *args.sets)).trial({})
         run_dir = root / f"search-seed{seed}-{tag}"
         started = time.monotonic()
         run_search(trial, LocalRuntime(run_dir, verbose=False))  # resumes / no-op when done
         wall = time.monotonic() - started
-        final = last_row(run_dir)
-        genotype = read_genotype(run_dir / "artifacts" / "genotype.json")
-        state = torch.load(
-            LocalRuntime(run_dir).latest_checkpoint() / STATE_FILE, weights_only=True
-        )
+        ckpt = LocalRuntime(run_dir).latest_checkpoint()
+        sources.append((f"s{seed}", trial, ckpt, last_row(run_dir), wall))
+    for label, trial, ckpt, final, wall in sources:
+        genotype = read_genotype(ckpt / "genotype.json")
+        state = torch.load(ckpt / STATE_FILE, weights_only=True)
         backbone = build_backbone(trial.backbone.name, None, random_init=True)
         model = PoseSupernet(trial.fabric, trial.grouping, backbone)
         model.load_state_dict(state["model"])
@@ -218,9 +278,15 @@ def main() -> None:
         def ap(m, val_set=val_set, data=trial.data, schema=schema, execution=execution) -> float:
             return float(validate(m, val_set, data, schema, "cpu", 0, execution)["val_ap"])
 
-        row = {"seed": seed, "wall_s": round(wall, 1), "val_ap_reported": final.get("val_ap")}
+        row = {"search": label, "wall_s": round(wall, 1), "val_ap_reported": final.get("val_ap")}
         row["supernet"] = ap(model)
-        by_rule = {"slot": genotype, "map": map_rule_genotype(model, genotype)}
+        row["slot_rms"] = slot_rms(model, val_set, execution)
+        by_rule = {
+            "slot": genotype,
+            "map": map_rule_genotype(model, genotype),
+            "probe-parallel": probe_genotype(model, genotype, ("parallel",)),
+            "probe-all": probe_genotype(model, genotype, SLOTS),
+        }
         for rule, g in by_rule.items():
             hot = copy.deepcopy(model)
             one_hot_(hot, g)
@@ -230,14 +296,18 @@ def main() -> None:
             )
             row[f"onehot_{rule}_bnrecal"] = ap(hot)
             row[f"genotype_{rule}"] = describe(g, genotype.arch_weights)
-            arms.append((f"derived-{rule}-s{seed}", g))
+            arms.append((f"derived-{rule}-{label}", g))
+        for which in ("alpha", "beta"):  # which half of the discretization costs what
+            hot = copy.deepcopy(model)
+            one_hot_(hot, genotype, which)
+            row[f"onehot_slot_{which}_only"] = ap(hot)
         row["same_genotype"] = by_rule["slot"].fingerprint() == by_rule["map"].fingerprint()
         results["searches"].append(row)
         print(json.dumps(row, sort_keys=True), flush=True)
-        if seed == args.search_seeds[0]:
+        if label == sources[0][0]:
             arms.append(("uniform", uniform_genotype(genotype)))
-        for i, g in enumerate(random_genotypes(genotype, args.random, seed=seed)):
-            arms.append((f"random{i}-s{seed}", g))
+        for i, g in enumerate(random_genotypes(genotype, args.random, seed=trial.seed)):
+            arms.append((f"random{i}-{label}", g))
     if args.no_retrain:
         print(json.dumps(results, sort_keys=True))
         return
@@ -245,6 +315,8 @@ def main() -> None:
     for rseed in args.retrain_seeds:
         spec = replace_spec(retrain_spec, seed=retrain_spec.seed + rseed)
         for arm, g in arms:
+            if args.arms and not any(arm.startswith(a) for a in args.arms):
+                continue
             key = (g.fingerprint(), rseed)
             if key not in done:
                 run_dir = root / f"retrain-{g.fingerprint()[:12]}-seed{rseed}-{rtag}"
@@ -266,5 +338,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    _ = (dataclasses, DerivationRule)
     main()
