@@ -7,11 +7,12 @@ the retrained arms over seeds (``summarize``: mean ± spread per arm; ``verdict`
 that says whether the champion beats every control by more than the seed spread).
 
 The uniform baseline: every edge one convolution (the space's first parametric op, preferring
-``sep_conv_3x3``), every cell fed by all of its inputs (the β threshold rule at 0.3 on a uniform
-β keeps all three): the regular fabric a person would draw without a search, in the same space
-and grouping as the champion. The reference code's 'None' baseline keeps the uniform *mixture*
-of all ops instead, which only a supernet can hold; a derived network retrained under the same
-pipeline needs one op per edge.
+``sep_conv_3x3``), every cell fed by all of its distinct input maps (the β threshold rule at 0.3
+on a uniform β keeps all three slots, and at the top row, where ``above`` reads the parallel map
+again, parallel + below, each map once): the regular fabric a person would draw without a
+search, in the same space and grouping as the champion. The reference code's 'None' baseline
+keeps the uniform *mixture* of all ops instead, which only a supernet can hold; a derived
+network retrained under the same pipeline needs one op per edge.
 
 What it is not: the retraining (``retrain.loop``) or the campaign that runs the arms
 (``orchestration/controls.py``).

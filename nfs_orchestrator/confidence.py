@@ -9,9 +9,11 @@ or a search loop's per-epoch snapshots) to
   map a slot reads): at the top row ``above`` reads the same map as ``parallel`` (at the bottom
   row ``below`` does). Both slots get the same gradient from the same zero start, so their
   weights stay equal, and the supernet mixes that map with twice one slot's weight
-  (POSENFS-SPEC §1.3): a 2:1 prior, not something learned. A source's weight here is the mean of
-  its slots' weights, so uniform β has margin 0, as the derivation (per-slot argmax, ties to
-  ``parallel``) sees it. A cell whose slots all read one map makes no decision;
+  (POSENFS-SPEC §1.3): a 2:1 prior, not something learned. The derivation keeps the map with
+  the largest SUM of its slots' weights (what the supernet mixes; genotype.py), but a margin
+  counts a map by the MEAN of its slots' weights, so uniform β has margin 0 and a map kept only
+  by the 2:1 prior (β 0.3, 0.3, 0.4: parallel map kept at 0.6) has a negative margin (−0.1):
+  the search leaned the other way. A cell whose slots all read one map makes no decision;
 - a summary: entropy drop of α and β (1 − H/ln n, mean over rows; 0 = uniform, 1 = one-hot),
   median margin, share of decisions whose margin is at least ``DECIDED_MARGIN``, and the share of
   decisions that changed over the last half of the epochs (``flip_share``).
@@ -86,15 +88,18 @@ def source_weights(row: Sequence[float], sources: tuple[int, int, int]) -> dict[
 def input_decision(
     row: Sequence[float], sources: tuple[int, int, int], kept: Sequence[str] | None = None
 ) -> tuple[tuple[int, ...], float] | None:
-    """(kept source rows, margin of the weakest kept source over the best dropped one) of one
-    cell; ``kept``: the slots a genotype kept (default: the strongest source). None when every
-    slot reads the same map (no decision)."""
+    """(kept source rows, margin of the weakest kept source over the best dropped one, by mean
+    slot weight) of one cell; ``kept``: the slots a genotype kept (default: the source the
+    derivation keeps, the largest summed slot weight). None when every slot reads one map."""
     weights = source_weights(row, sources)
     if len(weights) < 2:
         return None
     if kept is None:
         order = list(weights)  # slot order: ties keep the earlier slot, as the derivation
-        best = max(order, key=lambda s: (weights[s], -order.index(s)))
+        total = {
+            src: sum(float(row[i]) for i, s in enumerate(sources) if s == src) for src in order
+        }
+        best = max(order, key=lambda s: (total[s], -order.index(s)))
         chosen: tuple[int, ...] = (best,)
     else:
         chosen = tuple(sorted({sources[SLOTS.index(slot)] for slot in kept}))

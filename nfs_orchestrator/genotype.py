@@ -3,9 +3,15 @@
 Derivation rule (recorded in every genotype as ``rule``; PoseNFS has none, see POSENFS-SPEC §4, §9):
 1. Ops: on every edge, keep the candidate with the largest α, never ``zero`` (DARTS). With α
    shared per part every cell of that part gets the same ops.
-2. Inputs: per cell keep the input slot (parallel / above / below) with the largest β
-   (``argmax``), or every slot whose softmax(β) ≥ ``beta_threshold`` (``threshold``; at least the
-   strongest one).
+2. Inputs: per cell keep the input *map* with the largest weight (``argmax``), or every map whose
+   weight ≥ ``beta_threshold`` (``threshold``; at least the strongest one). A map's weight is the
+   SUM of softmax(β) over the slots (parallel / above / below) that read it, which is what the
+   supernet's input node mixes: at the top row ``above`` reads the parallel map again (at a
+   bottom row ``below`` does), so the supernet weighs that map by β_parallel + β_above
+   (POSENFS-SPEC §1.3). A kept map is kept through the first slot that reads it, never twice.
+   (Before, slots were compared one by one, so a top-row cell could keep ``below`` at weight 0.4
+   while the supernet mixed the parallel map at 0.6: benchmarks/RESULTS.md, "Why the champion
+   loses".)
 3. Cells: keep the fabric's output cell, then walk back layer by layer keeping every cell that a
    kept cell reads through a kept slot. Everything else is dropped from the derived network.
 
@@ -187,7 +193,8 @@ def derive_genotype(
         for index, site in enumerate(sites):
             a = alpha if alpha.dim() == 2 else alpha[index]  # (k, |O|)
             ops = tuple(_best_nonzero_op(row, space.ops) for row in a)
-            chosen[(site.scale, site.depth)] = (_kept_slots(beta[index], rule), ops)
+            kept_slots = _kept_slots(beta[index], site.sources, rule)
+            chosen[(site.scale, site.depth)] = (kept_slots, ops)
         kept = _reachable(layers, chosen)
         cells = tuple(
             CellGene(s.scale, s.depth, *chosen[(s.scale, s.depth)])
@@ -215,13 +222,23 @@ def _best_nonzero_op(weights: torch.Tensor, ops: tuple[str, ...]) -> str:
     return next(ops[i] for i in order if ops[i] != "zero")
 
 
-def _kept_slots(weights: torch.Tensor, rule: DerivationRule) -> tuple[str, ...]:
-    best = max(range(len(SLOTS)), key=lambda s: (float(weights[s]), -s))
-    if rule.inputs == "argmax":
-        return (SLOTS[best],)
-    return tuple(
-        SLOTS[s] for s in range(len(SLOTS)) if s == best or float(weights[s]) >= rule.beta_threshold
-    )
+def _kept_slots(
+    weights: torch.Tensor, sources: tuple[int, int, int], rule: DerivationRule
+) -> tuple[str, ...]:
+    """The slots a cell keeps: per distinct source map (first reading slot, in slot order) the
+    sum of its slots' weights; the strongest map (ties: the earlier slot), and with the
+    ``threshold`` rule every map at or above ``beta_threshold`` too."""
+    maps: dict[int, list[int]] = {}  # source row → the slots reading it, in slot order
+    for slot, src in enumerate(sources):
+        maps.setdefault(src, []).append(slot)
+    total = {src: sum(float(weights[s]) for s in slots) for src, slots in maps.items()}
+    best = max(maps, key=lambda src: (total[src], -maps[src][0]))
+    kept = [
+        maps[src][0]
+        for src in maps
+        if src == best or (rule.inputs == "threshold" and total[src] >= rule.beta_threshold)
+    ]
+    return tuple(SLOTS[s] for s in sorted(kept))
 
 
 def _reachable(layers, chosen) -> set[tuple[int, int]]:

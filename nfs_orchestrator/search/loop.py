@@ -57,6 +57,7 @@ from nfs_orchestrator.nn.supernet import PoseSupernet
 from nfs_orchestrator.part_metrics import genotype_part_metrics
 from nfs_orchestrator.runtime import Runtime
 from nfs_orchestrator.search import bilevel
+from nfs_orchestrator.search.diagnostics import ArchMeter
 from nfs_orchestrator.search.schedules import lr_factor, temperature
 from nfs_orchestrator.specs import PARAMETER_FREE_OPS, SearchSpec, TrialSpec
 
@@ -94,6 +95,7 @@ def run_search(trial: TrialSpec, runtime: Runtime) -> dict[str, float]:
     arch = [p for p in model.arch_parameters() if p.requires_grad]
     w_opt = make_optimizer(search.weight_optimizer, weights)
     a_opt = make_optimizer(search.arch_optimizer, arch) if arch else None
+    arch_meter = ArchMeter(a_opt) if a_opt is not None else None  # search/diagnostics.py
 
     bilevel_mode = search.mode in ("first_order", "second_order")
     if bilevel_mode:
@@ -227,6 +229,11 @@ def run_search(trial: TrialSpec, runtime: Runtime) -> dict[str, float]:
         if frozen_at is not None:
             metrics["arch_frozen_at"] = float(frozen_at)
         metrics.update(confidence_metrics(genotype))
+        if arch_meter is not None:  # decay equilibrium / small α/β steps (diagnostics.py)
+            diagnosed = arch_meter.epoch_metrics()
+            metrics.update(diagnosed)
+            if runtime.rank == 0 and (line := arch_meter.new_warning(diagnosed)):
+                print(f"posenfs: trial {trial.name} epoch {epoch + 1}: {line}", flush=True)
         metrics.update(
             genotype_part_metrics(genotype, trial.data.input_size, model.backbone.channels)
         )

@@ -13,9 +13,11 @@ import pytest
 from nfs_orchestrator.confidence import (
     confidence_metrics,
     confidence_of,
+    decisions,
     entropy_drop,
     flip_share,
     format_confidence,
+    input_decision,
     is_undecided,
     undecided_cells,
     with_confidence,
@@ -72,6 +74,18 @@ def test_margins_are_exact():
     ops_drop = [1 - (-sum(p * math.log(p) for p in r if p > 0)) / math.log(4) for r in (
         [0.7, 0.05, 0.1, 0.15], [0.1, 0.2, 0.3, 0.4], [0.0, 0.34, 0.33, 0.33])]  # fmt: skip
     assert c["alpha_entropy_drop"] == pytest.approx(sum(ops_drop) / 3, abs=1e-6)
+
+
+def test_a_map_kept_by_the_two_slot_prior_has_a_negative_margin():
+    # top-row cell (0,1) reads rows (0, 0, 1): the parallel map sums 0.6 and is kept (as the
+    # derivation keeps it), but per slot the search leaned to below: margin 0.3 - 0.4
+    chosen, margin = input_decision([0.3, 0.3, 0.4], (0, 0, 1))
+    assert chosen == (0,) and margin == pytest.approx(-0.1)
+    space = load_fabric("tiny")
+    weights = {"p": {"alpha": [[0.1, 0.2, 0.3, 0.4]], "beta": [[0.3, 0.3, 0.4]] + UNIFORM_BETA[1:]}}
+    assert decisions(space, weights)["p/cell(0,1)"] == (0,)
+    chosen, margin = input_decision([0.2, 0.2, 0.6], (0, 0, 1))
+    assert chosen == (1,) and margin == pytest.approx(0.4)
 
 
 def test_uniform_weights_are_undecided_and_say_why():

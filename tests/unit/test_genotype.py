@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -9,13 +10,13 @@ import pytest
 import torch
 
 from nfs_orchestrator.errors import SpecError
-from nfs_orchestrator.genotype import Genotype, read_genotype
+from nfs_orchestrator.genotype import Genotype, derive_genotype, read_genotype
 from nfs_orchestrator.keypoints import load_grouping
 from nfs_orchestrator.nn.backbones import build_backbone
 from nfs_orchestrator.nn.counting import count_macs, count_params
 from nfs_orchestrator.nn.derived import DerivedPoseNet
 from nfs_orchestrator.nn.supernet import PoseSupernet
-from nfs_orchestrator.specs import load_fabric
+from nfs_orchestrator.specs import DerivationRule, load_fabric
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden" / "genotype_tiny_coco-p3.json"
 
@@ -55,6 +56,36 @@ def test_derivation_follows_the_rule():
     assert [(c.scale, c.depth) for c in head.cells] == [(0, 1), (0, 2), (0, 3)]
     assert {c.ops for c in head.cells} == {("atr_conv_3x3",)}
     assert {c.ops for c in g.parts[2].cells} == {("skip_connect",)}
+
+
+def test_a_map_read_by_two_slots_is_weighed_by_both():
+    # At the top row "above" reads the parallel map again: the supernet mixes that map with
+    # softmax(β)_parallel + softmax(β)_above (POSENFS-SPEC §1.3). β (0.3, 0.3, 0.4) on the
+    # output cell (0,3): parallel map 0.6, below map 0.4, so the derivation keeps parallel.
+    space, grouping = load_fabric("tiny"), load_grouping("coco-p1")
+    beta = torch.zeros(6, 3)
+    beta[5] = torch.log(torch.tensor([0.3, 0.3, 0.4]))
+    alpha = torch.tensor([[0.0, 0.0, 0.0, 1.0]])
+    g = derive_genotype(space, grouping, {grouping.parts[0].name: (alpha, beta)})
+    out = [c for c in g.parts[0].cells if (c.scale, c.depth) == (0, 3)][0]
+    assert out.inputs == ("parallel",)
+    assert [(c.scale, c.depth) for c in g.parts[0].cells] == [(0, 1), (0, 2), (0, 3)]
+    # (1,2) is not on the top row: its three slots read three maps, compared one by one
+    beta[4] = torch.log(torch.tensor([0.3, 0.3, 0.4]))
+    beta[5] = torch.log(torch.tensor([0.2, 0.2, 0.6]))  # below map 0.6 > parallel map 0.4
+    g = derive_genotype(space, grouping, {grouping.parts[0].name: (alpha, beta)})
+    kept = {(c.scale, c.depth): c.inputs for c in g.parts[0].cells}
+    assert kept[(0, 3)] == ("below",) and kept[(1, 2)] == ("below",)
+    # the threshold rule keeps each map once: uniform β at the top row keeps parallel + below
+    rule = DerivationRule(ops="argmax_nonzero", inputs="threshold", beta_threshold=0.3)
+    g = derive_genotype(
+        dataclasses.replace(space, derivation=rule),
+        grouping,
+        {grouping.parts[0].name: (alpha, torch.zeros(6, 3))},
+    )
+    kept = {(c.scale, c.depth): c.inputs for c in g.parts[0].cells}
+    assert kept[(0, 3)] == ("parallel", "below")
+    assert kept[(1, 2)] == ("parallel", "above", "below")
 
 
 def test_round_trip_and_golden_file():

@@ -142,7 +142,8 @@ def test_loop_reports_confidence_and_resume_keeps_it(tmp_path, synthetic_root):
     from nfs_orchestrator.search.loop import run_search
 
     names = {"confidence_decided", "margin_median", "alpha_entropy_drop", "beta_entropy_drop",
-             "flip_share", "undecided"}  # fmt: skip
+             "flip_share", "undecided",
+             "arch_step_ratio", "arch_flag_decay_equilibrium", "arch_flag_small_steps"}  # fmt: skip
     straight = LocalRuntime(tmp_path / "straight", verbose=False)
     metrics = run_search(tiny_trial(synthetic_root, epochs=3, steps=2), straight)
     assert names <= set(metrics)
