@@ -18,7 +18,6 @@ import time
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-
 from common import random_supernet, time_alternating  # noqa: I001 - benchmarks/ on sys.path
 
 from nfs_orchestrator.nn.losses import joints_mse
@@ -74,8 +73,10 @@ def main() -> None:
     mp.spawn(worker, args=(args, port, out), nprocs=2)
     step, both = out["step"], out["step+check"]
     print(f"one rank: should_stop_step {single * 1e6:.2f} us per call")
-    print(f"two ranks (gloo): step {step * 1e3:.1f} ms, step+check {both * 1e3:.1f} ms, "
-          f"check {max(0.0, both - step) * 1e3:.2f} ms = {(both - step) / step:+.1%} of a step")
+    print(
+        f"two ranks (gloo): step {step * 1e3:.1f} ms, step+check {both * 1e3:.1f} ms, "
+        f"check {max(0.0, both - step) * 1e3:.2f} ms = {(both - step) / step:+.1%} of a step"
+    )
 
 
 if __name__ == "__main__":
