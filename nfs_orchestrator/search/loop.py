@@ -110,12 +110,12 @@ def run_search(trial: TrialSpec, runtime: Runtime) -> dict[str, float]:
     setup_s = time.monotonic() - entered  # data, supernet, checkpoint restore
     metrics: dict[str, float] = {}
     # rank 0's progress lines: epoch e/E · s/step · ETA (and mid-epoch ones for long epochs)
-    progress = EpochProgress(trial.name, search.epochs, start_epoch) if runtime.rank == 0 else None
+    lines = EpochProgress(trial.name, search.epochs, start_epoch) if runtime.rank == 0 else None
     steps = steps_in_epoch(len(weight_idx), search.batch_size, search.steps_per_epoch)
     for epoch in range(start_epoch, search.epochs):
         started = time.monotonic()
-        if progress is not None:
-            progress.begin(epoch)
+        if lines is not None:
+            lines.begin(epoch)
         progress = epoch / search.epochs
         seed_everything(trial.seed * 100_003 + epoch)
         set_lr(w_opt, search.weight_optimizer.lr * lr_factor(search.lr_schedule, progress))
@@ -135,7 +135,7 @@ def run_search(trial: TrialSpec, runtime: Runtime) -> dict[str, float]:
             search.steps_per_epoch,
             workers,
         )
-        w_batches = iter_progress(w_batches, progress, steps, _say)
+        w_batches = iter_progress(w_batches, lines, steps, _say)
         a_batches = cycle_batches(
             train_set, arch_idx, micro, accumulation, runtime, trial.seed + epoch + 1, workers
         )
@@ -222,8 +222,8 @@ def run_search(trial: TrialSpec, runtime: Runtime) -> dict[str, float]:
                 (ckpt_dir / "genotype.json").write_text(genotype.to_json())
                 artifacts = render_artifacts(genotype, history)
             runtime.report(metrics, ckpt_dir, artifacts)
-        if progress is not None:
-            _say(progress.end(len(train_losses)))
+        if lines is not None:
+            _say(lines.end(len(train_losses)))
         if runtime.should_stop() or (collapsed and search.collapse.action == "stop"):
             break
     return metrics
