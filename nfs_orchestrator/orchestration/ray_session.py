@@ -55,10 +55,20 @@ SETUP_HOOK = "nfs_orchestrator.orchestration.ray_session.quiet_ray_loggers"
 
 def quiet_ray_loggers() -> None:
     """Ray's ``worker_process_setup_hook`` of the embedded cluster: runs in every worker process
-    (Tune trial actors, Train controllers and workers, the placement-group cleaner) at start and
-    sets the levels of ``QUIET_LOGGERS``."""
+    (Tune trial actors, Train controllers and workers, the placement-group cleaner) once it is
+    connected. It sets the levels of ``QUIET_LOGGERS``, and ``RAY_ADDRESS`` to this cluster:
+    the state API that the placement-group cleaner polls finds its cluster by ``RAY_ADDRESS``,
+    else by looking for Ray processes on the machine; with two Ray instances on one machine
+    (two campaigns, a campaign beside tests) it finds several, and the cleaner's thread died
+    with a traceback ("Found multiple active Ray instances") and cleaned nothing after it."""
     for name, level in QUIET_LOGGERS.items():
         logging.getLogger(name).setLevel(level)
+    try:
+        import ray
+
+        os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+    except Exception:  # noqa: BLE001 -- a failing hook would stop the worker itself
+        pass
 
 
 def prepare_ray_environment(address: str | None) -> None:

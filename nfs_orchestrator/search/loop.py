@@ -110,7 +110,9 @@ def run_search(trial: TrialSpec, runtime: Runtime) -> dict[str, float]:
     setup_s = time.monotonic() - entered  # data, supernet, checkpoint restore
     metrics: dict[str, float] = {}
     # rank 0's progress lines: epoch e/E · s/step · ETA (and mid-epoch ones for long epochs)
-    lines = EpochProgress(trial.name, search.epochs, start_epoch) if runtime.rank == 0 else None
+    lines = None
+    if runtime.rank == 0:
+        lines = EpochProgress(f"trial {trial.name}", search.epochs, start_epoch)
     steps = steps_in_epoch(len(weight_idx), search.batch_size, search.steps_per_epoch)
     for epoch in range(start_epoch, search.epochs):
         started = time.monotonic()
