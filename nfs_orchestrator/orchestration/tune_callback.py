@@ -74,7 +74,7 @@ class CampaignCallback(tune.Callback):
         self.eta_printed = 0.0
         b, s = self.spec.budget, self.spec.search
         self.epochs_per_trial = float(s.epochs)  # expected, for the trials not started yet
-        if b.early_stopping and not self.spec.multi_objective:
+        if b.early_stopping and not self.spec.multi_objective and b.asha.grace_period < s.epochs:
             asha = asha_simulation(
                 b.num_trials, b.asha.grace_period, b.asha.reduction_factor, s.epochs, draws=500
             )
