@@ -53,6 +53,19 @@ QUIET_LOGGERS = {
 SETUP_HOOK = "nfs_orchestrator.orchestration.ray_session.quiet_ray_loggers"
 
 
+class _AtLeast(logging.Filter):
+    """Drops records below ``level``. A filter, not only a level: Ray Train's controller and
+    workers apply a logging dictConfig to ``ray.train`` after this hook, which resets the
+    levels of its existing child loggers (but keeps their filters)."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= self.level
+
+
 def quiet_ray_loggers() -> None:
     """Ray's ``worker_process_setup_hook`` of the embedded cluster: runs in every worker process
     (Tune trial actors, Train controllers and workers, the placement-group cleaner) once it is
@@ -62,7 +75,9 @@ def quiet_ray_loggers() -> None:
     (two campaigns, a campaign beside tests) it finds several, and the cleaner's thread died
     with a traceback ("Found multiple active Ray instances") and cleaned nothing after it."""
     for name, level in QUIET_LOGGERS.items():
-        logging.getLogger(name).setLevel(level)
+        logger = logging.getLogger(name)
+        logger.setLevel(level)
+        logger.addFilter(_AtLeast(level))
     try:
         import ray
 
