@@ -73,11 +73,12 @@ DEFAULT_GPU_PROFILE = "a100"
 
 # Standard split sizes (person instances) when the data is not on this machine: HRNet's MPII
 # preparation (annot/train.json, valid.json) and COCO 2017 person keypoints with GT boxes.
-STANDARD_SPLITS: dict[str, tuple[int, int, int]] = {  # dataset: (train, val, images per GB)
-    "mpii": (22246, 2958, 0),
-    "coco": (149813, 6352, 0),
+STANDARD_SPLITS: dict[str, tuple[int, int]] = {  # dataset: (train, val) person instances
+    "mpii": (22246, 2958),
+    "coco": (149813, 6352),
 }
-STANDARD_BYTES: dict[str, float] = {"mpii": 12.9e9, "coco": 19.3e9}  # images of both splits
+# bytes of the images: the MPII image archive; COCO train2017 + val2017
+STANDARD_BYTES: dict[str, float] = {"mpii": 12.9e9, "coco": 19.3e9}
 
 # Seconds outside the epoch loop, from benchmarks/RESULTS.md "Campaign overhead" (2-vCPU
 # machine): a trial whose search runs in its (reused) Tune trial actor ≈ 5 s; one that starts a
@@ -232,7 +233,7 @@ def data_forecast(trial, time_loading: bool = True) -> DataForecast:
         else:
             spec = data
             if not data.path(data.train_annotations).is_file():
-                train, val, _ = STANDARD_SPLITS[data.dataset]
+                train, val = STANDARD_SPLITS[data.dataset]
                 train = min(train, data.max_train_instances or train)
                 val = min(val, data.max_val_instances or val)
                 weight = train * search.split[0] // sum(search.split) if bilevel else train
