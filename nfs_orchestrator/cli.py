@@ -343,7 +343,30 @@ def validate(files: tuple[str, ...], overrides: tuple[str, ...], arch_preset: st
     help="Ray cluster to join (host:port or 'auto'); default: Ray embedded on this machine.",
 )
 @root_option
-@click.option("--dry-run", is_flag=True, help="Print the resolved campaign and stop.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print the resolved campaign and its forecast (steps, GPU-hours, wall-clock) and stop.",
+)
+@click.option(
+    "--step-seconds",
+    type=float,
+    default=None,
+    help="Dry run: seconds per optimizer step on the target device (nothing is timed here).",
+)
+@click.option(
+    "--device-profile",
+    default=None,
+    help="Dry run: the target device of the forecast (cpu, v100, a100, l4, h100, h200; "
+    "default cpu, or a100 for a GPU campaign).",
+)
+@click.option(
+    "--slots",
+    type=int,
+    default=None,
+    help="Dry run: trials the cluster runs at once (default: budget.max_concurrent; on this "
+    "machine for a CPU campaign: what fits here).",
+)
 @preset_option
 def search(
     file: str,
@@ -351,12 +374,28 @@ def search(
     address: str | None,
     root: str,
     dry_run: bool,
+    step_seconds: float | None,
+    device_profile: str | None,
+    slots: int | None,
     arch_preset: str | None,
 ) -> None:
     """Run a NAS campaign (or resume it: the same spec always has the same id)."""
     from nfs_orchestrator.campaign_spec import load_campaign
     from nfs_orchestrator.orchestration.ray_session import plan_resources
 
+    forecast_options = {"--step-seconds": step_seconds, "--device-profile": device_profile}
+    forecast_options["--slots"] = slots
+    for flag, value in forecast_options.items():
+        if value is not None and not dry_run:
+            raise PosenfsError(f"{flag}: only with --dry-run")
+    if step_seconds is not None and not step_seconds > 0:
+        raise PosenfsError(f"--step-seconds: {step_seconds:g} must be > 0")
+    if slots is not None and slots < 1:
+        raise PosenfsError(f"--slots: {slots} must be ≥ 1")
+    if device_profile is not None:
+        from nfs_orchestrator.forecast import profile
+
+        profile(device_profile)  # an unknown name fails before anything is loaded or timed
     campaign = load_campaign(file, campaign_overrides(arch_preset, overrides))
     if dry_run:
         click.echo(json.dumps(campaign.to_dict(), indent=2, sort_keys=True))
@@ -372,8 +411,18 @@ def search(
                 + (f" + {gpus:g} GPU" if gpus else "")
                 + f" per trial; concurrency set by {where}"
             )
+            concurrent = b.max_concurrent  # the budget's cap; the cluster may allow fewer
         else:
-            click.echo(f"resources: {plan_resources(r, b).describe()}")
+            plan = plan_resources(r, b)
+            click.echo(f"resources: {plan.describe()}")
+            concurrent = plan.max_concurrent
+        from nfs_orchestrator.forecast import forecast_campaign, format_forecast
+
+        fc = forecast_campaign(
+            campaign, slots or min(concurrent, b.num_trials), step_seconds, device_profile
+        )
+        for line in format_forecast(fc):
+            click.echo(line)
         return
     _run_campaign(campaign, root, address)
 

@@ -14,6 +14,7 @@ functions only, after ``prepare_ray_environment`` (Ray reads its auth mode at im
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import signal
@@ -29,6 +30,62 @@ from nfs_orchestrator.specs import ResourceSpec
 
 ONE_JOB = BudgetSpec(num_trials=1, max_concurrent=1)  # a retrain: one job, alone
 
+# Library noise, stopped where it starts (issue 15 point 7). Each entry says why.
+QUIET_ENV = {
+    # Ray Train V2 patches print() in its workers to log each line to the root logger, whose
+    # console handler writes it again beside the original print (sys.stdout is Ray's stream, not
+    # sys.__stdout__, so the patch also tees): every print of a Train worker reached the driver
+    # twice. Without the patch a print is a print (to the worker's log and, log_to_driver, here).
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+}
+QUIET_LOGGERS = {
+    # Ray Train's placement-group cleaner (a detached actor per Train run) polls the state API
+    # every second and warns on every failed query ("Failed to query Ray Train Controller actor
+    # state ... Continuing to monitor"): without a dashboard, or with one slow to answer on a
+    # busy machine, a line a second per run, and the next poll simply tries again. Its real
+    # failures (the placement group not removed) are logged at ERROR by Ray elsewhere.
+    "ray.train.v2._internal.execution.controller.placement_group_cleaner": logging.ERROR,
+    # Ray Train's controller asks the cluster autoscaler's coordinator for its worker group's
+    # resources with a 5 s timeout and, on a timeout, logs a warning with a whole traceback
+    # ("... CPU being overloaded, it's safe to ignore"): the embedded cluster has no autoscaler,
+    # and a busy small machine misses the 5 s at every trial start.
+    "ray.train.v2._internal.execution.scaling_policy.autoscaling_coordinator_client": logging.ERROR,
+}
+SETUP_HOOK = "nfs_orchestrator.orchestration.ray_session.quiet_ray_loggers"
+
+
+class _AtLeast(logging.Filter):
+    """Drops records below ``level``. A filter, not only a level: Ray Train's controller and
+    workers apply a logging dictConfig to ``ray.train`` after this hook, which resets the
+    levels of its existing child loggers (but keeps their filters)."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= self.level
+
+
+def quiet_ray_loggers() -> None:
+    """Ray's ``worker_process_setup_hook`` of the embedded cluster: runs in every worker process
+    (Tune trial actors, Train controllers and workers, the placement-group cleaner) once it is
+    connected. It sets the levels of ``QUIET_LOGGERS``, and ``RAY_ADDRESS`` to this cluster:
+    the state API that the placement-group cleaner polls finds its cluster by ``RAY_ADDRESS``,
+    else by looking for Ray processes on the machine; with two Ray instances on one machine
+    (two campaigns, a campaign beside tests) it finds several, and the cleaner's thread died
+    with a traceback ("Found multiple active Ray instances") and cleaned nothing after it."""
+    for name, level in QUIET_LOGGERS.items():
+        logger = logging.getLogger(name)
+        logger.setLevel(level)
+        logger.addFilter(_AtLeast(level))
+    try:
+        import ray
+
+        os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+    except Exception:  # noqa: BLE001 -- a failing hook would stop the worker itself
+        pass
+
 
 def prepare_ray_environment(address: str | None) -> None:
     """Environment Ray reads at import: no usage stats; for a remote cluster, token auth when a
@@ -37,6 +94,8 @@ def prepare_ray_environment(address: str | None) -> None:
     even when it is not installed."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # ours forwards to Tune's SIGUSR1
+    for key, value in QUIET_ENV.items():  # Ray Train passes these on to its workers
+        os.environ.setdefault(key, value)
     if address:
         has_token = os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
         has_token = has_token or (Path.home() / ".ray" / "auth_token").is_file()
@@ -153,7 +212,12 @@ def start_ray(
     # The dashboard (127.0.0.1 only) also serves the state API that Ray Train's placement-group
     # cleaner polls; without it that cleaner logs a warning every few seconds.
     dashboard = os.environ.get("POSENFS_RAY_DASHBOARD", "1") != "0"
-    ray.init(num_cpus=plan.embedded_num_cpus, include_dashboard=dashboard, log_to_driver=True)
+    ray.init(
+        num_cpus=plan.embedded_num_cpus,
+        include_dashboard=dashboard,
+        log_to_driver=True,
+        runtime_env={"worker_process_setup_hook": SETUP_HOOK},
+    )
     gpus = ray.cluster_resources().get("GPU", 0.0)
     return plan_resources(resources, budget, None, gpus), True
 

@@ -17,6 +17,12 @@ The callback holds only plain data until ``setup`` (Tune pickles it with the Tun
 on ``Tuner.restore``: the root and campaign id, to read the campaign's record with ``store``,
 and where it logs); ``setup`` reloads the rows from the ledger on disk. What it is not: the
 ledger schema (``ledger.py``) or the MLflow layer (``tracking.py``).
+
+It also prints the campaign's progress, ``trials: done D / running R / left L · ETA h:mm:ss``,
+at most every ``ETA_EVERY_S`` seconds on a result and at every trial's end: the ETA comes from
+the epoch times measured so far (the time between a trial's successive results), the running
+trials' remaining epochs and the trials left at ASHA's expected share of epochs
+(``forecast.campaign_eta``, ``forecast.asha_simulation``).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from typing import Any
 import ray.tune as tune
 
 from nfs_orchestrator.campaign_spec import decode_params
+from nfs_orchestrator.forecast import asha_simulation, campaign_eta, eta_line
 from nfs_orchestrator.orchestration import store, tracking
 from nfs_orchestrator.orchestration.ledger import pending_row, read_ledger, update_with_result
 from nfs_orchestrator.orchestration.ledger import write_ledger as write_rows
@@ -38,6 +45,8 @@ from nfs_orchestrator.orchestration.ledger import write_ledger as write_rows
 # down (their placement groups go, so their Train controllers die with an error); those errors are
 # the stop, not failures: the rows stay RUNNING and ``finish_campaign`` ends them KILLED.
 STOP_REQUESTED = threading.Event()
+
+ETA_EVERY_S = 30.0  # the campaign's progress line at most this often on results
 
 
 class CampaignCallback(tune.Callback):
@@ -58,6 +67,18 @@ class CampaignCallback(tune.Callback):
         self.rows = {r["trial_id"]: r for r in read_ledger(self.ledger_path)}
         self.clock: dict[str, tuple[float, float]] = {}  # trial -> (start, wall time before)
         self.warned = False
+        # progress: each running trial's epochs done and last result time; epoch times seen
+        self.epochs_done: dict[str, int] = {}
+        self.last_result: dict[str, float] = {}
+        self.epoch_times: list[float] = []
+        self.eta_printed = 0.0
+        b, s = self.spec.budget, self.spec.search
+        self.epochs_per_trial = float(s.epochs)  # expected, for the trials not started yet
+        if b.early_stopping and not self.spec.multi_objective and b.asha.grace_period < s.epochs:
+            asha = asha_simulation(
+                b.num_trials, b.asha.grace_period, b.asha.reduction_factor, s.epochs, draws=500
+            )
+            self.epochs_per_trial = s.epochs * asha.epoch_fraction
 
     def __getstate__(self) -> dict[str, Any]:
         keep = ("root", "campaign_id", "target_dict")
@@ -100,6 +121,27 @@ class CampaignCallback(tune.Callback):
                 self.warned = True
             return None
 
+    def _progress(self, trials: list, ended: str | None = None) -> None:
+        """Prints the campaign's progress line when due (see the module docstring); a trial
+        that ``ended`` counts as done whatever Tune's status says yet."""
+        now = time.monotonic()
+        if ended is None and now - self.eta_printed < ETA_EVERY_S:
+            return
+        self.eta_printed = now
+        finished = [t.status in ("TERMINATED", "ERROR") or t.trial_id == ended for t in trials]
+        done = sum(finished)
+        running = [t for t, f in zip(trials, finished) if t.status == "RUNNING" and not f]
+        left = max(0, self.spec.budget.num_trials - done - len(running))
+        eta = None
+        if self.epoch_times:
+            epoch_s = sorted(self.epoch_times)[len(self.epoch_times) // 2]  # median
+            epochs = self.spec.search.epochs
+            running_left = [epochs - self.epochs_done.get(t.trial_id, 0) for t in running]
+            eta = campaign_eta(
+                epoch_s, running_left, left, self.epochs_per_trial, max(1, len(running))
+            )
+        print(f"posenfs: {eta_line(done, len(running), left, eta)}", flush=True)
+
     def _end(self, row: dict[str, Any], status: str, label: str, error: str = "") -> None:
         self._tick(row)
         row["status"] = label.upper()
@@ -127,11 +169,21 @@ class CampaignCallback(tune.Callback):
         self.rows[trial.trial_id] = row
         self._tick(row)
         self._write()
+        tid, now = trial.trial_id, time.monotonic()
+        if tid in self.last_result:  # the wall time of one epoch, reporting included
+            self.epoch_times.append(now - self.last_result[tid])
+        elif result.get("epoch_time_s"):
+            self.epoch_times.append(float(result["epoch_time_s"]))
+        self.last_result[tid] = now
+        self.epochs_done[tid] = int(result.get("epochs_done", result.get("epoch", -1) + 1))
+        self._progress(trials)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         row = self._row(trial)
         early = (row.get("epochs_run") or 0) < (row.get("epochs") or self.spec.search.epochs)
         self._end(row, "FINISHED", "early_stopped" if early else "finished")
+        self.last_result.pop(trial.trial_id, None)
+        self._progress(trials, ended=trial.trial_id)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if STOP_REQUESTED.is_set():
@@ -144,3 +196,5 @@ class CampaignCallback(tune.Callback):
             self._end(row, "KILLED", "killed", error=error)  # keeps its nfs.preempted tag
             return
         self._end(row, "FAILED", "failed", error=error)
+        self.last_result.pop(trial.trial_id, None)
+        self._progress(trials, ended=trial.trial_id)

@@ -38,6 +38,7 @@ import torch
 
 from nfs_orchestrator.confidence import confidence_metrics, with_confidence
 from nfs_orchestrator.errors import SpecError
+from nfs_orchestrator.forecast import EpochProgress, iter_progress
 from nfs_orchestrator.genotype import Genotype
 from nfs_orchestrator.hardware import choose_execution, detect, prepare_model
 from nfs_orchestrator.loop_utils import (
@@ -50,6 +51,7 @@ from nfs_orchestrator.loop_utils import (
     seed_everything,
     set_lr,
     set_rng_state,
+    steps_in_epoch,
     to_device,
     validate,
 )
@@ -124,8 +126,15 @@ def run_search(trial: TrialSpec, runtime: Runtime) -> dict[str, float]:
 
     setup_s = time.monotonic() - entered  # data, supernet, checkpoint restore
     metrics: dict[str, float] = {}
+    # rank 0's progress lines: epoch e/E · s/step · ETA (and mid-epoch ones for long epochs)
+    lines = None
+    if runtime.rank == 0:
+        lines = EpochProgress(f"trial {trial.name}", search.epochs, start_epoch)
+    steps = steps_in_epoch(len(weight_idx), search.batch_size, search.steps_per_epoch)
     for epoch in range(start_epoch, search.epochs):
         started = time.monotonic()
+        if lines is not None:
+            lines.begin(epoch)
         progress = epoch / search.epochs
         seed_everything(trial.seed * 100_003 + epoch)
         first_step = start_step if epoch == start_epoch else 0
@@ -149,6 +158,7 @@ def run_search(trial: TrialSpec, runtime: Runtime) -> dict[str, float]:
             workers,
             first_step,
         )
+        w_batches = iter_progress(w_batches, lines, steps, _say)
         train_losses = list(resumed["train_losses"]) if first_step else []
         arch_losses = list(resumed["arch_losses"]) if first_step else []
         a_batches = cycle_batches(  # one α/β batch per α/β step: as many drawn as arch losses
@@ -259,6 +269,8 @@ def run_search(trial: TrialSpec, runtime: Runtime) -> dict[str, float]:
                 (ckpt_dir / "genotype.json").write_text(genotype.to_json())
                 artifacts = render_artifacts(genotype, history)
             runtime.report(metrics, ckpt_dir, artifacts)
+        if lines is not None:
+            _say(lines.end(len(train_losses)))
         if runtime.should_stop() or (collapsed and search.collapse.action == "stop"):
             break
     return metrics
@@ -284,6 +296,10 @@ def checkpoint_state(
         "trial": trial.to_dict(),
         "arch_frozen_at": frozen_at,
     }
+
+
+def _say(line: str) -> None:
+    print(f"posenfs: {line}", flush=True)
 
 
 def collapse_check(search: SearchSpec, arch_active: bool, param_free_share: float) -> bool:

@@ -68,9 +68,22 @@ def test_smoke_campaign(tmp_path, ray_tmpdir):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert f"campaign {cid} finished: {trials} trials" in done.stdout
     assert "best trial" in done.stdout
+    # the campaign's progress line at the last trial's end; each trial's epoch lines once each
+    # (Ray Train's print patch printed every worker print twice) and no cleaner noise
+    console = done.stdout + done.stderr  # Ray prints its workers' lines where it chooses
+    assert f"trials: done {trials} / running 0 / left 0 · ETA" in console
+    epochs = campaign.search.epochs
+    lines = [x for x in console.splitlines() if " · ETA " in x and " · step " not in x]
+    assert "(PlacementGroupCleaner" not in console
 
     rows = read_ledger(root / "campaigns" / cid / "ledger.parquet")
     assert len(rows) == trials
+    for row in rows:  # Ray's log dedup may fold one trial's line into another's "[repeated]"
+        said = [
+            f"trial {cid}-{row['trial_id']}: epoch {e}/{epochs} · " for e in range(1, epochs + 1)
+        ]
+        assert any(s in x for s in said for x in lines), (said, lines)
+        assert all(sum(s in x for x in lines) <= 1 for s in said), lines
     assert {r["status"] for r in rows} == {"FINISHED"}
     assert all(r["epochs_run"] == campaign.search.epochs for r in rows)
 

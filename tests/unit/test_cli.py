@@ -168,6 +168,16 @@ def test_arch_preset_applies_before_set_and_bad_names_are_one_line():
 def test_dry_run_of_a_gpu_campaign_plans_without_gpus_here():
     repo = Path(__file__).resolve().parents[2]
     paper = repo / "experiments" / "search_hrnet-w32_cnf5_mpii-256x256_groupings.yaml"
-    proc = posenfs("search", str(paper), "--dry-run")
+    proc = posenfs("search", str(paper), "--dry-run", "--step-seconds", "0.5")  # nothing timed
     assert proc.returncode == 0, proc.stderr
     assert "+ 4 GPU per trial" in proc.stdout and "trials: 8 × 200 epochs" in proc.stdout
+    # the forecast: 926 steps × 200 epochs × 0.5 s + 25 s start, × 8 trials × 4 GPUs
+    assert "GPU-hours" in proc.stdout and " 823 " in proc.stdout, proc.stdout
+    assert "mpii: train 22,246 instances" in proc.stdout
+    bad = (
+        (("--dry-run", "--step-seconds", "0"), "--step-seconds: 0 must be > 0"),
+        (("--dry-run", "--device-profile", "tpu"), "--device-profile: 'tpu' is not one of"),
+        (("--step-seconds", "2"), "--step-seconds: only with --dry-run"),
+    )
+    for args, fragment in bad:
+        assert_one_line_error(posenfs("search", str(paper), *args), fragment)

@@ -19,9 +19,14 @@ def final_state(run_dir):
     return torch.load(ckpt / STATE_FILE, weights_only=True)
 
 
-def test_resume_is_bit_identical(tmp_path, synthetic_root):
+def test_resume_is_bit_identical(tmp_path, synthetic_root, capsys):
     trial = tiny_trial(synthetic_root, epochs=2)
     run_search(trial, LocalRuntime(tmp_path / "straight", verbose=False))
+    # rank 0's progress: one line per epoch, "epoch e/E · s/step · seconds · ETA"
+    out = capsys.readouterr().out.splitlines()
+    lines = [x for x in out if " · ETA " in x and " · step " not in x]  # mid-epoch: slow steps
+    assert [x.split(" · ")[0].rsplit(" ", 1)[1] for x in lines] == ["1/2", "2/2"], lines
+    assert lines[-1].endswith("ETA 0:00:00") and " s/step · " in lines[0]
 
     one = tiny_trial(synthetic_root, epochs=2)
     interrupted = LocalRuntime(tmp_path / "resumed", verbose=False)
@@ -31,6 +36,9 @@ def test_resume_is_bit_identical(tmp_path, synthetic_root):
     resumed = LocalRuntime(tmp_path / "resumed", verbose=False)
     last = run_search(one, resumed)
     assert last["start_epoch"] == 1 and last["epoch"] == 1
+    out = capsys.readouterr().out.splitlines()
+    resumed_lines = [x for x in out if " · ETA " in x and " · step " not in x]
+    assert len(resumed_lines) == 2 and "epoch 2/2" in resumed_lines[-1]  # 1 before the stop
 
     a, b = final_state(tmp_path / "straight"), final_state(tmp_path / "resumed")
     for key, value in a["model"].items():

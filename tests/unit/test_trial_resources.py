@@ -69,3 +69,30 @@ def test_the_trial_trainer_starts_no_dataset_manager_and_keeps_the_rest():
     assert {"BackendSetupCallback", "PlacementGroupCleanerCallback", "UserCallbackHandler"} <= set(
         names
     )
+
+
+def test_quiet_ray_loggers_survive_ray_trains_logging_config(monkeypatch):
+    """The worker setup hook's quiet loggers stay quiet after Ray Train's dictConfig of
+    ``ray.train`` (which resets the levels of its child loggers), and the Ray environment
+    turns Ray Train's print patch off."""
+    import logging.config
+
+    from nfs_orchestrator.orchestration import ray_session
+
+    monkeypatch.delenv("RAY_TRAIN_ENABLE_PRINT_PATCH", raising=False)
+    monkeypatch.setenv("RAY_ADDRESS", "unchanged")  # no Ray here: the hook leaves it
+    ray_session.prepare_ray_environment("127.0.0.1:1")
+    assert ray_session.os.environ["RAY_TRAIN_ENABLE_PRINT_PATCH"] == "0"
+    ray_session.quiet_ray_loggers()
+    config = {"version": 1, "disable_existing_loggers": False}
+    logging.config.dictConfig({**config, "loggers": {"ray.train": {"level": "DEBUG"}}})
+    for name in ray_session.QUIET_LOGGERS:
+        logger, seen = logging.getLogger(name), []
+        handler = logging.Handler()
+        handler.emit = seen.append  # type: ignore[method-assign]
+        logger.addHandler(handler)
+        logger.warning("Failed to query Ray Train Controller actor state.")
+        logger.error("kept")
+        logger.removeHandler(handler)
+        assert [r.getMessage() for r in seen] == ["kept"], name
+    assert ray_session.os.environ["RAY_ADDRESS"] == "unchanged"
