@@ -442,6 +442,7 @@ class Forecast:
     timing: StepTiming | None
     target: str  # the device profile's name or "--step-seconds"
     factor: float  # CPU measured seconds / target seconds, per step
+    mix: dict[str, dict[str, float]]  # outer key → {value: step cost / the base trial's}
     step_s: float  # one optimizer step with α/β on the target
     warm_step_s: float  # one optimizer step without (α/β warm-up epochs)
     arch_start: int
@@ -471,6 +472,58 @@ def profile(name: str) -> DeviceProfile:
     return DEVICE_PROFILES[name]
 
 
+# Outer parameters that change what a step computes (the fabric, the part grouping); the
+# others (learning rates, schedules) change the numbers, not the cost.
+COST_KEYS = ("grouping", "fabric")
+
+
+def forward_flops(trial) -> float:
+    """FLOPs of one image's forward through ``trial``'s supernet (counted, not timed)."""
+    import torch
+
+    from nfs_orchestrator.nn.backbones import build_backbone
+    from nfs_orchestrator.nn.supernet import PoseSupernet
+
+    s = trial.search
+    model = PoseSupernet(
+        trial.fabric, trial.grouping, build_backbone(trial.backbone.name, random_init=True),
+        s.partial_channels, s.sampling,
+    )  # fmt: skip
+    w, h = trial.data.input_size
+    return _flops(lambda: model(torch.randn(1, 3, h, w)))
+
+
+def outer_cost_mix(
+    campaign, base: StepTiming, micro: int, threads: int, budget_s: float, on_cpu: bool
+) -> dict[str, dict[str, float]]:
+    """For each unconditional outer parameter that changes the step's cost (``COST_KEYS``): the
+    step cost at each value its domain gives (every choice, both bounds of a range) over the
+    base trial's, timed here (CPU targets) or counted in FLOPs (GPU targets). A campaign that
+    spends half its trials on P = 3 costs more than its P = 1 base trial alone."""
+    from nfs_orchestrator.campaign_spec import domain_values
+
+    mix: dict[str, dict[str, float]] = {}
+    for key, param in campaign.outer.items():
+        if param.when or key.split(".")[0] not in COST_KEYS:
+            continue
+        ratios = {}
+        for value in domain_values(param):
+            trial = campaign.trial({key: value})
+            if on_cpu:
+                ratios[str(value)] = time_trial_step(trial, micro, threads, budget_s).arch_step_s
+            else:  # a step's FLOPs are 3 × forward × passes: the ratio is the forward's
+                ratios[str(value)] = forward_flops(trial)
+        base_cost = base.arch_step_s if on_cpu else base.forward_flops_per_image
+        mix[key] = {v: c / base_cost for v, c in ratios.items()}
+    return mix
+
+
+def mix_factor(mix: dict[str, dict[str, float]]) -> float:
+    """The expected step cost over the base trial's when each parameter's values are drawn
+    equally often and independently: the product of the per-parameter means."""
+    return math.prod(statistics.fmean(r.values()) for r in mix.values()) if mix else 1.0
+
+
 def forecast_campaign(
     campaign,
     slots: int,
@@ -496,6 +549,7 @@ def forecast_campaign(
     steps = steps_per_epoch(data.weight_split, s.batch_size, s.steps_per_epoch)
     val_images = data.val * (2 if trial.data.flip_test else 1)
     timing = None
+    mix: dict[str, dict[str, float]] = {}
     if step_seconds is not None:
         factor = 1.0
         step_s = warm_s = step_seconds
@@ -524,6 +578,9 @@ def forecast_campaign(
             val_s = val_images * timing.forward_flops_per_image / rate
             factor = timing.arch_step_s * per_step / step_s
         target_name = name
+        mix = outer_cost_mix(campaign, timing, timed_micro, threads, time_budget_s, on_cpu)
+        scale = mix_factor(mix)
+        step_s, warm_s, val_s = step_s * scale, warm_s * scale, val_s * scale
     arch_start = s.arch_start if s.searches_arch else s.epochs
     start_s = TRIAL_START_S["trial actor" if r.search_in_trial_actor else "worker group"]
     asha = None
@@ -534,7 +591,8 @@ def forecast_campaign(
         campaign_id=campaign.campaign_id, trials=b.num_trials, epochs=s.epochs, steps=steps,
         micro=micro, accumulation=accumulation, workers=r.workers_per_trial,
         gpus_per_trial=gpus, slots=slots, data=data, timing=timing, target=target_name,
-        factor=factor, step_s=step_s, warm_step_s=warm_s, arch_start=arch_start, val_s=val_s,
+        factor=factor, mix=mix, step_s=step_s, warm_step_s=warm_s, arch_start=arch_start,
+        val_s=val_s,
         val_every=s.val_every, report_s=report_s, start_s=start_s, asha=asha,
         trial_s_full=0.0, trial_s_asha=None, wall_s_full=0.0, wall_s_asha=None,
     )  # fmt: skip
@@ -588,7 +646,7 @@ def _num(x: float) -> str:
 
 def format_forecast(fc: Forecast) -> list[str]:
     """The forecast as a short table (lines)."""
-    lines = ["forecast (base trial; what it reads, what it costs)"]
+    lines = ["forecast (what it reads, what it costs)"]
     lines.append(f"  data        {fc.data.describe()}")
     lines.append(
         f"  per trial   {fc.epochs} epochs × {fc.steps} steps of {fc.micro} image(s) × "
@@ -616,6 +674,15 @@ def format_forecast(fc: Forecast) -> list[str]:
                 f" peak × {p.utilisation:.0%} sustained (a guess until a GPU run calibrates it)"
                 f" = ×{fc.factor:,.0f} this CPU; the CPU timed {t.micro} image(s), "
                 f"scaled by FLOPs to {fc.micro}"
+            )
+        if fc.mix:
+            each = "; ".join(
+                f"{key} " + ", ".join(f"{v} {r:.2f}" for v, r in ratios.items())
+                for key, ratios in fc.mix.items()
+            )
+            lines.append(
+                f"  outer mix   step cost ×{mix_factor(fc.mix):.2f} the base trial's, its values "
+                f"equally likely ({each})"
             )
         lines.append(
             f"  epoch       {fc.steps} × {fc.step_s:.3g} s steps (α/β warm-up epochs "

@@ -131,8 +131,9 @@ def test_unknown_device_profile_and_bad_step_seconds():
 
 
 def test_times_the_quickstart_here(tmp_path, monkeypatch):
-    """A real timing of the tiny quickstart's base trial on this CPU (data generated in a
-    temporary folder): every measured figure positive, the trial's time their sum."""
+    """A real timing of the tiny quickstart's base trial (and of its outer choices that change
+    the cost) on this CPU (data generated in a temporary folder): every measured figure
+    positive, the trial's time their sum."""
     monkeypatch.chdir(tmp_path)  # data.root is relative: nothing written in the repo
     campaign = load_campaign(QUICKSTART, ("data.synthetic.train_images=48",))
     started = time.process_time()
@@ -148,3 +149,14 @@ def test_times_the_quickstart_here(tmp_path, monkeypatch):
     assert fc.trial_s_full == pytest.approx(fc.start_s + sum(by_epoch) + 12 * fc.val_s)
     assert not (tmp_path / "posenfs-runs").exists()
     assert dataclasses.asdict(fc)  # plain data all through
+    # the outer space's cost: P = 3 trials cost more than the P = 1 base, depth 5 more than 3
+    grouping, depth = fc.mix["grouping"], fc.mix["fabric.depth"]
+    assert grouping["groupings/coco-p3"] > 1.3 * grouping["groupings/coco-p1"]
+    assert depth["5"] > depth["3"]
+    assert forecast.mix_factor(fc.mix) > 1.0
+
+
+def test_mix_factor_is_the_product_of_each_parameters_mean():
+    mix = {"grouping": {"p1": 1.0, "p3": 2.0}, "fabric.depth": {"3": 0.5, "5": 1.5}}
+    assert forecast.mix_factor(mix) == pytest.approx(1.5 * 1.0)
+    assert forecast.mix_factor({}) == 1.0
