@@ -247,11 +247,14 @@ def best_genotype(row: Mapping[str, Any], metric: str) -> tuple[int | None, str 
 
 def read_ledger(path: str | Path) -> list[dict]:
     """The rows of a ledger file (an absent file is an empty ledger). A ledger written before
-    a column existed reads with that column empty."""
+    a column existed reads with that column empty. The file is read through one open handle:
+    given a path, pyarrow stats it and opens it separately, so a ledger replaced in between (the
+    campaign writes it every result) read as a torn file."""
     path = Path(path)
     if not path.is_file():
         return []
-    table = pq.read_table(path)
+    with open(path, "rb") as f:  # this inode, whatever replaces the path meanwhile
+        table = pq.read_table(f)
     for name in LEDGER_SCHEMA.names:
         if name not in table.column_names:
             field = LEDGER_SCHEMA.field(name)
