@@ -91,11 +91,22 @@ def main() -> None:
                 row[mode] = planted_run(root, seed, mode, tuple(args.sets))
                 row[mode]["wall_s"] = round(time.monotonic() - started, 1)
             row["flip"] = row[MODES[0]]["lean"] - row[MODES[1]]["lean"]
+            row["output_row_flip"] = (
+                row[MODES[0]]["output_row_lean"] - row[MODES[1]]["output_row_lean"]
+            )
+            by_epoch = [
+                a - b
+                for a, b in zip(
+                    row[MODES[0]]["output_row_by_epoch"], row[MODES[1]]["output_row_by_epoch"]
+                )
+            ]
             rows.append(row)
             like = read_genotype(root / f"seed{seed}-{MODES[0]}" / "artifacts" / "genotype.json")
             print(
                 f"seed {seed}: lean legs-context {row[MODES[0]]['lean']:+.4f}  "
-                f"arms-context {row[MODES[1]]['lean']:+.4f}  flip {row['flip']:+.4f} | "
+                f"arms-context {row[MODES[1]]['lean']:+.4f}  flip {row['flip']:+.4f}  "
+                f"output-row flip {row['output_row_flip']:+.4f} "
+                f"(by epoch {' '.join(f'{v:+.3f}' for v in by_epoch)}) | "
                 f"val_ap {row[MODES[0]]['val_ap']:.3f} "
                 f"{row[MODES[1]]['val_ap']:.3f} | {row[MODES[0]]['wall_s']:.0f} s + "
                 f"{row[MODES[1]]['wall_s']:.0f} s",
@@ -114,10 +125,11 @@ def main() -> None:
         f"genotype flip: {[round(f, 3) for f in flips]}; > 0 in {k_g} of {n}, = 0 in {ties} "
         f"(uniform random genotypes: P(> 0) = {above:.3f}, P(= 0) = {tie:.3f})"
     )
-    values = [r["flip"] for r in rows]
-    k = sum(v > 0 for v in values)
-    summary["flip"] = {"positive": k, "n": n, "p_chance": tail(k, n)}
-    print(f"flip: {spread(values)}; > 0 in {k} of {n} (chance P(≥{k}) = {tail(k, n):.4f})")
+    for key, name in (("flip", "flip"), ("output_row_flip", "output-row flip")):
+        values = [r[key] for r in rows]
+        k = sum(v > 0 for v in values)
+        summary[key] = {"positive": k, "n": n, "p_chance": tail(k, n)}
+        print(f"{name}: {spread(values)}; > 0 in {k} of {n} (chance P(≥{k}) = {tail(k, n):.4f})")
     print(json.dumps(summary, sort_keys=True))
 
 

@@ -104,11 +104,15 @@ def run_search(trial: TrialSpec, runtime: Runtime) -> dict[str, float]:
         weight_idx, arch_idx = split_image_disjoint(train_set, search.split, trial.seed)
     else:
         weight_idx, arch_idx = list(range(len(train_set))), []
-    if len(weight_idx) < micro * runtime.world_size or (bilevel_mode and not arch_idx):
-        raise SpecError(
-            f"trial {trial.name}: {len(train_set)} training instances are too few for "
-            f"batch {search.batch_size} on {runtime.world_size} worker(s) in mode {search.mode}"
-        )
+    per_step = micro * runtime.world_size * accumulation  # = search.batch_size
+    splits = {"weight split": weight_idx, "α/β split": arch_idx} if bilevel_mode else {}
+    for name, idx in (splits or {"training set": weight_idx}).items():
+        if len(idx) < per_step:  # not one full batch: the loop would have nothing to draw
+            raise SpecError(
+                f"trial {trial.name}: the {name} holds {len(idx)} of {len(train_set)} training "
+                f"instances, fewer than one batch of {per_step} (search.batch_size) in mode "
+                f"{search.mode}: use more training images or a smaller batch"
+            )
 
     start_epoch, start_step, history = 0, 0, []
     frozen_at: int | None = None  # the epoch a collapse monitor froze α/β at (search.collapse)

@@ -112,6 +112,22 @@ def genotype_lean(genotype: Genotype) -> float:
     return mean["lower_limb"] - mean["upper_limb"]
 
 
+def output_row_lean(space, weights: dict) -> float:
+    """The lean at the output row only: per part, the mean softmax(β) weight of ``below`` over
+    the row-0 (stride-4) cells whose ``below`` is a coarser row, the one way anything wider
+    than the backbone's stride-4 field reaches the heatmap; lower_limb's minus upper_limb's
+    (0 under uniform β)."""
+    from nfs_orchestrator.confidence import cell_sources
+
+    sites = enumerate(cell_sources(space))
+    rows = [i for i, (scale, _, sources) in sites if scale == 0 and sources[2] > 0]
+    below = {
+        part: sum(float(w["beta"][i][SLOTS.index("below")]) for i in rows) / len(rows)
+        for part, w in weights.items()
+    }
+    return below["lower_limb"] - below["upper_limb"]
+
+
 def planted_run(root, seed: int, mode: str, sets: tuple[str, ...] = ()) -> dict:
     """One search on the ``mode`` set; from its final softmax(β), the legs' ``lean`` =
     coarseness(lower_limb) − coarseness(upper_limb): how much coarser rows the legs' cells
@@ -140,11 +156,14 @@ def planted_run(root, seed: int, mode: str, sets: tuple[str, ...] = ()) -> dict:
     run_dir = root / f"seed{seed}-{mode}"
     run = LocalRuntime(run_dir, verbose=False)
     metrics = run_search(trial, run)
-    last = torch.load(run.latest_checkpoint() / STATE_FILE, weights_only=True)["history"][-1]
+    history = torch.load(run.latest_checkpoint() / STATE_FILE, weights_only=True)["history"]
+    last = history[-1]
     c = coarseness(trial.fabric, last)
     genotype = read_genotype(run_dir / "artifacts" / "genotype.json")
     return {
         "lean": c["lower_limb"] - c["upper_limb"],
+        "output_row_lean": output_row_lean(trial.fabric, last),
+        "output_row_by_epoch": [output_row_lean(trial.fabric, h) for h in history],
         "genotype_lean": genotype_lean(genotype),
         "coarseness": c,
         "arch": last,  # softmax(α), softmax(β) per part

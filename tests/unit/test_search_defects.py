@@ -159,3 +159,15 @@ def test_loop_reports_confidence_and_resume_keeps_it(tmp_path, synthetic_root):
     b = json.loads((tmp_path / "resumed" / "artifacts" / "genotype.json").read_text())
     assert a["schema_version"] == 2 and a["confidence"]["epochs_seen"] == 3
     assert a["confidence"] == b["confidence"]
+
+
+def test_a_split_smaller_than_one_batch_is_named_before_any_step(tmp_path, synthetic_root):
+    from dataclasses import replace
+
+    from nfs_orchestrator.search.loop import run_search
+
+    trial = tiny_trial(synthetic_root, epochs=1, steps=None)  # one pass over each split
+    trial = replace(trial, search=replace(trial.search, batch_size=32))  # ~72 instances, 2:1
+    with pytest.raises(SpecError, match=r"the α/β split holds \d+ of \d+ .*batch of 32"):
+        run_search(trial, LocalRuntime(tmp_path / "run", verbose=False))
+    assert not list((tmp_path / "run").rglob("state.pt"))  # nothing half-written
