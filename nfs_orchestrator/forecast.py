@@ -743,67 +743,72 @@ def campaign_eta(
 
 class EpochProgress:
     """A trial's progress lines: ``epoch e/E · step s/S · X s/step · ETA h:mm:ss`` at most
-    every ``every_s`` seconds within an epoch (long epochs), and one at each epoch's end."""
+    every ``every_s`` seconds within an epoch (long epochs), and one at each epoch's end. An
+    epoch resumed at step k counts its steps from k + 1 and its rates from the steps it ran."""
 
     def __init__(self, name: str, epochs: int, start_epoch: int, every_s: float = 60.0):
         self.name, self.epochs, self.every_s = name, epochs, every_s
         self.start_epoch = start_epoch
         self.started = time.monotonic()
-        self.epoch_times: list[float] = []
+        self.epoch_times: list[float] = []  # whole epochs (a resumed one scaled to its steps)
         self._epoch_started = self.started
         self._last = self.started
         self._epoch = start_epoch
+        self._first = 0  # steps of this epoch done before this process (a resume)
         self._steps_took: float | None = None
 
-    def begin(self, epoch: int) -> None:
-        self._epoch = epoch
+    def begin(self, epoch: int, first_step: int = 0) -> None:
+        self._epoch, self._first = epoch, first_step
         self._epoch_started = self._last = time.monotonic()
-        self._steps_took: float | None = None
+        self._steps_took = None
 
     def steps_done(self) -> None:
         """The epoch's steps are over (validation and reporting follow)."""
         self._steps_took = time.monotonic() - self._epoch_started
 
-    def _eta(self, fraction_done: float) -> float:
-        """Seconds left: this epoch's remainder and the epochs after, at the mean epoch time
-        (this epoch's rate before the first one ends)."""
-        now = time.monotonic()
-        elapsed = now - self._epoch_started
-        per_epoch = (
-            statistics.mean(self.epoch_times) if self.epoch_times
-            else elapsed / max(fraction_done, 1e-9)
-        )  # fmt: skip
+    def _eta(self, step: int, steps: int) -> float:
+        """Seconds left after ``step`` of ``steps``: this epoch's remainder at this epoch's
+        rate, the epochs after at the mean epoch time (this epoch's rate before one ends)."""
+        ran = max(1, step - self._first)
+        per_step = (time.monotonic() - self._epoch_started) / ran
+        per_epoch = statistics.mean(self.epoch_times) if self.epoch_times else per_step * steps
         after = self.epochs - self._epoch - 1
-        return max(0.0, per_epoch * (1 - fraction_done)) + after * per_epoch
+        return per_step * max(0, steps - step) + after * per_epoch
 
     def step(self, step: int, steps: int) -> str | None:
-        """A mid-epoch line after step ``step`` (1-based) of ``steps``, when due."""
+        """A mid-epoch line after step ``step`` (1-based, of the whole epoch) of ``steps``,
+        when due."""
         now = time.monotonic()
         if now - self._last < self.every_s or step >= steps:
             return None
         self._last = now
-        per_step = (now - self._epoch_started) / step
+        per_step = (now - self._epoch_started) / max(1, step - self._first)
         return (
             f"{self.name}: epoch {self._epoch + 1}/{self.epochs} · step {step}/{steps} · "
-            f"{per_step:.3g} s/step · ETA {hms(self._eta(step / steps))}"
+            f"{per_step:.3g} s/step · ETA {hms(self._eta(step, steps))}"
         )
 
     def end(self, steps: int) -> str:
-        """The line of the finished epoch (steps: how many it ran)."""
+        """The line of the finished epoch (steps: how many it has, resumed ones included)."""
         took = time.monotonic() - self._epoch_started
-        self.epoch_times.append(took)
+        ran = max(1, steps - self._first)
+        self.epoch_times.append(took * steps / ran)
+        per_step = (self._steps_took or took) / ran  # the steps alone
         self._epoch_started = time.monotonic()
-        self._epoch += 1
-        per_step = (self._steps_took or took) / max(1, steps)  # the steps alone
+        self._epoch, self._first = self._epoch + 1, 0
+        left = (self.epochs - self._epoch) * statistics.mean(self.epoch_times)
         return (
             f"{self.name}: epoch {self._epoch}/{self.epochs} · {per_step:.3g} s/step · "
-            f"{took:.0f} s · ETA {hms(self._eta(0.0))}"
+            f"{took:.0f} s · ETA {hms(left)}"
         )
 
 
-def iter_progress(batches: Iterator, progress: EpochProgress | None, steps: int, emit) -> Iterator:
-    """``batches`` unchanged; ``emit``s ``progress``'s mid-epoch line when one is due."""
-    for i, item in enumerate(batches, 1):
+def iter_progress(
+    batches: Iterator, progress: EpochProgress | None, steps: int, emit, first: int = 0
+) -> Iterator:
+    """``batches`` (the epoch's steps from ``first`` on) unchanged; ``emit``s ``progress``'s
+    mid-epoch line when one is due."""
+    for i, item in enumerate(batches, first + 1):
         yield item
         if progress is not None and (line := progress.step(i, steps)) is not None:
             emit(line)

@@ -38,6 +38,7 @@ QUIET_ENV = {
     # twice. Without the patch a print is a print (to the worker's log and, log_to_driver, here).
     "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
 }
+PROGRESS_LINES = r"posenfs: trial "  # every trial's progress line (search/loop.py, forecast.py)
 QUIET_LOGGERS = {
     # Ray Train's placement-group cleaner (a detached actor per Train run) polls the state API
     # every second and warns on every failed query ("Failed to query Ray Train Controller actor
@@ -96,6 +97,10 @@ def prepare_ray_environment(address: str | None) -> None:
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # ours forwards to Tune's SIGUSR1
     for key, value in QUIET_ENV.items():  # Ray Train passes these on to its workers
         os.environ.setdefault(key, value)
+    # The driver folds log lines that differ only in numbers and ids across processes into
+    # "[repeated Nx across cluster]": one trial's epoch lines would hide another's. Ours are
+    # printed as they are (read once, when the driver imports Ray: after this).
+    os.environ.setdefault("RAY_DEDUP_LOGS_ALLOW_REGEX", PROGRESS_LINES)
     if address:
         has_token = os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
         has_token = has_token or (Path.home() / ".ray" / "auth_token").is_file()

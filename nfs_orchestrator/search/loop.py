@@ -137,11 +137,11 @@ def run_search(trial: TrialSpec, runtime: Runtime) -> dict[str, float]:
     steps = steps_in_epoch(len(weight_idx), search.batch_size, search.steps_per_epoch)
     for epoch in range(start_epoch, search.epochs):
         started = time.monotonic()
+        first_step = start_step if epoch == start_epoch else 0
         if lines is not None:
-            lines.begin(epoch)
+            lines.begin(epoch, first_step)
         progress = epoch / search.epochs
         seed_everything(trial.seed * 100_003 + epoch)
-        first_step = start_step if epoch == start_epoch else 0
         if first_step:
             set_rng_state(resumed["rng"][runtime.rank])  # where this rank's streams stood
         set_lr(w_opt, search.weight_optimizer.lr * lr_factor(search.lr_schedule, progress))
@@ -162,7 +162,7 @@ def run_search(trial: TrialSpec, runtime: Runtime) -> dict[str, float]:
             workers,
             first_step,
         )
-        w_batches = iter_progress(w_batches, lines, steps, _say)
+        w_batches = iter_progress(w_batches, lines, steps, _say, first_step)
         train_losses = list(resumed["train_losses"]) if first_step else []
         arch_losses = list(resumed["arch_losses"]) if first_step else []
         a_batches = cycle_batches(  # one α/β batch per α/β step: as many drawn as arch losses

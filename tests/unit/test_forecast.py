@@ -99,6 +99,22 @@ def test_epoch_progress_lines(monkeypatch):
     assert progress.end(10) == "t1: epoch 1/4 · 20 s/step · 210 s · ETA 0:10:30"
 
 
+def test_epoch_progress_after_a_resume_mid_epoch(monkeypatch):
+    """Resumed at epoch 2 step 4: steps count on from 5, rates from the steps this run ran."""
+    clock = [100.0]
+    monkeypatch.setattr(forecast.time, "monotonic", lambda: clock[0])
+    progress = forecast.EpochProgress("t1", epochs=4, start_epoch=1, every_s=60.0)
+    progress.begin(1, first_step=4)
+    lines = []
+    batches = forecast.iter_progress(iter(range(6)), progress, 10, lines.append, first=4)
+    for _ in batches:
+        clock[0] += 20.0
+    assert lines == ["t1: epoch 2/4 · step 7/10 · 20 s/step · ETA 0:07:40"]  # 60 + 2 × 200 s
+    clock[0] += 10.0
+    # 130 s for 6 of 10 steps: the epoch counts as 130 × 10/6 = 216.7 s for the 2 left
+    assert progress.end(10) == "t1: epoch 2/4 · 20 s/step · 130 s · ETA 0:07:13"
+
+
 def test_forecast_of_the_paper_campaign_with_given_step_seconds():
     """Data absent here: the standard MPII sizes; sync mode reads all of train; 4 GPUs a trial."""
     campaign = load_campaign(PAPER)
