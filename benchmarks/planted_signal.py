@@ -63,6 +63,11 @@ def tail(k: int, n: int) -> float:
     return sum(comb(n, i) for i in range(k, n + 1)) / 2**n
 
 
+def _limbs(run: dict) -> str:
+    ap = run["part_ap"]
+    return f"{ap.get('lower_limb', float('nan')):.3f}/{ap.get('upper_limb', float('nan')):.3f}"
+
+
 def spread(values: list[float]) -> str:
     m = statistics.fmean(values)
     sd = statistics.stdev(values) if len(values) > 1 else float("nan")
@@ -107,8 +112,9 @@ def main() -> None:
                 f"arms-context {row[MODES[1]]['lean']:+.4f}  flip {row['flip']:+.4f}  "
                 f"output-row flip {row['output_row_flip']:+.4f} "
                 f"(by epoch {' '.join(f'{v:+.3f}' for v in by_epoch)}) | "
-                f"val_ap {row[MODES[0]]['val_ap']:.3f} "
-                f"{row[MODES[1]]['val_ap']:.3f} | {row[MODES[0]]['wall_s']:.0f} s + "
+                f"val_ap {row[MODES[0]]['val_ap']:.3f} {row[MODES[1]]['val_ap']:.3f} "
+                f"(legs, arms: {_limbs(row[MODES[0]])} {_limbs(row[MODES[1]])}) | "
+                f"{row[MODES[0]]['wall_s']:.0f} s + "
                 f"{row[MODES[1]]['wall_s']:.0f} s",
                 flush=True,
             )

@@ -168,6 +168,7 @@ def planted_run(root, seed: int, mode: str, sets: tuple[str, ...] = ()) -> dict:
         "coarseness": c,
         "arch": last,  # softmax(α), softmax(β) per part
         "val_ap": metrics.get("val_ap", float("nan")),
+        "part_ap": {k.split(".", 1)[1]: v for k, v in metrics.items() if k.startswith("val_ap.")},
     }
 
 
