@@ -306,8 +306,7 @@ class CampaignSpec(Spec):
         for key in ("resources", "storage"):
             body.pop(key)
         body["budget"].pop("max_concurrent")
-        body["data"] = self.data.identity()  # later data and search fields count once set
-        body["search"] = self.search.identity()
+        body["data"] = self.data.identity()  # later data fields count once set
         if body["budget"]["seeds"] == 1:  # added later: at its default, ids stay as they were
             body["budget"].pop("seeds")
         return fingerprint(body)

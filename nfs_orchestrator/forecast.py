@@ -349,12 +349,7 @@ def time_trial_step(trial, micro: int, threads: int, budget_s: float = 3.0) -> S
         torch.manual_seed(0)
         backbone = build_backbone(trial.backbone.name, random_init=True)
         model = PoseSupernet(
-            trial.fabric,
-            trial.grouping,
-            backbone,
-            search.partial_channels,
-            search.sampling,
-            search.input_sampling,
+            trial.fabric, trial.grouping, backbone, search.partial_channels, search.sampling
         )
         init_arch(model, search)
         hw = detect("cpu")
@@ -492,7 +487,7 @@ def forward_flops(trial) -> float:
     s = trial.search
     model = PoseSupernet(
         trial.fabric, trial.grouping, build_backbone(trial.backbone.name, random_init=True),
-        s.partial_channels, s.sampling, s.input_sampling,
+        s.partial_channels, s.sampling,
     )  # fmt: skip
     w, h = trial.data.input_size
     return _flops(lambda: model(torch.randn(1, 3, h, w)))

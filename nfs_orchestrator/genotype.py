@@ -193,7 +193,7 @@ def derive_genotype(
         for index, site in enumerate(sites):
             a = alpha if alpha.dim() == 2 else alpha[index]  # (k, |O|)
             ops = tuple(_best_nonzero_op(row, space.ops) for row in a)
-            kept_slots = kept_input_slots(beta[index], site.sources, rule)
+            kept_slots = _kept_slots(beta[index], site.sources, rule)
             chosen[(site.scale, site.depth)] = (kept_slots, ops)
         kept = _reachable(layers, chosen)
         cells = tuple(
@@ -222,7 +222,7 @@ def _best_nonzero_op(weights: torch.Tensor, ops: tuple[str, ...]) -> str:
     return next(ops[i] for i in order if ops[i] != "zero")
 
 
-def kept_input_slots(
+def _kept_slots(
     weights: torch.Tensor, sources: tuple[int, int, int], rule: DerivationRule
 ) -> tuple[str, ...]:
     """The slots a cell keeps: per distinct source map (first reading slot, in slot order) the

@@ -296,6 +296,15 @@ class DataSpec(Spec):
         flip = ", flip test" if self.flip_test else ""
         return f"{boxes}, decode {self.decode}{nms}{flip}"
 
+    def identity(self) -> dict[str, Any]:
+        """The plain dict fingerprints cover: the fields added after campaign ids were first
+        published (``LATE_FIELDS``) are left out at their default, so those ids stay."""
+        body = to_plain(self)
+        for f in dataclasses.fields(self):
+            if f.name in self.LATE_FIELDS and body[f.name] == f.default:
+                body.pop(f.name)
+        return body
+
 
 # --------------------------------------------------------------------------------------------
 # Backbone and inner search
@@ -441,11 +450,6 @@ class SearchSpec(Spec):
     # the mixed op (K must divide every cell's channels); GDAS sampling, one op per edge and step.
     partial_channels: int = 1
     sampling: Literal["mixed", "gumbel"] = "mixed"
-    # Sampled inputs: one drawn input per cell and step, so a scale choice has a stake in the
-    # loss (nn/cell.py); validation reads each cell's kept input.
-    input_sampling: Literal["mixed", "gumbel"] = "mixed"
-
-    LATE_FIELDS: ClassVar[tuple[str, ...]] = ("input_sampling",)
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.val_every < 1:
@@ -507,7 +511,6 @@ class TrialSpec(Spec):
     def fingerprint(self) -> str:
         body = to_plain(self)
         body["data"] = self.data.identity()
-        body["search"] = self.search.identity()
         return fingerprint(body)
 
 

@@ -109,11 +109,10 @@ def _find_reason(supernet: PoseSupernet) -> str | None:
     if any(f.space != fabrics[0].space for f in fabrics):
         return "parts have different search spaces"
     first = fabrics[0]
-    if first.partial_channels != 1 or "gumbel" in (first.sampling, first.input_sampling):
+    if first.partial_channels != 1 or first.sampling != "mixed":
         return (
-            f"partial_channels {first.partial_channels} / sampling {first.sampling!r} / "
-            f"input_sampling {first.input_sampling!r} have no batched form (only "
-            f"partial_channels 1 with both samplings 'mixed')"
+            f"partial_channels {first.partial_channels} / sampling {first.sampling!r} have no "
+            f"batched form (only partial_channels 1 with sampling 'mixed')"
         )
     ref = list(fabrics[0].named_modules())
     for name, fabric in zip(supernet.parts, fabrics):

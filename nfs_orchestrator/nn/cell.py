@@ -35,14 +35,6 @@ never the genotype derived from α/β):
   carrying α's gradient), without the |O| factor of the mixed op: a drawn edge is the derived
   edge. In eval mode (validation) each edge runs its argmax op excluding ``zero`` — the op the
   genotype keeps — deterministically, on the same scale as training.
-- Sampled inputs, ``input_sampling: gumbel``: in training each cell reads ONE of its three
-  input slots per forward, drawn by a straight-through Gumbel-softmax of β / T (the hard
-  one-hot weight replaces softmax(β) in the input node, so the drawn input arrives at 3× as a
-  mixed node's sum of three would; the gradient into β is the softmax one). A cell whose
-  `below` is not drawn sees nothing coarser through it this step: a scale choice has a stake in
-  the loss, which the mixture, where every input always contributes, does not give it. In eval
-  mode each cell reads the input map the derivation keeps (the largest summed softmax(β) over
-  the slots reading it, first slot on ties; ``genotype.py``).
 
 What this is not: the fabric grid (``geometry.py``: slots, edge sources) or a whole fabric
 (``fabric.py``).
@@ -56,13 +48,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nfs_orchestrator.genotype import kept_input_slots
-from nfs_orchestrator.geometry import SLOTS, edge_sources
+from nfs_orchestrator.geometry import edge_sources
 from nfs_orchestrator.nn.ops import RESAMPLE, build_op
-from nfs_orchestrator.specs import DerivationRule
 
-SAMPLING = ("mixed", "gumbel")  # = the values of specs.SearchSpec.sampling and input_sampling
-ARGMAX_INPUTS = DerivationRule(inputs="argmax")  # the map a sampled-input cell reads in eval
+SAMPLING = ("mixed", "gumbel")  # = the values of specs.SearchSpec.sampling
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -153,7 +142,6 @@ class SearchCell(nn.Module):
         hidden_nodes: N.
         ops: candidate op names.
         partial_channels, sampling: how each edge runs its ops (see ``MixedOp``).
-        input_sampling: ``mixed`` (softmax(β)-weighted inputs) or ``gumbel`` (one drawn input).
     """
 
     def __init__(
@@ -164,31 +152,15 @@ class SearchCell(nn.Module):
         ops: Sequence[str],
         partial_channels: int = 1,
         sampling: str = "mixed",
-        input_sampling: str = "mixed",
     ) -> None:
         super().__init__()
-        if input_sampling not in SAMPLING:
-            raise ValueError(f"input_sampling {input_sampling!r}: known {list(SAMPLING)}")
         self.hidden_nodes = hidden_nodes
-        self.input_sampling = input_sampling
-        self.source_offsets = tuple(source_offsets)
         self.resample = nn.ModuleList([RESAMPLE[off](c) for off in source_offsets])
         self.sources = edge_sources(hidden_nodes)
         self.edges = nn.ModuleList(
             [MixedOp(c, ops, partial_channels, sampling) for _ in self.sources]
         )
         self.out = nn.Conv2d(hidden_nodes * c, c, 1, bias=True)
-
-    def input_weights(self, beta: torch.Tensor, temperature: float) -> torch.Tensor:
-        """(3,) weights of the (parallel, above, below) slots: softmax(β / T); with sampled
-        inputs a drawn one-hot in training, the derivation's kept map in eval."""
-        if self.input_sampling == "mixed":
-            return F.softmax(beta / temperature, dim=-1)
-        if self.training:
-            return F.gumbel_softmax(beta, tau=temperature, hard=True)  # one-hot, ST gradient
-        soft = F.softmax(beta.detach() / temperature, dim=-1)
-        (kept,) = kept_input_slots(soft, self.source_offsets, ARGMAX_INPUTS)  # the genotype's
-        return F.one_hot(torch.tensor(SLOTS.index(kept)), len(SLOTS)).to(beta.dtype)
 
     def forward(
         self,
@@ -198,7 +170,7 @@ class SearchCell(nn.Module):
         temperature: float,
     ) -> torch.Tensor:
         p, a, b = (r(x) for r, x in zip(self.resample, inputs))  # each (B, C, H_i, W_i)
-        w = self.input_weights(beta, temperature)  # (3,)
+        w = F.softmax(beta / temperature, dim=-1)  # (3,)
         states = [F.relu(3 * w[0] * p + 3 * w[1] * a + 3 * w[2] * b)]
         e = 0
         for _ in range(self.hidden_nodes):

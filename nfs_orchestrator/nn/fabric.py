@@ -88,8 +88,7 @@ class Head(nn.Module):
 class SearchFabric(nn.Module):
     """One part's supernet fabric: adapters, every cell, α, β and the head.
 
-    ``partial_channels`` and ``sampling`` set how every edge runs its ops (``nn.cell.MixedOp``),
-    ``input_sampling`` how every cell reads its inputs (``nn.cell.SearchCell``).
+    ``partial_channels`` and ``sampling`` set how every edge runs its ops (``nn.cell.MixedOp``).
     """
 
     def __init__(
@@ -99,13 +98,11 @@ class SearchFabric(nn.Module):
         num_keypoints: int,
         partial_channels: int = 1,
         sampling: str = "mixed",
-        input_sampling: str = "mixed",
     ):
         super().__init__()
         self.space = space
         self.partial_channels = partial_channels
         self.sampling = sampling
-        self.input_sampling = input_sampling
         self.sites = [site for layer in fabric_sites(space) for site in layer]
         channels = space.channels()
         first = [site for site in self.sites if site.depth == space.cut]
@@ -120,7 +117,6 @@ class SearchFabric(nn.Module):
                     space.ops,
                     partial_channels,
                     sampling,
-                    input_sampling,
                 )
                 for site in self.sites
             }

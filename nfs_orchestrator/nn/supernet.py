@@ -56,8 +56,6 @@ class PoseSupernet(nn.Module):
         backbone: a module returning a list of 4 maps at strides 4…32, with ``channels``.
         partial_channels: K of PC-DARTS partial-channel edges (1 = every channel; ``nn.cell``).
         sampling: ``mixed`` (every op, DARTS) or ``gumbel`` (one drawn op per edge, GDAS).
-        input_sampling: ``mixed`` (every cell reads its β-mixed inputs) or ``gumbel`` (one drawn
-            input per cell; ``nn.cell.SearchCell``).
     """
 
     def __init__(
@@ -67,7 +65,6 @@ class PoseSupernet(nn.Module):
         backbone: nn.Module,
         partial_channels: int = 1,
         sampling: str = "mixed",
-        input_sampling: str = "mixed",
     ) -> None:
         super().__init__()
         self.space = space
@@ -78,12 +75,7 @@ class PoseSupernet(nn.Module):
         self.parts = nn.ModuleDict(
             {
                 p.name: SearchFabric(
-                    space,
-                    backbone.channels,
-                    len(p.keypoints),
-                    partial_channels,
-                    sampling,
-                    input_sampling,
+                    space, backbone.channels, len(p.keypoints), partial_channels, sampling
                 )
                 for p in grouping.parts
             }

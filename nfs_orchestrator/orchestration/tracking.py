@@ -249,7 +249,6 @@ def trial_params(trial: TrialSpec) -> dict[str, str]:
         "arch_lr": s.arch_optimizer.lr,
         "partial_channels": s.partial_channels,
         "sampling": s.sampling,
-        "input_sampling": s.input_sampling,
         "backbone": trial.backbone.name,
         "dataset": trial.data.dataset,
         "input_size": "x".join(str(v) for v in trial.data.input_size),

@@ -84,12 +84,7 @@ def run_search(trial: TrialSpec, runtime: Runtime) -> dict[str, float]:
         trial.backbone.name, trial.backbone.weights, random_init=trial.backbone.random_init
     )
     model = PoseSupernet(
-        trial.fabric,
-        trial.grouping,
-        backbone,
-        search.partial_channels,
-        search.sampling,
-        search.input_sampling,
+        trial.fabric, trial.grouping, backbone, search.partial_channels, search.sampling
     ).to(device)
     init_arch(model, search)
     runtime.broadcast_parameters(model)

@@ -1,5 +1,4 @@
-"""Search cost: PC-DARTS partial channels, GDAS sampled ops and sampled inputs (nn/cell.py,
-search.* keys).
+"""Search cost: PC-DARTS partial channels and GDAS sampled ops (nn/cell.py, search.* keys).
 
 K = 1 is the exact old path (outputs and every gradient bit-equal to the pre-change MixedOp);
 K > 1 and ``gumbel`` train in every search mode, derive the same genotype from the same α/β,
@@ -18,7 +17,7 @@ from nfs_orchestrator.campaign_spec import load_campaign
 from nfs_orchestrator.errors import SpecError
 from nfs_orchestrator.keypoints import load_grouping
 from nfs_orchestrator.nn.backbones import build_backbone
-from nfs_orchestrator.nn.cell import MixedOp, SearchCell, channel_shuffle, partial_merge
+from nfs_orchestrator.nn.cell import MixedOp, channel_shuffle, partial_merge
 from nfs_orchestrator.nn.supernet import PoseSupernet
 from nfs_orchestrator.runtime import LocalRuntime
 from nfs_orchestrator.search import bilevel
@@ -38,13 +37,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def build(
-    parts: int = 3,
-    partial_channels: int = 1,
-    sampling: str = "mixed",
-    seed: int = 0,
-    input_sampling: str = "mixed",
-):
+def build(parts: int = 3, partial_channels: int = 1, sampling: str = "mixed", seed: int = 0):
     """The tiny supernet; with ``gumbel`` its ops lack ``zero``: in a one-edge cell (N = 1) a
     drawn zero empties the cell for that step, and the step test wants every α/β to move."""
     torch.manual_seed(seed)
@@ -57,7 +50,6 @@ def build(
         build_backbone("tiny", random_init=True),
         partial_channels,
         sampling,
-        input_sampling,
     )
 
 
@@ -152,9 +144,7 @@ def test_partial_edge_runs_ops_on_one_kth_and_passes_the_rest_by():
 
 
 @pytest.mark.parametrize("mode", ["first_order", "second_order", "sync"])
-@pytest.mark.parametrize(
-    "option", [{"partial_channels": 4}, {"sampling": "gumbel"}, {"input_sampling": "gumbel"}]
-)
+@pytest.mark.parametrize("option", [{"partial_channels": 4}, {"sampling": "gumbel"}])
 def test_every_gradient_mode_steps(mode, option):
     net = build(parts=1, **option)
     net.train()
@@ -232,70 +222,6 @@ def test_same_arch_same_genotype_whatever_the_option():
 
 
 # --------------------------------------------------------------------------------------------
-# Sampled inputs
-# --------------------------------------------------------------------------------------------
-
-
-def _cell_inputs(offsets: tuple[int, int, int]) -> list[torch.Tensor]:
-    g = torch.Generator().manual_seed(4)
-    # each slot's source map, for a cell of 8 channels at 8 × 8: same row, finer, coarser
-    shape = {0: (8, 8), -1: (4, 16), 1: (16, 4)}  # offset → (channels, size)
-    return [torch.randn(2, shape[o][0], shape[o][1], shape[o][1], generator=g) for o in offsets]
-
-
-def _forced(cell: SearchCell, inputs, alpha, slot: int) -> torch.Tensor:
-    """The cell's output when it reads ``slot`` alone (one-hot input weights)."""
-    cell.input_weights = lambda beta, t: F.one_hot(torch.tensor(slot), 3).float()
-    try:
-        return cell(inputs, alpha, torch.zeros(3), 1.0).detach()
-    finally:
-        del cell.input_weights
-
-
-def test_sampled_inputs_read_one_input_per_step_and_beta_gets_gradient():
-    torch.manual_seed(0)
-    offsets = (0, -1, 1)  # a middle-row cell: three distinct maps
-    cell = SearchCell(8, offsets, 1, ("skip_connect",), input_sampling="gumbel").train()
-    inputs, alpha = _cell_inputs(offsets), torch.zeros(1, 1)
-    alone = [_forced(cell, inputs, alpha, slot) for slot in range(3)]
-    drawn = set()
-    for _ in range(12):
-        beta = torch.zeros(3, requires_grad=True)
-        y = cell(inputs, alpha, beta, 1.0)
-        y.square().mean().backward()
-        assert float(beta.grad.abs().sum()) > 0  # the straight-through gradient reaches β
-        (slot,) = [i for i in range(3) if torch.allclose(y.detach(), alone[i])]
-        drawn.add(slot)
-    assert len(drawn) > 1  # drawn, not fixed
-
-
-@pytest.mark.parametrize("beta, kept", [((0.0, 0.0, 0.6), 0), ((0.0, 0.0, 1.0), 2)])
-def test_sampled_inputs_in_eval_read_the_map_the_genotype_keeps(beta, kept):
-    """A top-row cell: parallel and above read the same map (weight 0.27 + 0.27 = 0.54 against
-    below's 0.46 for the first β; 0.42 against 0.58 for the second), as ``derive_genotype``."""
-    offsets = (0, 0, 1)
-    cell = SearchCell(8, offsets, 1, ("skip_connect",), input_sampling="gumbel").eval()
-    inputs, alpha = _cell_inputs(offsets), torch.zeros(1, 1)
-    y = cell(inputs, alpha, torch.tensor(beta), 1.0)
-    assert torch.equal(y, _forced(cell, inputs, alpha, kept))
-    assert torch.equal(y, cell(inputs, alpha, torch.tensor(beta), 1.0))  # deterministic
-
-
-def test_sampled_inputs_are_a_search_key_that_counts_in_ids_only_when_set():
-    base = load_campaign(SMOKE)
-    sampled = load_campaign(SMOKE, ("search.input_sampling=gumbel",))
-    assert "input_sampling" not in base.search.identity()  # ids published before it stay
-    assert sampled.campaign_id != base.campaign_id
-    assert sampled.trial({}).fingerprint() != base.trial({}).fingerprint()
-    with pytest.raises(SpecError, match="input_sampling"):
-        load_campaign(SMOKE, ("search.input_sampling=hard",))
-    net = build(input_sampling="gumbel").eval()
-    net.batched = True
-    with pytest.warns(UserWarning, match="input_sampling 'gumbel'"):
-        net(batch()["image"])
-
-
-# --------------------------------------------------------------------------------------------
 # Spec keys
 # --------------------------------------------------------------------------------------------
 
@@ -338,9 +264,7 @@ def test_campaign_compares_exact_and_partial_channel_darts(tmp_path):
     assert params["partial_channels"] == "4" and params["sampling"] == "mixed"
 
 
-@pytest.mark.parametrize(
-    "option", [{"partial_channels": 4}, {"sampling": "gumbel"}, {"input_sampling": "gumbel"}]
-)
+@pytest.mark.parametrize("option", [{"partial_channels": 4}, {"sampling": "gumbel"}])
 def test_search_loop_builds_the_option_into_the_supernet(tmp_path, synthetic_root, option):
     trial = tiny_trial(synthetic_root, mode="first_order", epochs=1, steps=1, **option)
     runtime = LocalRuntime(tmp_path, verbose=False)
