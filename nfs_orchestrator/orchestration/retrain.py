@@ -3,8 +3,9 @@
     resolve the genotype (registry alias / run artifact / file) and its lineage →
     refuse a genotype the retrain spec cannot train (before Ray starts) →
     get or create the retrain's MLflow run (experiment ``posenfs/retrain``, found by its id) →
-    TorchTrainer(retrain_worker) with a deterministic run name: re-running the same command
-    resumes from the last checkpoint (Ray Train V2 reloads its snapshot) →
+    TorchTrainer(retrain_worker) (``ray_session.torch_trainer``) with a deterministic run name:
+    re-running the same command resumes from the last checkpoint (Ray Train V2 reloads its
+    snapshot) →
     log the trained model as plain files (the run's folder ``posenfs/``: the posenfs model file,
     read back with ``weights_only=True``, and ``genotype.json``) and register that folder as a
     new version of ``posenfs-<dataset>-retrained`` with the evaluation results and the lineage
@@ -105,10 +106,10 @@ def run_retrain_job(
     ray_session.prepare_ray_environment(address)
     import ray
     import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchConfig
 
     _, started = ray_session.start_ray(spec.resources, ray_session.ONE_JOB, address)
-    trainer = TorchTrainer(
+    trainer = ray_session.torch_trainer(  # a TorchTrainer without the Ray Data actor
         retrain_worker,
         # one plain dict across the process boundary, decoded once in retrain_worker
         train_loop_config={
