@@ -9,6 +9,11 @@ each run it takes ``confidence.coarseness`` per part and prints
     lean   = coarseness(lower_limb) − coarseness(upper_limb)     (per run; 0 under uniform β)
     flip   = lean(context_legs) − lean(context_arms)             (per seed; > 0 = found)
 
+and the same flip for two more leans: the output row's alone (``output_row_lean``: the mean
+softmax(β) of ``below`` over the row-0 cells) and the weights' reliance on context
+(``context_reliance``: how much each part's loss rises when no row-0 cell reads its coarser
+input; a readout of the trained supernet, not of β).
+
 The fabric is the tiny one with a single op (``test_planted.FABRIC``), so β (the scale each
 cell reads) is the whole search. Under the null (the search ignores the plant) a flip's sign
 is a coin toss, so "flip > 0 in k of n seeds" has the binomial tail P(X ≥ k | n, 1/2) printed
@@ -99,6 +104,7 @@ def main() -> None:
             row["output_row_flip"] = (
                 row[MODES[0]]["output_row_lean"] - row[MODES[1]]["output_row_lean"]
             )
+            row["reliance_flip"] = row[MODES[0]]["reliance_lean"] - row[MODES[1]]["reliance_lean"]
             by_epoch = [
                 a - b
                 for a, b in zip(
@@ -111,7 +117,8 @@ def main() -> None:
                 f"seed {seed}: lean legs-context {row[MODES[0]]['lean']:+.4f}  "
                 f"arms-context {row[MODES[1]]['lean']:+.4f}  flip {row['flip']:+.4f}  "
                 f"output-row flip {row['output_row_flip']:+.4f} "
-                f"(by epoch {' '.join(f'{v:+.3f}' for v in by_epoch)}) | "
+                f"(by epoch {' '.join(f'{v:+.3f}' for v in by_epoch)})  "
+                f"reliance flip {row['reliance_flip']:+.5f} | "
                 f"val_ap {row[MODES[0]]['val_ap']:.3f} {row[MODES[1]]['val_ap']:.3f} "
                 f"(legs, arms: {_limbs(row[MODES[0]])} {_limbs(row[MODES[1]])}) | "
                 f"{row[MODES[0]]['wall_s']:.0f} s + "
@@ -131,7 +138,11 @@ def main() -> None:
         f"genotype flip: {[round(f, 3) for f in flips]}; > 0 in {k_g} of {n}, = 0 in {ties} "
         f"(uniform random genotypes: P(> 0) = {above:.3f}, P(= 0) = {tie:.3f})"
     )
-    for key, name in (("flip", "flip"), ("output_row_flip", "output-row flip")):
+    for key, name in (
+        ("flip", "flip"),
+        ("output_row_flip", "output-row flip"),
+        ("reliance_flip", "reliance flip"),
+    ):
         values = [r[key] for r in rows]
         k = sum(v > 0 for v in values)
         summary[key] = {"positive": k, "n": n, "p_chance": tail(k, n)}

@@ -128,16 +128,10 @@ def output_row_lean(space, weights: dict) -> float:
     return below["lower_limb"] - below["upper_limb"]
 
 
-def planted_run(root, seed: int, mode: str, sets: tuple[str, ...] = ()) -> dict:
-    """One search on the ``mode`` set; from its final softmax(β), the legs' ``lean`` =
-    coarseness(lower_limb) − coarseness(upper_limb): how much coarser rows the legs' cells
-    read than the arms' (``confidence.coarseness``; 0 under uniform β, as the parts share
-    one geometry)."""
-    import torch
-
+def planted_trial(root, seed: int, mode: str, sets: tuple[str, ...] = ()):
+    """The search trial of one planted run: the quickstart's trial on the ``mode`` set with the
+    single-op fabric (``FABRIC``, written under ``root``) and ``SETTINGS``."""
     from nfs_orchestrator.campaign_spec import load_campaign
-    from nfs_orchestrator.runtime import LocalRuntime
-    from nfs_orchestrator.search.loop import STATE_FILE, run_search
     from tests.unit.test_search_defects import QUICKSTART
 
     fabric = root / "fabric-tiny-scales.yaml"
@@ -152,7 +146,76 @@ def planted_run(root, seed: int, mode: str, sets: tuple[str, ...] = ()) -> dict:
         *SETTINGS,
         *sets,
     )
-    trial = load_campaign(QUICKSTART, overrides).trial({})
+    return load_campaign(QUICKSTART, overrides).trial({})
+
+
+def context_reliance(trial, run_dir) -> dict[str, float]:
+    """Per part, how much its heatmap loss on the α/β split (images the weights never trained
+    on, unaugmented) rises when every row-0 cell of its fabric stops reading its coarser input
+    (softmax(β) of ``below`` set to 0, the other slots renormalised): how much the trained
+    supernet relies, for that part, on anything wider than the backbone's stride-4 field. A
+    readout of the weights by what removing an input costs (Wang et al. 2021), not of β."""
+    import torch
+
+    from nfs_orchestrator.data.dataset import build_dataset
+    from nfs_orchestrator.data.split import split_image_disjoint
+    from nfs_orchestrator.loop_utils import epoch_batches
+    from nfs_orchestrator.nn.backbones import build_backbone
+    from nfs_orchestrator.nn.losses import joints_mse
+    from nfs_orchestrator.nn.supernet import PoseSupernet
+    from nfs_orchestrator.runtime import LocalRuntime
+    from nfs_orchestrator.search.loop import STATE_FILE
+    from nfs_orchestrator.search.schedules import temperature
+
+    run = LocalRuntime(run_dir, verbose=False)
+    state = torch.load(run.latest_checkpoint() / STATE_FILE, weights_only=True)
+    model = PoseSupernet(
+        trial.fabric, trial.grouping, build_backbone(trial.backbone.name, random_init=True)
+    )
+    model.load_state_dict(state["model"])
+    model.eval()
+    epochs = trial.search.epochs
+    model.temperature = temperature(trial.search.temperature, (epochs - 1) / epochs)
+    data = build_dataset(trial.data, trial.grouping.schema, "train", train=False)
+    _, arch_idx = split_image_disjoint(data, trial.search.split, trial.seed)
+    index = {p.name: trial.grouping.indices(p) for p in trial.grouping.parts}
+
+    def part_losses() -> dict[str, float]:
+        sums = dict.fromkeys(index, 0.0)
+        steps = 0
+        with torch.no_grad():
+            for (b,) in epoch_batches(data, arch_idx, 16, 1, run, seed=0):
+                pred = model(b["image"])  # (B, K, h, w)
+                for name, idx in index.items():
+                    loss = joints_mse(
+                        pred[:, idx], b["heatmaps"][:, idx], b["target_weight"][:, idx]
+                    )
+                    sums[name] += float(loss)
+                steps += 1
+        return {name: total / steps for name, total in sums.items()}
+
+    plain = part_losses()
+    below = SLOTS.index("below")
+    with torch.no_grad():
+        for fabric in model.parts.values():
+            rows = [i for i, s in enumerate(fabric.sites) if s.scale == 0 and s.sources[below] > 0]
+            fabric.beta[rows, below] = float("-inf")
+    cut = part_losses()
+    return {name: cut[name] - plain[name] for name in index}
+
+
+def planted_run(root, seed: int, mode: str, sets: tuple[str, ...] = ()) -> dict:
+    """One search on the ``mode`` set (or the finished one found in its folder); from its final
+    softmax(β), the legs' ``lean`` = coarseness(lower_limb) − coarseness(upper_limb): how much
+    coarser rows the legs' cells read than the arms' (``confidence.coarseness``; 0 under
+    uniform β, as the parts share one geometry); and the legs' reliance on context over the
+    arms' (``context_reliance``)."""
+    import torch
+
+    from nfs_orchestrator.runtime import LocalRuntime
+    from nfs_orchestrator.search.loop import STATE_FILE, run_search
+
+    trial = planted_trial(root, seed, mode, sets)
     run_dir = root / f"seed{seed}-{mode}"
     run = LocalRuntime(run_dir, verbose=False)
     metrics = run_search(trial, run)
@@ -160,10 +223,13 @@ def planted_run(root, seed: int, mode: str, sets: tuple[str, ...] = ()) -> dict:
     last = history[-1]
     c = coarseness(trial.fabric, last)
     genotype = read_genotype(run_dir / "artifacts" / "genotype.json")
+    reliance = context_reliance(trial, run_dir)
     return {
         "lean": c["lower_limb"] - c["upper_limb"],
         "output_row_lean": output_row_lean(trial.fabric, last),
         "output_row_by_epoch": [output_row_lean(trial.fabric, h) for h in history],
+        "reliance_lean": reliance["lower_limb"] - reliance["upper_limb"],
+        "reliance": reliance,
         "genotype_lean": genotype_lean(genotype),
         "coarseness": c,
         "arch": last,  # softmax(α), softmax(β) per part
