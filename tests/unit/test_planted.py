@@ -149,12 +149,15 @@ def planted_trial(root, seed: int, mode: str, sets: tuple[str, ...] = ()):
     return load_campaign(QUICKSTART, overrides).trial({})
 
 
-def context_reliance(trial, run_dir) -> dict[str, float]:
+def context_reliance(trial, run_dir, ablation: str = "cut") -> dict[str, float]:
     """Per part, how much its heatmap loss on the α/β split (images the weights never trained
-    on, unaugmented) rises when every row-0 cell of its fabric stops reading its coarser input
-    (softmax(β) of ``below`` set to 0, the other slots renormalised): how much the trained
-    supernet relies, for that part, on anything wider than the backbone's stride-4 field. A
-    readout of the weights by what removing an input costs (Wang et al. 2021), not of β."""
+    on, unaugmented) rises when every row-0 cell of its fabric loses its coarser input: how
+    much the trained supernet relies, for that part, on anything wider than the backbone's
+    stride-4 field. A readout of the weights by what removing an input costs (Wang et al.
+    2021), not of β. ``ablation``: ``cut`` sets softmax(β) of ``below`` to 0 there (the other
+    slots renormalised); ``mean`` replaces that input by its per-image, per-channel spatial
+    mean (its weight and first moment kept, its layout gone: less of the common-mode break a
+    cut causes in every part)."""
     import torch
 
     from nfs_orchestrator.data.dataset import build_dataset
@@ -196,12 +199,19 @@ def context_reliance(trial, run_dir) -> dict[str, float]:
 
     plain = part_losses()
     below = SLOTS.index("below")
-    with torch.no_grad():
-        for fabric in model.parts.values():
-            rows = [i for i, s in enumerate(fabric.sites) if s.scale == 0 and s.sources[below] > 0]
-            fabric.beta[rows, below] = float("-inf")
-    cut = part_losses()
-    return {name: cut[name] - plain[name] for name in index}
+    for fabric in model.parts.values():
+        for site in fabric.sites:
+            if site.scale != 0 or site.sources[below] == 0:
+                continue
+            if ablation == "cut":  # the slot's weight to 0, the others renormalised
+                with torch.no_grad():
+                    fabric.beta[fabric.sites.index(site), below] = float("-inf")
+            else:  # "mean": the input keeps its weight and per-channel mean, loses its layout
+                fabric.cells[site.key].resample[below].register_forward_hook(
+                    lambda _m, _x, y: y.mean(dim=(2, 3), keepdim=True).expand_as(y)
+                )
+    ablated = part_losses()
+    return {name: ablated[name] - plain[name] for name in index}
 
 
 def planted_run(root, seed: int, mode: str, sets: tuple[str, ...] = ()) -> dict:
