@@ -3,6 +3,7 @@ several cases alternating step by step."""
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from collections.abc import Callable
@@ -17,6 +18,16 @@ from nfs_orchestrator.keypoints import load_grouping  # noqa: E402
 from nfs_orchestrator.nn.backbones import build_backbone  # noqa: E402
 from nfs_orchestrator.nn.supernet import PoseSupernet  # noqa: E402
 from nfs_orchestrator.specs import load_fabric  # noqa: E402
+
+
+def add_supernet_args(p: argparse.ArgumentParser) -> None:
+    """The options ``random_supernet`` reads (all but the part count, which each benchmark
+    takes its own way), defaulting to the paper's MPII configuration."""
+    p.add_argument("--fabric", default="hrnet-w32_cnf5_mpii-256x256")
+    p.add_argument("--backbone", default="hrnet_w32")
+    p.add_argument("--dataset", default="mpii", choices=["mpii", "coco"])
+    p.add_argument("--input", default="256x256", help="WxH")
+    p.add_argument("--batch", type=int, default=4)
 
 
 def random_supernet(

@@ -34,7 +34,7 @@ import statistics
 from collections.abc import Callable
 
 import torch
-from common import random_supernet, time_alternating
+from common import add_supernet_args, random_supernet, time_alternating
 
 from nfs_orchestrator.hardware import detect
 from nfs_orchestrator.nn.batched import batched_parts
@@ -124,11 +124,7 @@ def run_parts(args: argparse.Namespace, parts: int) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--fabric", default="hrnet-w32_cnf5_mpii-256x256")
-    p.add_argument("--backbone", default="hrnet_w32")
-    p.add_argument("--dataset", default="mpii", choices=["mpii", "coco"])
-    p.add_argument("--input", default="256x256", help="WxH")
-    p.add_argument("--batch", type=int, default=4)
+    add_supernet_args(p)
     p.add_argument("--parts", type=int, nargs="+", default=[1, 3, 5, 8])
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--steps", type=int, default=5)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 import yaml
-from common import random_supernet, time_alternating
+from common import add_supernet_args, random_supernet, time_alternating
 
 from nfs_orchestrator.nn.losses import joints_mse
 
@@ -73,12 +73,8 @@ def step_of(model: torch.nn.Module, forward, batch: dict[str, torch.Tensor]):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--fabric", default="hrnet-w32_cnf5_mpii-256x256")
-    p.add_argument("--backbone", default="hrnet_w32")
-    p.add_argument("--dataset", default="mpii", choices=["mpii", "coco"])
+    add_supernet_args(p)
     p.add_argument("--parts", type=int, default=5)
-    p.add_argument("--input", default="256x256", help="WxH")
-    p.add_argument("--batch", type=int, default=4)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--steps", type=int, default=3)
     args = p.parse_args()

@@ -27,7 +27,7 @@ import re
 from collections import defaultdict
 
 import torch
-from common import random_supernet
+from common import add_supernet_args, random_supernet
 from torch.utils.flop_counter import FlopCounterMode
 
 from nfs_orchestrator.hardware import choose_execution, detect, prepare_model, run_model
@@ -92,11 +92,7 @@ def profile(net, batch, execution, steps: int, top: int) -> list[dict]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--fabric", default="hrnet-w32_cnf5_mpii-256x256")
-    p.add_argument("--backbone", default="hrnet_w32")
-    p.add_argument("--dataset", default="mpii", choices=["mpii", "coco"])
-    p.add_argument("--input", default="256x256", help="WxH")
-    p.add_argument("--batch", type=int, default=4)
+    add_supernet_args(p)
     p.add_argument("--parts", type=int, nargs="+", default=[5])
     p.add_argument("--partial-channels", type=int, nargs="+", default=[1, 4], metavar="K")
     p.add_argument("--sampling", nargs="+", default=["mixed"], choices=["mixed", "gumbel"])

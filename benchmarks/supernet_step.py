@@ -48,7 +48,7 @@ import sys
 import time
 
 import torch
-from common import random_supernet, time_alternating
+from common import add_supernet_args, random_supernet, time_alternating
 from torch.utils.flop_counter import FlopCounterMode
 
 from nfs_orchestrator.hardware import choose_execution, detect, prepare_model
@@ -220,11 +220,7 @@ def child(args: argparse.Namespace, *extra: str) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--fabric", default="hrnet-w32_cnf5_mpii-256x256")
-    p.add_argument("--backbone", default="hrnet_w32")
-    p.add_argument("--dataset", default="mpii", choices=["mpii", "coco"])
-    p.add_argument("--input", default="256x256", help="WxH")
-    p.add_argument("--batch", type=int, default=4)
+    add_supernet_args(p)
     p.add_argument("--parts", type=int, nargs="+", default=[5])
     p.add_argument("--modes", nargs="+", default=["sync", "first_order"])
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
