@@ -114,17 +114,22 @@ def genotype_lean(genotype: Genotype) -> float:
     return mean["lower_limb"] - mean["upper_limb"]
 
 
+BELOW = SLOTS.index("below")
+
+
+def output_row_cells(space) -> list[int]:
+    """The row-0 (stride-4) cells whose ``below`` is a coarser row, as indices in β's row
+    order: the one way anything wider than the backbone's stride-4 field reaches the heatmap."""
+    sites = [s for layer in fabric_sites(space) for s in layer]
+    return [i for i, s in enumerate(sites) if s.scale == 0 and s.sources[BELOW] > 0]
+
+
 def output_row_lean(space, weights: dict) -> float:
     """The lean at the output row only: per part, the mean softmax(β) weight of ``below`` over
-    the row-0 (stride-4) cells whose ``below`` is a coarser row, the one way anything wider
-    than the backbone's stride-4 field reaches the heatmap; lower_limb's minus upper_limb's
-    (0 under uniform β)."""
-    from nfs_orchestrator.confidence import cell_sources
-
-    sites = enumerate(cell_sources(space))
-    rows = [i for i, (scale, _, sources) in sites if scale == 0 and sources[2] > 0]
+    ``output_row_cells``; lower_limb's minus upper_limb's (0 under uniform β)."""
+    rows = output_row_cells(space)
     below = {
-        part: sum(float(w["beta"][i][SLOTS.index("below")]) for i in rows) / len(rows)
+        part: sum(float(w["beta"][i][BELOW]) for i in rows) / len(rows)
         for part, w in weights.items()
     }
     return below["lower_limb"] - below["upper_limb"]
@@ -151,15 +156,16 @@ def planted_trial(root, seed: int, mode: str, sets: tuple[str, ...] = ()):
     return load_campaign(QUICKSTART, overrides).trial({})
 
 
-def context_reliance(trial, run_dir, ablation: str = "cut") -> dict[str, float]:
+def context_reliance(trial, run, state: dict, ablation: str = "cut") -> dict[str, float]:
     """Per part, how much its heatmap loss on the α/β split (images the weights never trained
-    on, unaugmented) rises when every row-0 cell of its fabric loses its coarser input: how
-    much the trained supernet relies, for that part, on anything wider than the backbone's
-    stride-4 field. A readout of the weights by what removing an input costs (Wang et al.
-    2021), not of β. ``ablation``: ``cut`` sets softmax(β) of ``below`` to 0 there (the other
-    slots renormalised); ``mean`` replaces that input by its per-image, per-channel spatial
-    mean (its weight and first moment kept, its layout gone: less of the common-mode break a
-    cut causes in every part)."""
+    on, unaugmented) rises when every ``output_row_cells`` cell of its fabric loses its coarser
+    input: how much the trained supernet (``state``: the checkpoint of the search that ran in
+    ``run``) relies, for that part, on anything wider than the backbone's stride-4 field. A
+    readout of the weights by what removing an input costs (Wang et al. 2021), not of β.
+    ``ablation``: ``cut`` sets softmax(β) of ``below`` to 0 there (the other slots
+    renormalised); ``mean`` replaces that input by its per-image, per-channel spatial mean (its
+    weight and first moment kept, its layout gone: less of the common-mode break a cut causes
+    in every part)."""
     import torch
 
     from nfs_orchestrator.data.dataset import build_dataset
@@ -168,12 +174,8 @@ def context_reliance(trial, run_dir, ablation: str = "cut") -> dict[str, float]:
     from nfs_orchestrator.nn.backbones import build_backbone
     from nfs_orchestrator.nn.losses import joints_mse
     from nfs_orchestrator.nn.supernet import PoseSupernet
-    from nfs_orchestrator.runtime import LocalRuntime
-    from nfs_orchestrator.search.loop import STATE_FILE
     from nfs_orchestrator.search.schedules import temperature
 
-    run = LocalRuntime(run_dir, verbose=False)
-    state = torch.load(run.latest_checkpoint() / STATE_FILE, weights_only=True)
     model = PoseSupernet(
         trial.fabric, trial.grouping, build_backbone(trial.backbone.name, random_init=True)
     )
@@ -200,18 +202,16 @@ def context_reliance(trial, run_dir, ablation: str = "cut") -> dict[str, float]:
         return {name: total / steps for name, total in sums.items()}
 
     plain = part_losses()
-    below = SLOTS.index("below")
+    rows = output_row_cells(trial.fabric)
     for fabric in model.parts.values():
-        for site in fabric.sites:
-            if site.scale != 0 or site.sources[below] == 0:
-                continue
-            if ablation == "cut":  # the slot's weight to 0, the others renormalised
-                with torch.no_grad():
-                    fabric.beta[fabric.sites.index(site), below] = float("-inf")
-            else:  # "mean": the input keeps its weight and per-channel mean, loses its layout
-                fabric.cells[site.key].resample[below].register_forward_hook(
-                    lambda _m, _x, y: y.mean(dim=(2, 3), keepdim=True).expand_as(y)
-                )
+        if ablation == "cut":  # the slot's weight to 0, the others renormalised
+            with torch.no_grad():
+                fabric.beta[rows, BELOW] = float("-inf")
+            continue
+        for i in rows:  # "mean": the input keeps its weight and per-channel mean, not its layout
+            fabric.cells[fabric.sites[i].key].resample[BELOW].register_forward_hook(
+                lambda _m, _x, y: y.mean(dim=(2, 3), keepdim=True).expand_as(y)
+            )
     ablated = part_losses()
     return {name: ablated[name] - plain[name] for name in index}
 
@@ -231,11 +231,12 @@ def planted_run(root, seed: int, mode: str, sets: tuple[str, ...] = ()) -> dict:
     run_dir = root / f"seed{seed}-{mode}"
     run = LocalRuntime(run_dir, verbose=False)
     metrics = run_search(trial, run)
-    history = torch.load(run.latest_checkpoint() / STATE_FILE, weights_only=True)["history"]
+    state = torch.load(run.latest_checkpoint() / STATE_FILE, weights_only=True)
+    history = state["history"]
     last = history[-1]
     c = coarseness(trial.fabric, last)
     genotype = read_genotype(run_dir / "artifacts" / "genotype.json")
-    reliance = context_reliance(trial, run_dir)
+    reliance = context_reliance(trial, run, state)
     return {
         "lean": c["lower_limb"] - c["upper_limb"],
         "output_row_lean": output_row_lean(trial.fabric, last),
