@@ -766,26 +766,20 @@ class EpochProgress:
         """The epoch's steps are over (validation and reporting follow)."""
         self._steps_took = time.monotonic() - self._epoch_started
 
-    def _eta(self, step: int, steps: int) -> float:
-        """Seconds left after ``step`` of ``steps``: this epoch's remainder at this epoch's
-        rate, the epochs after at the mean epoch time (this epoch's rate before one ends)."""
-        ran = max(1, step - self._first)
-        per_step = (time.monotonic() - self._epoch_started) / ran
-        per_epoch = statistics.mean(self.epoch_times) if self.epoch_times else per_step * steps
-        after = self.epochs - self._epoch - 1
-        return per_step * max(0, steps - step) + after * per_epoch
-
     def step(self, step: int, steps: int) -> str | None:
         """A mid-epoch line after step ``step`` (1-based, of the whole epoch) of ``steps``,
-        when due."""
+        when due. ETA: this epoch's remainder at this epoch's rate, the epochs after at the
+        mean epoch time (this epoch's rate before one ends)."""
         now = time.monotonic()
         if now - self._last < self.every_s or step >= steps:
             return None
         self._last = now
         per_step = (now - self._epoch_started) / max(1, step - self._first)
+        per_epoch = statistics.mean(self.epoch_times) if self.epoch_times else per_step * steps
+        left = per_step * (steps - step) + (self.epochs - self._epoch - 1) * per_epoch
         return (
             f"{self.name}: epoch {self._epoch + 1}/{self.epochs} · step {step}/{steps} · "
-            f"{per_step:.3g} s/step · ETA {hms(self._eta(step, steps))}"
+            f"{per_step:.3g} s/step · ETA {hms(left)}"
         )
 
     def end(self, steps: int) -> str:
