@@ -169,7 +169,6 @@ def test_times_the_quickstart_here(tmp_path, monkeypatch):
     grouping, depth = fc.mix["grouping"], fc.mix["fabric.depth"]
     assert grouping["groupings/coco-p3"] > 1.3 * grouping["groupings/coco-p1"]
     assert depth["5"] > depth["3"]
-    assert forecast.mix_factor(fc.mix) > 1.0
 
 
 def test_mix_factor_is_the_product_of_each_parameters_mean():
