@@ -15,7 +15,7 @@ import pytest
 from nfs_orchestrator.confidence import coarseness
 from nfs_orchestrator.data.synthetic import write_synthetic_coco
 from nfs_orchestrator.errors import SpecError
-from nfs_orchestrator.genotype import Genotype, read_genotype
+from nfs_orchestrator.genotype import Genotype, derive_genotype, read_genotype
 from nfs_orchestrator.geometry import SLOTS, fabric_sites
 from nfs_orchestrator.keypoints import load_grouping
 
@@ -156,16 +156,10 @@ def planted_trial(root, seed: int, mode: str, sets: tuple[str, ...] = ()):
     return load_campaign(QUICKSTART, overrides).trial({})
 
 
-def context_reliance(trial, run, state: dict, ablation: str = "cut") -> dict[str, float]:
-    """Per part, how much its heatmap loss on the α/β split (images the weights never trained
-    on, unaugmented) rises when every ``output_row_cells`` cell of its fabric loses its coarser
-    input: how much the trained supernet (``state``: the checkpoint of the search that ran in
-    ``run``) relies, for that part, on anything wider than the backbone's stride-4 field. A
-    readout of the weights by what removing an input costs (Wang et al. 2021), not of β.
-    ``ablation``: ``cut`` sets softmax(β) of ``below`` to 0 there (the other slots
-    renormalised); ``mean`` replaces that input by its per-image, per-channel spatial mean (its
-    weight and first moment kept, its layout gone: less of the common-mode break a cut causes
-    in every part)."""
+def supernet_readout(trial, run, state: dict):
+    """The trained supernet of the search that ran in ``run`` (``state``: its checkpoint), in
+    eval mode at its last temperature, and a function that gives each part's mean heatmap loss
+    on the α/β split (images the weights never trained on, unaugmented)."""
     import torch
 
     from nfs_orchestrator.data.dataset import build_dataset
@@ -201,6 +195,21 @@ def context_reliance(trial, run, state: dict, ablation: str = "cut") -> dict[str
                 steps += 1
         return {name: total / steps for name, total in sums.items()}
 
+    return model, part_losses
+
+
+def context_reliance(trial, run, state: dict, ablation: str = "cut") -> dict[str, float]:
+    """Per part, how much its heatmap loss on the α/β split rises when every
+    ``output_row_cells`` cell of its fabric loses its coarser input: how much the trained
+    supernet (``supernet_readout``) relies, for that part, on anything wider than the
+    backbone's stride-4 field. A readout of the weights by what removing an input costs (Wang
+    et al. 2021), not of β. ``ablation``: ``cut`` sets softmax(β) of ``below`` to 0 there (the
+    other slots renormalised); ``mean`` replaces that input by its per-image, per-channel
+    spatial mean (its weight and first moment kept, its layout gone: less of the common-mode
+    break a cut causes in every part)."""
+    import torch
+
+    model, part_losses = supernet_readout(trial, run, state)
     plain = part_losses()
     rows = output_row_cells(trial.fabric)
     for fabric in model.parts.values():
@@ -213,15 +222,51 @@ def context_reliance(trial, run, state: dict, ablation: str = "cut") -> dict[str
                 lambda _m, _x, y: y.mean(dim=(2, 3), keepdim=True).expand_as(y)
             )
     ablated = part_losses()
-    return {name: ablated[name] - plain[name] for name in index}
+    return {name: ablated[name] - plain[name] for name in plain}
 
 
-def planted_run(root, seed: int, mode: str, sets: tuple[str, ...] = ()) -> dict:
+def removal_genotype(trial, run, state: dict) -> Genotype:
+    """The genotype an input-removal derivation keeps (Wang et al. 2021, one shot): per cell,
+    the source row whose removal (its slots' softmax(β) to 0, the rest renormalised; one cell
+    at a time, every part at once since the parts' fabrics are independent) raises that part's
+    α/β-split loss most, then the space's rule as for β (ops, cells on a kept path)."""
+    import torch
+
+    model, part_losses = supernet_readout(trial, run, state)
+    plain = part_losses()
+    sites = [s for layer in fabric_sites(trial.fabric) for s in layer]
+    # per part, a β whose softmax is one-hot on the first slot of the costliest source row
+    chosen = {name: torch.full((len(sites), len(SLOTS)), float("-inf")) for name in plain}
+    for i, site in enumerate(sites):
+        rows = sorted(set(site.sources))
+        cost: dict[str, list[float]] = {name: [] for name in plain}
+        for row in rows:
+            slots = [k for k, src in enumerate(site.sources) if src == row]
+            saved = {name: fabric.beta.detach().clone() for name, fabric in model.parts.items()}
+            with torch.no_grad():
+                for fabric in model.parts.values():
+                    fabric.beta[i, slots] = float("-inf")
+            cut = part_losses() if len(rows) > 1 else plain
+            with torch.no_grad():
+                for name, fabric in model.parts.items():
+                    fabric.beta.copy_(saved[name])
+            for name in plain:
+                cost[name].append(cut[name] - plain[name])
+        for name in plain:
+            best = max(range(len(rows)), key=lambda r: (cost[name][r], -r))  # ties: finer row
+            chosen[name][i, site.sources.index(rows[best])] = 0.0
+    arch = {name: (fabric.alpha, chosen[name]) for name, fabric in model.parts.items()}
+    return derive_genotype(trial.fabric, trial.grouping, arch, backbone=trial.backbone.name)
+
+
+def planted_run(
+    root, seed: int, mode: str, sets: tuple[str, ...] = (), removal: bool = False
+) -> dict:
     """One search on the ``mode`` set (or the finished one found in its folder); from its final
     softmax(β), the legs' ``lean`` = coarseness(lower_limb) − coarseness(upper_limb): how much
     coarser rows the legs' cells read than the arms' (``confidence.coarseness``; 0 under
-    uniform β, as the parts share one geometry); and the legs' reliance on context over the
-    arms' (``context_reliance``)."""
+    uniform β, as the parts share one geometry); the legs' reliance on context over the arms'
+    (``context_reliance``); with ``removal``, the lean of the ``removal_genotype`` too."""
     import torch
 
     from nfs_orchestrator.runtime import LocalRuntime
@@ -237,6 +282,7 @@ def planted_run(root, seed: int, mode: str, sets: tuple[str, ...] = ()) -> dict:
     c = coarseness(trial.fabric, last)
     genotype = read_genotype(run_dir / "artifacts" / "genotype.json")
     reliance = context_reliance(trial, run, state)
+    removed = removal_genotype(trial, run, state) if removal else None
     return {
         "lean": c["lower_limb"] - c["upper_limb"],
         "output_row_lean": output_row_lean(trial.fabric, last),
@@ -244,6 +290,7 @@ def planted_run(root, seed: int, mode: str, sets: tuple[str, ...] = ()) -> dict:
         "reliance_lean": reliance["lower_limb"] - reliance["upper_limb"],
         "reliance": reliance,
         "genotype_lean": genotype_lean(genotype),
+        "removal_genotype_lean": None if removed is None else genotype_lean(removed),
         "coarseness": c,
         "arch": last,  # softmax(α), softmax(β) per part
         "val_ap": metrics.get("val_ap", float("nan")),
