@@ -10,14 +10,16 @@ For each ``--search-seeds`` value, runs the quickstart campaign's base trial
     after re-estimating the BatchNorm statistics on ``--recal-steps`` training batches (the
     mixture's running statistics do not describe the one-hot network);
 
-for two derivations of the input rule: ``slot`` (the per-slot argmax of ``genotype.py``) and
+for three derivations of the input rule: ``slot`` (the per-slot argmax of ``genotype.py``) and
 ``map`` (argmax over the distinct maps a cell reads, each weighed by the SUM of its slots'
 weights, i.e. what the supernet's input node actually mixes; at the top row ``parallel`` and
-``above`` read one map). Then (c) retrains from scratch, under ``--retrain``
-(``experiments/retrain_quickstart.yaml``) and each ``--retrain-seeds`` value, every arm: the
-derived genotype(s), the uniform part-based baseline (``baselines.uniform_genotype``) and
-``--random`` random genotypes of matched size (``baselines.random_genotypes``). Runs live under
-``--root`` keyed by settings and genotype fingerprint, so a rerun resumes or reuses them.
+``above`` read one map), and ``threshold`` (every map whose summed weight reaches 0.3: several
+inputs per cell, with random controls matched to its size). Then (c) retrains from scratch,
+under ``--retrain`` (``experiments/retrain_quickstart.yaml``) and each ``--retrain-seeds``
+value, every arm: the derived genotype(s), the uniform part-based baseline
+(``baselines.uniform_genotype``) and ``--random`` random genotypes of matched size
+(``baselines.random_genotypes``). Runs live under ``--root`` keyed by settings and genotype
+fingerprint, so a rerun resumes or reuses them.
 
 Also printed per genotype: the parameter-free share of its ops (always 0: the derivation never
 keeps ``zero``; ``skip_connect`` counts), softmax(zero) per part, and the stride of the coarsest
@@ -85,6 +87,18 @@ def map_rule_genotype(model: PoseSupernet, genotype: Genotype) -> Genotype:
             logits[i, site.sources.index(best)] = 0.0  # the first slot reading that map
         arch[name] = (fabric.alpha.detach(), logits)
     out = derive_genotype(space, model.grouping, arch, backbone=genotype.backbone)
+    return measure_genotype(out, model.backbone, genotype.input_size)
+
+
+def threshold_genotype(model: PoseSupernet, genotype: Genotype, threshold: float) -> Genotype:
+    """The searched α/β derived with ``inputs: threshold`` (every map whose summed softmax(β)
+    reaches ``threshold``, at least the strongest): a multi-input derivation of the same search."""
+    rule = dataclasses.replace(model.space.derivation, inputs="threshold", beta_threshold=threshold)
+    space = dataclasses.replace(model.space, derivation=rule)
+    arch = {name: (f.alpha.detach(), f.beta.detach()) for name, f in model.parts.items()}
+    out = derive_genotype(
+        space, model.grouping, arch, backbone=genotype.backbone, temperature=model.temperature
+    )
     return measure_genotype(out, model.backbone, genotype.input_size)
 
 
@@ -286,6 +300,7 @@ def main() -> None:
             "map": map_rule_genotype(model, genotype),
             "probe-parallel": probe_genotype(model, genotype, ("parallel",)),
             "probe-all": probe_genotype(model, genotype, SLOTS),
+            "threshold": threshold_genotype(model, genotype, 0.3),
         }
         for rule, g in by_rule.items():
             hot = copy.deepcopy(model)
@@ -308,6 +323,8 @@ def main() -> None:
             arms.append(("uniform", uniform_genotype(genotype)))
         for i, g in enumerate(random_genotypes(genotype, args.random, seed=trial.seed)):
             arms.append((f"random{i}-{label}", g))
+        for i, g in enumerate(random_genotypes(by_rule["threshold"], args.random, seed=trial.seed)):
+            arms.append((f"random-threshold{i}-{label}", g))  # matched to the threshold genotype
     if args.no_retrain:
         print(json.dumps(results, sort_keys=True))
         return
