@@ -374,7 +374,7 @@ def test_the_trained_supernet_relies_on_context_for_the_context_group(reliance_f
     assert sum(f > 0 for f in reliance_flips) >= 10, reliance_flips
 
 
-# Pre-registered 2026-11-30 09:37 UTC (benchmarks/RESULTS.md, "an input-removal derivation, and
+# Pre-registered 2026-11-30 09:36 UTC (benchmarks/RESULTS.md, "an input-removal derivation, and
 # the derived genotype's sign"), before these seeds first ran.
 OUTPUT_ROW_SEEDS = tuple(range(48, 72))
 
