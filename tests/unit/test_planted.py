@@ -395,6 +395,12 @@ def output_row_flips(tmp_path_factory) -> list[float]:
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="measured: 15 of 24 > 0 on seeds 48-71, short of 17 (benchmarks/RESULTS.md, "
+    "'an input-removal derivation, and the derived genotype's sign'); XPASS = β now shows it",
+)
 def test_the_search_weighs_context_higher_at_the_output_row_for_the_context_group(
     output_row_flips,
 ):
@@ -402,5 +408,5 @@ def test_the_search_weighs_context_higher_at_the_output_row_for_the_context_grou
     their coarser input more for a limb group when it is the context (ring) group than when it
     is the detail (dot) group. ≥ 17 of 24 flips > 0 (P = 0.032 if β ignored the plant). Seen
     on seeds 24-47 as a secondary statistic (19 of 24) after failing on seeds 6-11 (2 of 6), so
-    these seeds decide it."""
+    these seeds decide it: 15 of 24 (not found)."""
     assert sum(f > 0 for f in output_row_flips) >= 17, output_row_flips
