@@ -348,19 +348,25 @@ LONGER = (
 FRESH_SEEDS = tuple(range(12, 24))
 
 
-@pytest.fixture(scope="module")
-def reliance_flips(tmp_path_factory) -> list[float]:
-    """Per seed, the legs' reliance on context over the arms' (``context_reliance``) on the
-    plant minus on the swap (24 searches, ≈ 45 s each on an idle core with one thread)."""
+def longer_flips(tmp_path_factory, folder: str, seeds, lean: str) -> list[float]:
+    """Per seed, ``planted_run``'s ``lean`` on the plant minus on the swap, at the ``LONGER``
+    budget (two searches per seed, ≈ 45 s each on an idle core with one thread)."""
     import torch
 
     torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("planted-longer")
+    root = tmp_path_factory.mktemp(folder)
     flips = []
-    for seed in FRESH_SEEDS:
-        legs, arms = (planted_run(root, seed, mode, LONGER)["reliance_lean"] for mode in MODES)
+    for seed in seeds:
+        legs, arms = (planted_run(root, seed, mode, LONGER)[lean] for mode in MODES)
         flips.append(legs - arms)
     return flips
+
+
+@pytest.fixture(scope="module")
+def reliance_flips(tmp_path_factory) -> list[float]:
+    """Per seed, the legs' reliance on context over the arms' (``context_reliance``) on the
+    plant minus on the swap (24 searches)."""
+    return longer_flips(tmp_path_factory, "planted-longer", FRESH_SEEDS, "reliance_lean")
 
 
 @pytest.mark.slow
@@ -381,17 +387,8 @@ OUTPUT_ROW_SEEDS = tuple(range(48, 72))
 
 @pytest.fixture(scope="module")
 def output_row_flips(tmp_path_factory) -> list[float]:
-    """Per seed, the output-row β lean on the plant minus on the swap (48 searches, ≈ 45 s
-    each on an idle core with one thread)."""
-    import torch
-
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("planted-output-row")
-    flips = []
-    for seed in OUTPUT_ROW_SEEDS:
-        legs, arms = (planted_run(root, seed, mode, LONGER)["output_row_lean"] for mode in MODES)
-        flips.append(legs - arms)
-    return flips
+    """Per seed, the output-row β lean on the plant minus on the swap (48 searches)."""
+    return longer_flips(tmp_path_factory, "planted-output-row", OUTPUT_ROW_SEEDS, "output_row_lean")
 
 
 @pytest.mark.slow
