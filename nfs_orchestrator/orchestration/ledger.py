@@ -249,10 +249,11 @@ def read_ledger(path: str | Path) -> list[dict]:
     """The rows of a ledger file (an absent file is an empty ledger). A ledger written before
     a column existed reads with that column empty. The file is read through one open handle:
     given a path, pyarrow stats it and opens it separately, so a ledger replaced in between (the
-    campaign writes it every result) read as a torn file. Read on this thread: a file object
-    read twice through pyarrow's threaded dataset scan aborted the process at exit about 4
-    times in 5 (pyarrow 25, "terminate called without an active exception"; apache/arrow#34314),
-    and a ledger is a few hundred rows."""
+    campaign writes it every result) read as a torn file. Read on this thread: with pyarrow's
+    threaded scan of a file object, a process that read twice could abort at exit ("terminate
+    called without an active exception", apache/arrow#34314; pyarrow 25: 47 of 60 bare
+    two-read processes, 13 of 60 running what `posenfs status` runs), and a ledger is a few
+    hundred rows."""
     path = Path(path)
     if not path.is_file():
         return []

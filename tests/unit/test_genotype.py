@@ -21,11 +21,18 @@ from nfs_orchestrator.specs import DerivationRule, load_fabric
 GOLDEN = Path(__file__).resolve().parent.parent / "golden" / "genotype_tiny_coco-p3.json"
 
 
+def argmax_tiny():
+    """The tiny space with one input per cell (``inputs: argmax``; the shipped space keeps every
+    map above a threshold): the rule these tests pin down, and the golden genotype's."""
+    return dataclasses.replace(load_fabric("tiny"), derivation=DerivationRule(inputs="argmax"))
+
+
 def hand_set_supernet() -> PoseSupernet:
-    """tiny space, coco-p3, with α/β set by hand so the derivation is known exactly."""
+    """tiny space with the argmax input rule (``argmax_tiny``), coco-p3, with α/β set by hand
+    so the derivation is known exactly."""
     torch.manual_seed(0)
     net = PoseSupernet(
-        load_fabric("tiny"), load_grouping("coco-p3"), build_backbone("tiny", random_init=True)
+        argmax_tiny(), load_grouping("coco-p3"), build_backbone("tiny", random_init=True)
     )
     # ops: [zero, skip_connect, atr_conv_3x3, sep_conv_3x3]; sites in order:
     # (0,1) (1,1) (2,1) | (0,2) (1,2) | (0,3); slots: parallel, above, below
@@ -62,7 +69,7 @@ def test_a_map_read_by_two_slots_is_weighed_by_both():
     # At the top row "above" reads the parallel map again: the supernet mixes that map with
     # softmax(β)_parallel + softmax(β)_above (POSENFS-SPEC §1.3). β (0.3, 0.3, 0.4) on the
     # output cell (0,3): parallel map 0.6, below map 0.4, so the derivation keeps parallel.
-    space, grouping = load_fabric("tiny"), load_grouping("coco-p1")
+    space, grouping = argmax_tiny(), load_grouping("coco-p1")
     beta = torch.zeros(6, 3)
     beta[5] = torch.log(torch.tensor([0.3, 0.3, 0.4]))
     alpha = torch.tensor([[0.0, 0.0, 0.0, 1.0]])
