@@ -10,7 +10,8 @@ For each ``--search-seeds`` value, runs the quickstart campaign's base trial
     after re-estimating the BatchNorm statistics on ``--recal-steps`` training batches (the
     mixture's running statistics do not describe the one-hot network);
 
-for three derivations of the input rule: ``slot`` (the per-slot argmax of ``genotype.py``) and
+for three derivations of the input rule: ``slot`` (the genotype the search wrote, by its space's
+rule: the per-slot argmax in the runs this was written for; ``tiny`` now keeps a threshold) and
 ``map`` (argmax over the distinct maps a cell reads, each weighed by the SUM of its slots'
 weights, i.e. what the supernet's input node actually mixes; at the top row ``parallel`` and
 ``above`` read one map), and ``threshold`` (every map whose summed weight reaches 0.3: several
