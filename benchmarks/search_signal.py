@@ -12,8 +12,9 @@ same), and prints per seed
 - the share of decisions that flipped over the last half of the epochs,
 
 then the agreement of decisions between every pair of seeds (the op of each edge; the input
-source kept by each cell) with its chance level (1 / number of non-zero ops for ops; the mean of
-1 / number of distinct input sources for cells). With several parts it also prints each part's
+maps kept by each cell, by the space's derivation rule) with its chance level (1 / number of
+non-zero ops for ops; for cells the mean of 1 / number of kept sets the rule can give:
+``confidence.chance_levels``). With several parts it also prints each part's
 ``confidence.coarseness`` (how far toward coarser rows its cells read; for planted data). The
 hardware comes first, one JSON line last.
 

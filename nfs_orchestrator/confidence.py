@@ -13,7 +13,9 @@ or a search loop's per-epoch snapshots) to
   the largest SUM of its slots' weights (what the supernet mixes; genotype.py), but a margin
   counts a map by the MEAN of its slots' weights, so uniform β has margin 0 and a map kept only
   by the 2:1 prior (β 0.3, 0.3, 0.4: parallel map kept at 0.6) has a negative margin (−0.1):
-  the search leaned the other way. A cell whose slots all read one map makes no decision;
+  the search leaned the other way. That is the ``argmax`` input rule; under ``threshold`` a
+  cell's margin is how far its maps' summed weights are from the threshold (``input_decision``).
+  A cell whose slots all read one map makes no decision;
 - a summary: entropy drop of α and β (1 − H/ln n, mean over rows; 0 = uniform, 1 = one-hot),
   median margin, share of decisions whose margin is at least ``DECIDED_MARGIN``, and the share of
   decisions that changed over the last half of the epochs (``flip_share``).
@@ -27,7 +29,9 @@ settings without weight decay gave median margins of 0.09-0.35 on the same trial
 A genotype is *undecided* when fewer than half of its decisions count (``is_undecided``); a
 campaign must not promote such a genotype silently.
 
-What this is not: the derivation (genotype.py) or any module code; nothing here imports nn/.
+What this is not: the derivation (genotype.py; which inputs a rule keeps is read from its
+``kept_slots``, so decisions compared across epochs and seeds are the genotype's) or any module
+code; nothing here imports nn/.
 """
 
 from __future__ import annotations
@@ -36,13 +40,11 @@ import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from nfs_orchestrator.genotype import Genotype, kept_slots
 from nfs_orchestrator.geometry import SLOTS, fabric_sites
-from nfs_orchestrator.specs import FabricSpace
-
-if TYPE_CHECKING:
-    from nfs_orchestrator.genotype import Genotype
+from nfs_orchestrator.specs import DerivationRule, FabricSpace
 
 DECIDED_MARGIN = 0.05  # see the module docstring for the measured noise it sits above
 UNDECIDED_BELOW = 0.5  # a genotype with a smaller share of decided decisions is undecided
@@ -86,23 +88,31 @@ def source_weights(row: Sequence[float], sources: tuple[int, int, int]) -> dict[
 
 
 def input_decision(
-    row: Sequence[float], sources: tuple[int, int, int], kept: Sequence[str] | None = None
+    row: Sequence[float],
+    sources: tuple[int, int, int],
+    kept: Sequence[str],
+    rule: DerivationRule,
 ) -> tuple[tuple[int, ...], float] | None:
-    """(kept source rows, margin of the weakest kept source over the best dropped one, by mean
-    slot weight) of one cell; ``kept``: the slots a genotype kept (default: the source the
-    derivation keeps, the largest summed slot weight). None when every slot reads one map."""
+    """(kept source rows, margin) of one cell whose kept slots are ``kept`` (a genotype's, or
+    what ``rule`` keeps: ``genotype.kept_slots``); None when every slot reads one map.
+
+    The margin is how far the weights are from changing what is kept. ``argmax``: the weakest
+    kept map over the best dropped one, by mean slot weight (module doc). ``threshold`` t: the
+    rule compares each map's summed weight with t, so the margin is the smallest distance
+    |sum − t| among the maps other than the strongest (which is always kept), and, when even the
+    strongest is below t, also its lead over the runner-up. Uniform β is undecided either way
+    (a three-map cell at t = 0.3: 1/3 − 0.3 = 0.033)."""
     weights = source_weights(row, sources)
     if len(weights) < 2:
         return None
-    if kept is None:
-        order = list(weights)  # slot order: ties keep the earlier slot, as the derivation
-        total = {
-            src: sum(float(row[i]) for i, s in enumerate(sources) if s == src) for src in order
-        }
-        best = max(order, key=lambda s: (total[s], -order.index(s)))
-        chosen: tuple[int, ...] = (best,)
-    else:
-        chosen = tuple(sorted({sources[SLOTS.index(slot)] for slot in kept}))
+    chosen = tuple(sorted({sources[SLOTS.index(slot)] for slot in kept}))
+    if rule.inputs == "threshold":
+        total = {src: w * sources.count(src) for src, w in weights.items()}
+        ranked = sorted(total.values(), reverse=True)
+        gaps = [abs(w - rule.beta_threshold) for w in ranked[1:]]
+        if ranked[0] < rule.beta_threshold:
+            gaps.append(ranked[0] - ranked[1])
+        return chosen, min(gaps)
     dropped = [w for s, w in weights.items() if s not in chosen]
     low = min(weights[s] for s in chosen)
     return chosen, low - (max(dropped) if dropped else 0.0)
@@ -110,15 +120,17 @@ def input_decision(
 
 def decisions(space: FabricSpace, weights: dict[str, Any]) -> dict[str, tuple]:
     """Every decision of one snapshot {part: {"alpha": rows, "beta": rows}}: a dict from
-    ``part/edge<i>`` and ``part/cell(<scale>,<depth>)`` to the chosen op / source rows. Used to
-    compare decisions across epochs (flip_share) and across seeds (benchmarks)."""
+    ``part/edge<i>`` to the chosen op and from ``part/cell(<scale>,<depth>)`` to the source
+    rows the space's derivation rule keeps (one map under ``argmax``, a set under
+    ``threshold``). Used to compare decisions across epochs (flip_share) and across seeds."""
     out: dict[str, tuple] = {}
     sites = cell_sources(space)
     for part, w in weights.items():
         for i, row in enumerate(w["alpha"]):
             out[f"{part}/edge{i}"] = (op_decision(row, space.ops)[0],)
         for (scale, depth, sources), row in zip(sites, w["beta"]):
-            d = input_decision(row, sources)
+            slots = kept_slots(row, sources, space.derivation)
+            d = input_decision(row, sources, slots, space.derivation)
             if d is not None:
                 out[f"{part}/cell({scale},{depth})"] = d[0]
     return out
@@ -136,14 +148,26 @@ def agreement(maps: Sequence[dict[str, tuple]], kind: str = "") -> list[float]:
     return out
 
 
+def input_outcomes(maps: int, rule: DerivationRule) -> int:
+    """How many kept sets the input rule can give a cell that reads ``maps`` distinct maps:
+    each single map under ``argmax``; under ``threshold`` t also every set of k ≥ 2 maps with
+    k·t ≤ 1 (k maps can all reach t only then; the others can sit near 0)."""
+    if rule.inputs != "threshold":
+        return maps
+    t = rule.beta_threshold
+    return maps + sum(math.comb(maps, k) for k in range(2, maps + 1) if k * t <= 1)
+
+
 def chance_levels(space: FabricSpace) -> dict[str, float]:
-    """The agreement two coin-tossing searches would reach: 1 / (non-zero ops) for an op;
-    for a cell, the mean over cells of 1 / (distinct input maps), cells with one map left out."""
+    """The agreement two coin-tossing searches would reach, each outcome equally likely:
+    1 / (non-zero ops) for an op; for a cell, the mean over cells of 1 / (kept sets its input
+    rule can give: ``input_outcomes``), cells with one map left out."""
     nonzero = sum(op != "zero" for op in space.ops)
     sources = [len(set(s)) for _, _, s in cell_sources(space) if len(set(s)) > 1]
+    outcomes = [input_outcomes(n, space.derivation) for n in sources]
     return {
         "ops": 1 / nonzero,
-        "inputs": statistics.fmean(1 / n for n in sources) if sources else math.nan,
+        "inputs": statistics.fmean(1 / n for n in outcomes) if outcomes else math.nan,
     }
 
 
@@ -219,7 +243,8 @@ def confidence_of(
         cells = []
         for (scale, depth, sources), row in zip(sites, w["beta"]):
             beta_rows.append(list(row))
-            d = input_decision(row, sources, kept.get((scale, depth)))
+            slots = kept.get((scale, depth)) or kept_slots(row, sources, space.derivation)
+            d = input_decision(row, sources, slots, space.derivation)
             if d is None:
                 continue
             margins.append(round(d[1], 6))

@@ -30,7 +30,7 @@ through ``nn.counting.measure_genotype``), with ``Genotype.with_size``.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -193,8 +193,8 @@ def derive_genotype(
         for index, site in enumerate(sites):
             a = alpha if alpha.dim() == 2 else alpha[index]  # (k, |O|)
             ops = tuple(_best_nonzero_op(row, space.ops) for row in a)
-            kept_slots = _kept_slots(beta[index], site.sources, rule)
-            chosen[(site.scale, site.depth)] = (kept_slots, ops)
+            slots = kept_slots(beta[index].tolist(), site.sources, rule)
+            chosen[(site.scale, site.depth)] = (slots, ops)
         kept = _reachable(layers, chosen)
         cells = tuple(
             CellGene(s.scale, s.depth, *chosen[(s.scale, s.depth)])
@@ -222,12 +222,13 @@ def _best_nonzero_op(weights: torch.Tensor, ops: tuple[str, ...]) -> str:
     return next(ops[i] for i in order if ops[i] != "zero")
 
 
-def _kept_slots(
-    weights: torch.Tensor, sources: tuple[int, int, int], rule: DerivationRule
+def kept_slots(
+    weights: Sequence[float], sources: tuple[int, int, int], rule: DerivationRule
 ) -> tuple[str, ...]:
-    """The slots a cell keeps: per distinct source map (first reading slot, in slot order) the
-    sum of its slots' weights; the strongest map (ties: the earlier slot), and with the
-    ``threshold`` rule every map at or above ``beta_threshold`` too."""
+    """The slots a cell keeps from its softmax(β) row ``weights`` (one per slot): per distinct
+    source map (first reading slot, in slot order) the sum of its slots' weights; the strongest
+    map (ties: the earlier slot), and with the ``threshold`` rule every map at or above
+    ``beta_threshold`` too. The one home of the input rule: confidence.py reads it too."""
     maps: dict[int, list[int]] = {}  # source row → the slots reading it, in slot order
     for slot, src in enumerate(sources):
         maps.setdefault(src, []).append(slot)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from nfs_orchestrator.confidence import (
+    chance_levels,
     confidence_metrics,
     confidence_of,
     decisions,
@@ -22,11 +23,18 @@ from nfs_orchestrator.confidence import (
     undecided_cells,
     with_confidence,
 )
-from nfs_orchestrator.genotype import SCHEMA_VERSION, Genotype, read_genotype
-from nfs_orchestrator.specs import load_fabric
+from nfs_orchestrator.genotype import SCHEMA_VERSION, Genotype, kept_slots, read_genotype
+from nfs_orchestrator.specs import DerivationRule, load_fabric
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden" / "genotype_tiny_coco-p3.json"
 UNIFORM_BETA = [[1 / 3, 1 / 3, 1 / 3]] * 6
+ARGMAX = DerivationRule(inputs="argmax")
+THRESHOLD = DerivationRule(inputs="threshold", beta_threshold=0.3)
+
+
+def cell(row: list[float], sources: tuple[int, int, int], rule: DerivationRule):
+    """(kept source rows, margin) of one cell under ``rule``, as the derivation keeps it."""
+    return input_decision(row, sources, kept_slots(row, sources, rule), rule)
 
 
 def golden_with(weights: dict) -> Genotype:
@@ -79,13 +87,36 @@ def test_margins_are_exact():
 def test_a_map_kept_by_the_two_slot_prior_has_a_negative_margin():
     # top-row cell (0,1) reads rows (0, 0, 1): the parallel map sums 0.6 and is kept (as the
     # derivation keeps it), but per slot the search leaned to below: margin 0.3 - 0.4
-    chosen, margin = input_decision([0.3, 0.3, 0.4], (0, 0, 1))
+    chosen, margin = cell([0.3, 0.3, 0.4], (0, 0, 1), ARGMAX)
     assert chosen == (0,) and margin == pytest.approx(-0.1)
-    space = load_fabric("tiny")
+    space = replace(load_fabric("tiny"), derivation=ARGMAX)
     weights = {"p": {"alpha": [[0.1, 0.2, 0.3, 0.4]], "beta": [[0.3, 0.3, 0.4]] + UNIFORM_BETA[1:]}}
     assert decisions(space, weights)["p/cell(0,1)"] == (0,)
-    chosen, margin = input_decision([0.2, 0.2, 0.6], (0, 0, 1))
+    chosen, margin = cell([0.2, 0.2, 0.6], (0, 0, 1), ARGMAX)
     assert chosen == (1,) and margin == pytest.approx(0.4)
+
+
+def test_threshold_decisions_are_the_kept_sets_and_their_distance_from_the_threshold():
+    # (1,1) reads rows (1, 0, 2): sums 0.45, 0.45, 0.1 keep rows 0 and 1; the nearest sum to
+    # the threshold 0.3 is 0.1 or 0.45, both 0.15 away
+    assert cell([0.45, 0.45, 0.1], (1, 0, 2), THRESHOLD) == ((0, 1), pytest.approx(0.15))
+    # uniform β keeps all three maps of (1,1), 1/3 − 0.3 from the line: undecided
+    chosen, margin = cell(UNIFORM_BETA[0], (1, 0, 2), THRESHOLD)
+    assert chosen == (0, 1, 2) and margin == pytest.approx(1 / 3 - 0.3) and margin < 0.05
+    # top row (0, 0, 1): the parallel map sums 0.8, below 0.2 (0.1 under the line): one map
+    assert cell([0.4, 0.4, 0.2], (0, 0, 1), THRESHOLD) == ((0,), pytest.approx(0.1))
+    # the decisions compared across epochs and seeds are the space's rule's kept sets
+    space = load_fabric("tiny")
+    assert space.derivation == THRESHOLD  # the shipped space; the argmax test above replaces it
+    weights = {"p": {"alpha": [[0.1, 0.2, 0.3, 0.4]], "beta": [UNIFORM_BETA[0]] * 6}}
+    got = decisions(space, weights)
+    assert got["p/cell(1,1)"] == (0, 1, 2) and got["p/cell(0,1)"] == (0, 1)
+    # chance: a two-map cell has 3 kept sets under the threshold (2 under argmax), a three-map
+    # cell 7 (3); tiny has three cells of each
+    assert chance_levels(space)["inputs"] == pytest.approx((3 * (1 / 3) + 3 * (1 / 7)) / 6)
+    assert chance_levels(replace(space, derivation=ARGMAX))["inputs"] == pytest.approx(
+        (3 * (1 / 2) + 3 * (1 / 3)) / 6
+    )
 
 
 def test_uniform_weights_are_undecided_and_say_why():
