@@ -407,3 +407,24 @@ def test_the_search_weighs_context_higher_at_the_output_row_for_the_context_grou
     on seeds 24-47 as a secondary statistic (19 of 24) after failing on seeds 6-11 (2 of 6), so
     these seeds decide it: 15 of 24 (not found)."""
     assert sum(f > 0 for f in output_row_flips) >= 17, output_row_flips
+
+
+# Pre-registered 2026-11-30 12:22 UTC (benchmarks/RESULTS.md, "Planted structure: one batch of 60
+# fresh seeds"), before these seeds first ran: the batches above were too small for an effect of
+# about the seed spread (at the rate seen on seeds 24-71, ≈ 0.7, a 24-seed batch passes ≥ 17 with
+# probability 0.67; 60 seeds pass ≥ 37 with probability 0.94).
+BATCH_SEEDS = tuple(range(72, 132))
+
+
+@pytest.fixture(scope="module")
+def batch_flips(tmp_path_factory) -> list[float]:
+    """Per seed, the output-row β lean on the plant minus on the swap (120 searches: about
+    90 min on one idle core)."""
+    return longer_flips(tmp_path_factory, "planted-batch", BATCH_SEEDS, "output_row_lean")
+
+
+@pytest.mark.slow
+def test_the_search_weighs_context_higher_at_the_output_row_over_60_fresh_seeds(batch_flips):
+    """The output-row statistic of the test above, decided by one batch of 60 fresh seeds:
+    ≥ 37 of 60 flips > 0 (P = 0.046 if β ignored the plant)."""
+    assert sum(f > 0 for f in batch_flips) >= 37, batch_flips
