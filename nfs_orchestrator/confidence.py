@@ -24,7 +24,10 @@ A decision counts when its margin ≥ ``DECIDED_MARGIN`` = 0.05. Why 0.05: with 
 arch optimizer (Adam lr 0.03, coupled weight decay 1e-2) on the quickstart, α/β stay at their
 uniform start and what decides is noise; over 3 seeds the largest final margins were 0.014 (α)
 and 0.010 (β) (benchmarks/RESULTS.md, "Search signal"). 0.05 is 3.5× that noise ceiling; the
-settings without weight decay gave median margins of 0.09-0.35 on the same trials.
+settings without weight decay gave median margins of 0.09-0.35 on the same trials. Under the
+``threshold`` input rule (t = 0.3) uniform β already has cell margins 1/3 − 0.3 = 0.033 and the
+reference searches' largest was 0.042 (RESULTS, "Confidence under the threshold rule"): 0.05 is
+still above that ceiling, by less.
 
 A genotype is *undecided* when fewer than half of its decisions count (``is_undecided``); a
 campaign must not promote such a genotype silently.
