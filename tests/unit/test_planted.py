@@ -424,7 +424,15 @@ def batch_flips(tmp_path_factory) -> list[float]:
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="measured: 33 of 60 > 0 on seeds 72-131, short of 37 (benchmarks/RESULTS.md, "
+    "'Planted structure: one batch of 60 fresh seeds'); XPASS = β now shows it",
+)
 def test_the_search_weighs_context_higher_at_the_output_row_over_60_fresh_seeds(batch_flips):
     """The output-row statistic of the test above, decided by one batch of 60 fresh seeds:
-    ≥ 37 of 60 flips > 0 (P = 0.046 if β ignored the plant)."""
+    ≥ 37 of 60 flips > 0 (P = 0.046 if β ignored the plant). Measured: 33 of 60 (not found);
+    the weights' reliance was 46 of 60 on the same searches, and β over the whole fabric leaned
+    the other way in 52 of 60."""
     assert sum(f > 0 for f in batch_flips) >= 37, batch_flips
