@@ -3,8 +3,9 @@
 For each ``--seeds`` value it runs the same small in-process search (``LocalRuntime``, coco-p3,
 the test's settings ``tests/unit/test_planted.py::SETTINGS`` plus any ``--set``) twice: on the
 ``context_legs`` set (legs marked by rings: context; arms by dots: detail) and on the
-``context_arms`` set (roles exchanged; ``data/synthetic.py``). From the final softmax(β) of
-each run it takes ``confidence.coarseness`` per part and prints
+``context_arms`` set (roles exchanged; ``data/synthetic.py``); with ``--plant sided`` on their
+``_sided`` variants, whose detail mark is a larger disc with a tick telling its side. From the
+final softmax(β) of each run it takes ``confidence.coarseness`` per part and prints
 
     lean   = coarseness(lower_limb) − coarseness(upper_limb)     (per run; 0 under uniform β)
     flip   = lean(context_legs) − lean(context_arms)             (per seed; > 0 = found)
@@ -45,7 +46,7 @@ sys.path.insert(0, str(REPO))
 
 from nfs_orchestrator.genotype import Genotype, derive_genotype, read_genotype  # noqa: E402
 from nfs_orchestrator.hardware import detect  # noqa: E402
-from tests.unit.test_planted import MODES, SETTINGS, genotype_lean, planted_run  # noqa: E402
+from tests.unit.test_planted import PLANTS, SETTINGS, genotype_lean, planted_run  # noqa: E402
 
 
 def genotype_chance(like: Genotype, draws: int = 4000) -> tuple[float, float]:
@@ -88,56 +89,60 @@ def main() -> None:
     parser.add_argument("--root", default=None, help="work folder (default: a temporary one)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--removal", action="store_true", help="also the removal genotypes")
+    parser.add_argument("--plant", choices=list(PLANTS), default="dot",
+                        help="the detail mark (test_planted.PLANTS; default: dot)")  # fmt: skip
     args = parser.parse_args()
+    modes = PLANTS[args.plant]
     torch.set_num_threads(args.threads)
     hw = detect("cpu")
     print(f"hardware: {hw.name}, {hw.usable_cpus} usable CPUs, torch {hw.torch}, "
           f"{args.threads} thread(s)")  # fmt: skip
-    print(f"settings: {[*SETTINGS, *args.sets]}", flush=True)
+    print(f"plant: {args.plant} {modes}; settings: {[*SETTINGS, *args.sets]}", flush=True)
     rows = []
     with tempfile.TemporaryDirectory(prefix="posenfs-planted-") as tmp:
         root = Path(args.root) if args.root else Path(tmp)
         for seed in args.seeds:
             row: dict = {"seed": seed}
-            for mode in MODES:
+            for mode in modes:
                 started = time.monotonic()
                 row[mode] = planted_run(root, seed, mode, tuple(args.sets), args.removal)
                 row[mode]["wall_s"] = round(time.monotonic() - started, 1)
-            row["flip"] = row[MODES[0]]["lean"] - row[MODES[1]]["lean"]
+            row["flip"] = row[modes[0]]["lean"] - row[modes[1]]["lean"]
             row["output_row_flip"] = (
-                row[MODES[0]]["output_row_lean"] - row[MODES[1]]["output_row_lean"]
+                row[modes[0]]["output_row_lean"] - row[modes[1]]["output_row_lean"]
             )
-            row["reliance_flip"] = row[MODES[0]]["reliance_lean"] - row[MODES[1]]["reliance_lean"]
+            row["reliance_flip"] = row[modes[0]]["reliance_lean"] - row[modes[1]]["reliance_lean"]
             by_epoch = [
                 a - b
                 for a, b in zip(
-                    row[MODES[0]]["output_row_by_epoch"], row[MODES[1]]["output_row_by_epoch"]
+                    row[modes[0]]["output_row_by_epoch"], row[modes[1]]["output_row_by_epoch"]
                 )
             ]
             rows.append(row)
-            like = read_genotype(root / f"seed{seed}-{MODES[0]}" / "artifacts" / "genotype.json")
+            like = read_genotype(root / f"seed{seed}-{modes[0]}" / "artifacts" / "genotype.json")
             print(
-                f"seed {seed}: lean legs-context {row[MODES[0]]['lean']:+.4f}  "
-                f"arms-context {row[MODES[1]]['lean']:+.4f}  flip {row['flip']:+.4f}  "
+                f"seed {seed}: lean legs-context {row[modes[0]]['lean']:+.4f}  "
+                f"arms-context {row[modes[1]]['lean']:+.4f}  flip {row['flip']:+.4f}  "
                 f"output-row flip {row['output_row_flip']:+.4f} "
                 f"(by epoch {' '.join(f'{v:+.3f}' for v in by_epoch)})  "
                 f"reliance flip {row['reliance_flip']:+.5f} | "
-                f"val_ap {row[MODES[0]]['val_ap']:.3f} {row[MODES[1]]['val_ap']:.3f} "
-                f"(legs, arms: {_limbs(row[MODES[0]])} {_limbs(row[MODES[1]])}) | "
-                f"{row[MODES[0]]['wall_s']:.0f} s + "
-                f"{row[MODES[1]]['wall_s']:.0f} s",
+                f"val_ap {row[modes[0]]['val_ap']:.3f} {row[modes[1]]['val_ap']:.3f} "
+                f"(legs, arms: {_limbs(row[modes[0]])} {_limbs(row[modes[1]])}) | "
+                f"{row[modes[0]]['wall_s']:.0f} s + "
+                f"{row[modes[1]]['wall_s']:.0f} s",
                 flush=True,
             )
     n = len(rows)
-    summary = {"settings": [*SETTINGS, *args.sets], "hardware": hw.to_dict(), "rows": rows}
-    for mode in MODES:
+    summary = {"plant": args.plant, "settings": [*SETTINGS, *args.sets], "hardware": hw.to_dict(),
+               "rows": rows}  # fmt: skip
+    for mode in modes:
         print(f"lean on {mode}: {spread([r[mode]['lean'] for r in rows])}")
     above, tie = genotype_chance(like)
     for key, name in (("genotype_lean", "genotype"), ("removal_genotype_lean", "removal genotype")):
-        if rows[0][MODES[0]][key] is None:
+        if rows[0][modes[0]][key] is None:
             continue
         # leans are means of integer row offsets: round away the float residue of k/3 − k/3
-        flips = [round(r[MODES[0]][key] - r[MODES[1]][key], 9) for r in rows]
+        flips = [round(r[modes[0]][key] - r[modes[1]][key], 9) for r in rows]
         k_g, ties, k_neg = (
             sum(f > 0 for f in flips),
             sum(f == 0 for f in flips),

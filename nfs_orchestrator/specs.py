@@ -181,8 +181,11 @@ class SyntheticSpec(Spec):
     seed: int = 0
     # "context_legs" / "context_arms": one limb group located by long-range context only, the
     # other by local detail only, roles exchanged between the two (data/synthetic.py), so a
-    # part-specific search has a planted preference to find, and to flip
-    planted: Literal["none", "context_legs", "context_arms"] = "none"
+    # part-specific search has a planted preference to find, and to flip; the "_sided" pair
+    # draws the detail marks as ticked discs that tell their side (data/synthetic.py)
+    planted: Literal[
+        "none", "context_legs", "context_arms", "context_legs_sided", "context_arms_sided"
+    ] = "none"
 
 
 @dataclass(frozen=True)

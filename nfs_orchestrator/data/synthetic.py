@@ -33,6 +33,14 @@ build (root joint, bend, end), so the two modes differ only in which group gets 
 (Measured: a short search follows the swap, but the dot group reads the coarser rows;
 benchmarks/RESULTS.md, "Planted structure: a swap test".)
 
+The dot turned out too small to see (1-px at the usual sizes: the group meant as "detail" was
+the hard one, benchmarks/RESULTS.md, "one batch of 60 fresh seeds"), and its side (left or
+right) could only be read from the body axis, i.e. from context. The ``_sided`` modes
+(``context_legs_sided``, ``context_arms_sided``: the same groups) draw each detail keypoint as
+a disc of ``SIDED_RADIUS`` with a tick ``SIDED_TICK`` radii long toward the joint's own side
+(image-right for ``left_*``, which a mirrored image with swapped labels obeys too), so the
+finest row locates it and tells its side; the rings are unchanged.
+
 Writing is idempotent and atomic: the set is generated into a temporary sibling folder and
 renamed onto ``root``; a second call (or a process that lost the race) finds ``root`` with the
 same settings and leaves it alone. Same seed → same bytes.
@@ -55,13 +63,18 @@ from nfs_orchestrator.keypoints import KeypointSchema
 
 GENERATOR_VERSION = 1
 # planted mode → (context group, detail group), see the module docstring
+_LEGS, _ARMS = ("hip", "knee", "ankle"), ("shoulder", "elbow", "wrist")
 PLANTED_GROUPS = {
-    "context_legs": (("hip", "knee", "ankle"), ("shoulder", "elbow", "wrist")),
-    "context_arms": (("shoulder", "elbow", "wrist"), ("hip", "knee", "ankle")),
+    "context_legs": (_LEGS, _ARMS),
+    "context_arms": (_ARMS, _LEGS),
+    "context_legs_sided": (_LEGS, _ARMS),
+    "context_arms_sided": (_ARMS, _LEGS),
 }
 PLANTED = ("none", *PLANTED_GROUPS)
 RING_RADIUS = 0.16  # a context keypoint's ring, in figure heights
 DETAIL_RADIUS = 0.016  # a detail keypoint's dot, in figure heights (the face's size)
+SIDED_RADIUS = 0.035  # a sided detail keypoint's disc, in figure heights
+SIDED_TICK = 2.2  # its tick's length from the centre, in disc radii
 MANIFEST = "synthetic.json"
 VAL_ID_OFFSET = 100_000
 JPEG_QUALITY = 92
@@ -151,6 +164,7 @@ def _draw_figure(
         return int(round(q[0] * 16)), int(round(q[1] * 16))
 
     context, detail = PLANTED_GROUPS.get(planted, ((), ()))
+    sided = planted.endswith("_sided")
     if planted == "none":
         torso = np.stack([pts[idx[n]] for n in ("left_shoulder", "right_shoulder",
                                                  "right_hip", "left_hip")])  # fmt: skip
@@ -181,8 +195,13 @@ def _draw_figure(
         r = max(1.0, (0.016 if face else 0.028) * height_px)
         rgb = _COLORS[group]
         if group in detail:
-            r = max(1.0, DETAIL_RADIUS * height_px)
+            r = max(1.0, (SIDED_RADIUS if sided else DETAIL_RADIUS) * height_px)
         cv2.circle(img, fix(pts[i]), int(r * 16), rgb[::-1], -1, cv2.LINE_AA, shift=4)
+        if group in detail and sided:  # a tick outward: left joints to image-right
+            side = 1.0 if name.startswith("left_") else -1.0
+            end = pts[i] + np.array([side * SIDED_TICK * r, 0.0])
+            cv2.line(img, fix(pts[i]), fix(end), rgb[::-1], max(1, int(round(0.7 * r))),
+                     cv2.LINE_AA, shift=4)  # fmt: skip
         if rng.random() < OCCLUDED_PROB:
             half = 1.4 * r + 1
             color = tuple(float(c) for c in rng.uniform(60, 180, size=3))

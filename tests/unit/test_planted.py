@@ -22,21 +22,26 @@ from nfs_orchestrator.keypoints import load_grouping
 SCHEMA = load_grouping("coco-p3").schema
 
 
-def _marked_share(root, joint: str, rgb: tuple[int, int, int]) -> float:
+def _marked_share(root, joint: str, rgb: tuple[int, int, int], outward: int = 0) -> float:
     """Share of the labelled (v = 2) ``joint`` keypoints with the colour ``rgb`` (within 80 per
-    channel, after JPEG) in their 3 × 3 pixel neighbourhood."""
+    channel, after JPEG) in the 3 × 3 pixel neighbourhood of their spot, or, with ``outward``,
+    at the one pixel that many px toward the joint's own side (image-right for left joints)."""
     anns = json.loads((root / "annotations" / "person_keypoints_train.json").read_text())
     hits, total = 0, 0
     for ann in anns["annotations"]:
-        for side in ("left", "right"):
+        for side, sign in (("left", 1), ("right", -1)):
             i = SCHEMA.keypoints.index(f"{side}_{joint}")
             x, y, v = ann["keypoints"][3 * i : 3 * i + 3]
             if v != 2:
                 continue
             img = cv2.imread(str(root / "train" / f"{ann['image_id']:012d}.jpg"))[..., ::-1]
             r, c = int(round(y)), int(round(x))
-            patch = img[max(0, r - 1) : r + 2, max(0, c - 1) : c + 2].astype(int)  # (≤3, ≤3, 3)
-            hits += int(np.abs(patch - rgb).max(axis=-1).min() < 80)
+            if outward:
+                c += sign * outward
+                patch = img[r : r + 1, max(0, c) : c + 1].astype(int)  # (1, ≤1, 3)
+            else:
+                patch = img[max(0, r - 1) : r + 2, max(0, c - 1) : c + 2].astype(int)  # (≤3, ≤3, 3)
+            hits += int(patch.size > 0 and np.abs(patch - rgb).max(axis=-1).min() < 80)
             total += 1
     assert total >= 8  # enough keypoints to mean something
     return hits / total
@@ -59,6 +64,22 @@ def test_planted_sets_mark_one_limb_group_by_context_and_swap_it(tmp_path):
     assert arms_wrist < 0.2 and arms_ankle > 0.5, marked
 
 
+def test_sided_plant_ticks_its_detail_marks_outward_and_keeps_the_rings(tmp_path):
+    """The "sided" detail mark (a disc with a tick toward the joint's own side, so a fine row
+    tells left from right without the body axis) sits on the spot, its tick 3 px outward and
+    not inward; the context group keeps its rings (nothing at the spot)."""
+    kw = dict(train_images=8, val_images=1, image_size=(96, 96), seed=0, schema=SCHEMA)
+    wrist, elbow, ankle = (0, 0, 255), (0, 255, 0), (160, 0, 255)  # _COLORS
+    root = write_synthetic_coco(tmp_path / "sided", **kw, planted=PLANTS["sided"][0])
+    plain_dots = write_synthetic_coco(tmp_path / "dot", **kw, planted=PLANTS["dot"][0])
+    for joint, rgb in (("wrist", wrist), ("elbow", elbow)):  # arms: the detail group here
+        assert _marked_share(root, joint, rgb) > 0.8
+        assert _marked_share(root, joint, rgb, outward=3) > 0.5
+        assert _marked_share(root, joint, rgb, outward=-3) < 0.2
+        assert _marked_share(plain_dots, joint, rgb, outward=3) < 0.2  # the dot has no tick
+    assert _marked_share(root, "ankle", ankle) < 0.2  # legs: rings
+
+
 def test_unknown_planted_mode_is_refused_with_the_known_ones(tmp_path):
     with pytest.raises(SpecError, match="context_legs"):
         write_synthetic_coco(
@@ -68,7 +89,14 @@ def test_unknown_planted_mode_is_refused_with_the_known_ones(tmp_path):
     assert not (tmp_path / "x").exists()  # nothing written
 
 
-MODES = ("context_legs", "context_arms")  # the plant and its swap (data/synthetic.py)
+# A plant and its swap (data/synthetic.py), per detail mark: "dot" the face-size dot of sessions
+# 5-8 (hard to see: benchmarks/RESULTS.md, "one batch of 60 fresh seeds"), "sided" a larger
+# disc with a tick that tells its side, locatable at the finest row.
+PLANTS = {
+    "dot": ("context_legs", "context_arms"),
+    "sided": ("context_legs_sided", "context_arms_sided"),
+}
+MODES = PLANTS["dot"]
 SETTINGS = (  # the quickstart's trial, cut down (benchmarks/RESULTS.md, "Planted structure")
     "grouping=groupings/coco-p3",
     "data.synthetic.train_images=192",
