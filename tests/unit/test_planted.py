@@ -376,16 +376,18 @@ LONGER = (
 FRESH_SEEDS = tuple(range(12, 24))
 
 
-def longer_flips(tmp_path_factory, folder: str, seeds, lean: str) -> list[float]:
-    """Per seed, ``planted_run``'s ``lean`` on the plant minus on the swap, at the ``LONGER``
-    budget (two searches per seed, ≈ 45 s each on an idle core with one thread)."""
+def longer_flips(
+    tmp_path_factory, folder: str, seeds, lean: str, modes: tuple[str, str] = MODES
+) -> list[float]:
+    """Per seed, ``planted_run``'s ``lean`` on the plant minus on the swap (``modes``), at the
+    ``LONGER`` budget (two searches per seed, ≈ 45 s each on an idle core with one thread)."""
     import torch
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp(folder)
     flips = []
     for seed in seeds:
-        legs, arms = (planted_run(root, seed, mode, LONGER)[lean] for mode in MODES)
+        legs, arms = (planted_run(root, seed, mode, LONGER)[lean] for mode in modes)
         flips.append(legs - arms)
     return flips
 
@@ -464,3 +466,27 @@ def test_the_search_weighs_context_higher_at_the_output_row_over_60_fresh_seeds(
     the weights' reliance was 46 of 60 on the same searches, and β over the whole fabric leaned
     the other way in 52 of 60."""
     assert sum(f > 0 for f in batch_flips) >= 37, batch_flips
+
+
+# Pre-registered 2026-11-30 14:43 UTC (benchmarks/RESULTS.md, "Planted structure: the sided
+# plant"), before these seeds first ran: the same statistic and budget on the plant whose detail
+# mark the finest row can see and tell the side of (PLANTS["sided"]); an 8-seed pilot (seeds
+# 200-207) gave 6 of 8.
+SIDED_SEEDS = tuple(range(300, 340))
+
+
+@pytest.fixture(scope="module")
+def sided_flips(tmp_path_factory) -> list[float]:
+    """Per seed, the output-row β lean on the sided plant minus on its swap (80 searches)."""
+    return longer_flips(
+        tmp_path_factory, "planted-sided", SIDED_SEEDS, "output_row_lean", PLANTS["sided"]
+    )
+
+
+@pytest.mark.slow
+def test_the_search_weighs_context_higher_at_the_output_row_on_the_sided_plant(sided_flips):
+    """The intended preference in β where it reaches the heatmap, on the sided plant: the
+    output-row cells weigh their coarser input more for a limb group when it is the ring
+    (context) group than when it carries the ticked disc (detail). ≥ 26 of 40 flips > 0
+    (P = 0.040 if β ignored the plant)."""
+    assert sum(f > 0 for f in sided_flips) >= 26, sided_flips
