@@ -82,6 +82,66 @@ def spread(values: list[float]) -> str:
     return f"{m:+.4f} ± {sd:.4f} (min {min(values):+.4f}, max {max(values):+.4f}, n={len(values)})"
 
 
+FLIPS = (  # per-seed statistic → its name in prints and the picture
+    ("flip", "whole-fabric β flip"),
+    ("output_row_flip", "output-row β flip"),
+    ("reliance_flip", "reliance flip (weights)"),
+)
+
+
+def part_ap_by_mark(rows: list[dict], modes: tuple[str, str]) -> dict[str, dict[str, list]]:
+    """Per limb group, its supernet val AP in each seed when it carries the rings (context)
+    and when it carries the detail mark: {"legs": {"rings": [...], "detail": [...]}, "arms": …}."""
+    legs_ctx, arms_ctx = modes
+    return {
+        "legs": {
+            "rings": [r[legs_ctx]["part_ap"]["lower_limb"] for r in rows],
+            "detail": [r[arms_ctx]["part_ap"]["lower_limb"] for r in rows],
+        },
+        "arms": {
+            "rings": [r[arms_ctx]["part_ap"]["upper_limb"] for r in rows],
+            "detail": [r[legs_ctx]["part_ap"]["upper_limb"] for r in rows],
+        },
+    }
+
+
+def draw(rows: list[dict], modes: tuple[str, str], plant: str, path: Path) -> None:
+    """One panel per flip statistic (each seed a point, > 0 = the intended direction, with
+    its count and sign-test P) and one of the limb groups' val AP by mark (mean ± sd, seeds
+    as points): is each mark locatable, and does the search lean the intended way?"""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(rows)
+    fig, axes = plt.subplots(1, len(FLIPS) + 1, figsize=(4.2 * (len(FLIPS) + 1), 3.8))
+    for ax, (key, name) in zip(axes, FLIPS):
+        values = [r[key] for r in rows]
+        k = sum(v > 0 for v in values)
+        colors = ["#2ca02c" if v > 0 else "#d62728" for v in values]
+        ax.scatter([r["seed"] for r in rows], values, c=colors, s=14)
+        ax.axhline(0, color="#555555", lw=0.8)
+        ax.set_title(f"{name}\n> 0 in {k} of {n} (chance P(≥{k}) = {tail(k, n):.3g})", fontsize=9)
+        ax.set_xlabel("seed")
+    axes[0].set_ylabel("plant − swap (> 0: the intended way)")
+    ax = axes[-1]
+    for g, (group, marks) in enumerate(part_ap_by_mark(rows, modes).items()):
+        for m, (mark, values) in enumerate(marks.items()):
+            x = 3 * g + m
+            mean, sd = statistics.fmean(values), statistics.pstdev(values)
+            ax.bar(x, mean, yerr=sd, color="#9ecae1" if mark == "rings" else "#fdae6b")
+            ax.scatter([x] * len(values), values, s=6, color="#333333", zorder=3)
+            ax.text(x, 0.01, f"{group}\n{mark}", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks([])
+    ax.set_ylabel("supernet val AP of the group")
+    ax.set_title("is each mark locatable? (mean ± sd)", fontsize=9)
+    fig.suptitle(f"planted structure, {plant} plant ({modes[0]} vs {modes[1]}), {n} seeds")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -91,8 +151,25 @@ def main() -> None:
     parser.add_argument("--removal", action="store_true", help="also the removal genotypes")
     parser.add_argument("--plant", choices=list(PLANTS), default="dot",
                         help="the detail mark (test_planted.PLANTS; default: dot)")  # fmt: skip
+    parser.add_argument("--plot", default=None, metavar="PNG", help="draw the flips and AP here")
+    parser.add_argument(
+        "--redraw",
+        nargs="+",
+        default=None,
+        metavar="LOG",
+        help="search nothing: merge the rows of earlier outputs of this benchmark (their last "
+        "JSON line), print the flips, draw --plot",
+    )
     args = parser.parse_args()
     modes = PLANTS[args.plant]
+    if args.redraw:
+        last_lines = [Path(log).read_text().splitlines()[-1] for log in args.redraw]
+        rows = sorted(
+            (row for line in last_lines for row in json.loads(line)["rows"]),
+            key=lambda r: r["seed"],
+        )
+        report(rows, modes, args.plot, args.plant)
+        return
     torch.set_num_threads(args.threads)
     hw = detect("cpu")
     print(f"hardware: {hw.name}, {hw.usable_cpus} usable CPUs, torch {hw.torch}, "
@@ -155,16 +232,27 @@ def main() -> None:
             f"< 0 in {k_neg} (uniform random genotypes: P(> 0) = {above:.3f}, P(= 0) = {tie:.3f}; "
             f"without ties, chance P(≥{k_g} of {k_g + k_neg}) = {tail(k_g, k_g + k_neg):.4f})"
         )
-    for key, name in (
-        ("flip", "flip"),
-        ("output_row_flip", "output-row flip"),
-        ("reliance_flip", "reliance flip"),
-    ):
+    summary.update(report(rows, modes, args.plot, args.plant))
+    print(json.dumps(summary, sort_keys=True))
+
+
+def report(rows: list[dict], modes: tuple[str, str], plot: str | None, plant: str) -> dict:
+    """Prints each ``FLIPS`` statistic against chance and the limb groups' AP by mark, draws
+    them to ``plot`` when given; returns the counts."""
+    n, counts = len(rows), {}
+    for key, name in FLIPS:
         values = [r[key] for r in rows]
         k = sum(v > 0 for v in values)
-        summary[key] = {"positive": k, "n": n, "p_chance": tail(k, n)}
+        counts[key] = {"positive": k, "n": n, "p_chance": tail(k, n)}
         print(f"{name}: {spread(values)}; > 0 in {k} of {n} (chance P(≥{k}) = {tail(k, n):.4f})")
-    print(json.dumps(summary, sort_keys=True))
+    if all(r[m]["part_ap"] for r in rows for m in modes):  # a reused finished run has none
+        for group, marks in part_ap_by_mark(rows, modes).items():
+            print(f"val AP of the {group}: " + ", ".join(
+                f"with {mark} {spread(values)}" for mark, values in marks.items()))  # fmt: skip
+        if plot:
+            draw(rows, modes, plant, Path(plot))
+            print(f"picture: {plot}")
+    return counts
 
 
 if __name__ == "__main__":

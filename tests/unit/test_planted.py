@@ -484,9 +484,17 @@ def sided_flips(tmp_path_factory) -> list[float]:
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="measured: 20 of 40 > 0 on seeds 300-339, short of 26 (benchmarks/RESULTS.md, "
+    "'Planted structure: the sided plant'); XPASS = β now shows it",
+)
 def test_the_search_weighs_context_higher_at_the_output_row_on_the_sided_plant(sided_flips):
     """The intended preference in β where it reaches the heatmap, on the sided plant: the
     output-row cells weigh their coarser input more for a limb group when it is the ring
     (context) group than when it carries the ticked disc (detail). ≥ 26 of 40 flips > 0
-    (P = 0.040 if β ignored the plant)."""
+    (P = 0.040 if β ignored the plant). Measured: 20 of 40 (chance); the weights' reliance
+    23 of 40 and the whole-fabric β 16 of 40 on the same searches: with both marks visible,
+    nothing in β or the weights tells the groups apart."""
     assert sum(f > 0 for f in sided_flips) >= 26, sided_flips
