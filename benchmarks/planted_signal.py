@@ -13,9 +13,11 @@ final softmax(β) of each run it takes ``confidence.coarseness`` per part and pr
 and the same flip for two more leans: the output row's alone (``output_row_lean``: the mean
 softmax(β) of ``below`` over the row-0 cells) and the weights' reliance on context
 (``context_reliance``: how much each part's loss rises when no row-0 cell reads its coarser
-input; a readout of the trained supernet, not of β). With ``--removal`` it also derives each
-run's genotype by input removal (``test_planted.removal_genotype``: per cell the input whose
-removal costs its part most) and prints that genotype's flip beside β's.
+input; a readout of the trained supernet, not of β), once by cutting that input and once by
+keeping only its per-channel mean (its layout removed: less of the break a cut causes in every
+part). With ``--removal`` it also derives each run's genotype by input removal
+(``test_planted.removal_genotype``: per cell the input whose removal costs its part most) and
+prints that genotype's flip beside β's.
 
 The fabric is the tiny one with a single op (``test_planted.FABRIC``), so β (the scale each
 cell reads) is the whole search. Under the null (the search ignores the plant) a flip's sign
@@ -86,6 +88,7 @@ FLIPS = (  # per-seed statistic → its name in prints and the picture
     ("flip", "whole-fabric β flip"),
     ("output_row_flip", "output-row β flip"),
     ("reliance_flip", "reliance flip (weights)"),
+    ("layout_reliance_flip", "layout-reliance flip (weights)"),
 )
 
 
@@ -115,8 +118,9 @@ def draw(rows: list[dict], modes: tuple[str, str], plant: str, path: Path) -> No
     import matplotlib.pyplot as plt
 
     n = len(rows)
-    fig, axes = plt.subplots(1, len(FLIPS) + 1, figsize=(4.2 * (len(FLIPS) + 1), 3.8))
-    for ax, (key, name) in zip(axes, FLIPS):
+    flips = [(key, name) for key, name in FLIPS if key in rows[0]]  # older outputs lack some
+    fig, axes = plt.subplots(1, len(flips) + 1, figsize=(4.2 * (len(flips) + 1), 3.8))
+    for ax, (key, name) in zip(axes, flips):
         values = [r[key] for r in rows]
         k = sum(v > 0 for v in values)
         colors = ["#2ca02c" if v > 0 else "#d62728" for v in values]
@@ -188,7 +192,8 @@ def main() -> None:
             row["output_row_flip"] = (
                 row[modes[0]]["output_row_lean"] - row[modes[1]]["output_row_lean"]
             )
-            row["reliance_flip"] = row[modes[0]]["reliance_lean"] - row[modes[1]]["reliance_lean"]
+            for lean in ("reliance", "layout_reliance"):
+                row[f"{lean}_flip"] = row[modes[0]][f"{lean}_lean"] - row[modes[1]][f"{lean}_lean"]
             by_epoch = [
                 a - b
                 for a, b in zip(
@@ -202,7 +207,8 @@ def main() -> None:
                 f"arms-context {row[modes[1]]['lean']:+.4f}  flip {row['flip']:+.4f}  "
                 f"output-row flip {row['output_row_flip']:+.4f} "
                 f"(by epoch {' '.join(f'{v:+.3f}' for v in by_epoch)})  "
-                f"reliance flip {row['reliance_flip']:+.5f} | "
+                f"reliance flip {row['reliance_flip']:+.5f} "
+                f"(layout only {row['layout_reliance_flip']:+.5f}) | "
                 f"val_ap {row[modes[0]]['val_ap']:.3f} {row[modes[1]]['val_ap']:.3f} "
                 f"(legs, arms: {_limbs(row[modes[0]])} {_limbs(row[modes[1]])}) | "
                 f"{row[modes[0]]['wall_s']:.0f} s + "
@@ -241,6 +247,8 @@ def report(rows: list[dict], modes: tuple[str, str], plot: str | None, plant: st
     them to ``plot`` when given; returns the counts."""
     n, counts = len(rows), {}
     for key, name in FLIPS:
+        if key not in rows[0]:  # an output of this benchmark from before the statistic
+            continue
         values = [r[key] for r in rows]
         k = sum(v > 0 for v in values)
         counts[key] = {"positive": k, "n": n, "p_chance": tail(k, n)}
