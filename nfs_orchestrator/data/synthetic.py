@@ -39,7 +39,9 @@ right) could only be read from the body axis, i.e. from context. The ``_sided`` 
 (``context_legs_sided``, ``context_arms_sided``: the same groups) draw each detail keypoint as
 a disc of ``SIDED_RADIUS`` with a tick ``SIDED_TICK`` radii long toward the joint's own side
 (image-right for ``left_*``, which a mirrored image with swapped labels obeys too), so the
-finest row locates it and tells its side; the rings are unchanged.
+finest row locates it and tells its side; the rings are unchanged. (Measured: both marks
+are then located equally well, the trained supernet relies on the coarse layout more for the
+ring group, β does not follow; benchmarks/RESULTS.md, "the sided plant".)
 
 Writing is idempotent and atomic: the set is generated into a temporary sibling folder and
 renamed onto ``root``; a second call (or a process that lost the race) finds ``root`` with the

@@ -1,8 +1,11 @@
 """Planted structure in the synthetic set: each mode writes its own set, its context limb group
-has nothing at its keypoints and its detail group a dot, the swap exchanges them; a
-part-specific search reads the planted roles (β: in the reversed direction), and the trained
-supernet relies on context for the context group (the intended direction, read from its
-weights)."""
+has nothing at its keypoints and its detail group a dot (or, on the sided plant, a ticked
+disc), the swap exchanges them. On the dot plant a part-specific search reads the planted roles
+(β: in the reversed direction) and the weights rely on context for the ring group, both
+following the dot's invisibility; on the sided plant, where both marks are equally locatable,
+the trained supernet relies on the coarser rows' layout for the ring group (the intended
+direction, read from its weights) and β is at chance (benchmarks/RESULTS.md, "Planted
+structure")."""
 
 from __future__ import annotations
 
