@@ -83,6 +83,17 @@ def test_sided_plant_ticks_its_detail_marks_outward_and_keeps_the_rings(tmp_path
     assert _marked_share(root, "ankle", ankle) < 0.2  # legs: rings
 
 
+def test_the_spec_accepts_exactly_the_modes_the_generator_draws():
+    import typing
+
+    from nfs_orchestrator.data.synthetic import PLANTED
+    from nfs_orchestrator.specs import SyntheticSpec
+
+    hint = typing.get_type_hints(SyntheticSpec)["planted"]
+    assert typing.get_args(hint) == PLANTED
+    assert {m for pair in PLANTS.values() for m in pair} == set(PLANTED) - {"none"}
+
+
 def test_unknown_planted_mode_is_refused_with_the_known_ones(tmp_path):
     with pytest.raises(SpecError, match="context_legs"):
         write_synthetic_coco(
