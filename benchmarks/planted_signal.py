@@ -10,14 +10,15 @@ final softmax(β) of each run it takes ``confidence.coarseness`` per part and pr
     lean   = coarseness(lower_limb) − coarseness(upper_limb)     (per run; 0 under uniform β)
     flip   = lean(context_legs) − lean(context_arms)             (per seed; > 0 = found)
 
-and the same flip for two more leans: the output row's alone (``output_row_lean``: the mean
-softmax(β) of ``below`` over the row-0 cells) and the weights' reliance on context
+and the same flip for more leans: the output row's alone (``output_row_lean``: the mean
+softmax(β) of ``below`` over the row-0 cells); the weights' reliance on context
 (``context_reliance``: how much each part's loss rises when no row-0 cell reads its coarser
 input; a readout of the trained supernet, not of β), once by cutting that input and once by
 keeping only its per-channel mean (its layout removed: less of the break a cut causes in every
-part). With ``--removal`` it also derives each run's genotype by input removal
-(``test_planted.removal_genotype``: per cell the input whose removal costs its part most) and
-prints that genotype's flip beside β's.
+part); and the β gradient at those cells on the trained supernet (``beta_pull``: how the DARTS
+objective still pulls them toward their coarser input). With ``--removal`` it also derives
+each run's genotype by input removal (``test_planted.removal_genotype``: per cell the input
+whose removal costs its part most) and prints that genotype's flip beside β's.
 
 The fabric is the tiny one with a single op (``test_planted.FABRIC``), so β (the scale each
 cell reads) is the whole search. Under the null (the search ignores the plant) a flip's sign
@@ -89,6 +90,7 @@ FLIPS = (  # per-seed statistic → its name in prints and the picture
     ("output_row_flip", "output-row β flip"),
     ("reliance_flip", "reliance flip (weights)"),
     ("layout_reliance_flip", "layout-reliance flip (weights)"),
+    ("beta_pull_flip", "β-gradient flip (end of search)"),
 )
 
 
@@ -192,7 +194,7 @@ def main() -> None:
             row["output_row_flip"] = (
                 row[modes[0]]["output_row_lean"] - row[modes[1]]["output_row_lean"]
             )
-            for lean in ("reliance", "layout_reliance"):
+            for lean in ("reliance", "layout_reliance", "beta_pull"):
                 row[f"{lean}_flip"] = row[modes[0]][f"{lean}_lean"] - row[modes[1]][f"{lean}_lean"]
             by_epoch = [
                 a - b

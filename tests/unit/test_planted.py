@@ -223,16 +223,23 @@ def supernet_readout(trial, run, state: dict):
     _, arch_idx = split_image_disjoint(data, trial.search.split, trial.seed)
     index = {p.name: trial.grouping.indices(p) for p in trial.grouping.parts}
 
-    def part_losses() -> dict[str, float]:
+    def part_losses(grad: bool = False) -> dict[str, float]:
+        """Each part's mean loss; with ``grad``, every batch's summed loss is also
+        back-propagated (gradients accumulate in the parameters, β included)."""
         sums = dict.fromkeys(index, 0.0)
         steps = 0
-        with torch.no_grad():
+        with torch.set_grad_enabled(grad):
             for (b,) in epoch_batches(data, arch_idx, 16, 1, run, seed=0):
                 pred = model(b["image"])  # (B, K, h, w)
-                for name, idx in index.items():
-                    loss = joints_mse(
+                losses = {
+                    name: joints_mse(
                         pred[:, idx], b["heatmaps"][:, idx], b["target_weight"][:, idx]
                     )
+                    for name, idx in index.items()
+                }
+                if grad:
+                    sum(losses.values()).backward()
+                for name, loss in losses.items():
                     sums[name] += float(loss)
                 steps += 1
         return {name: total / steps for name, total in sums.items()}
@@ -265,6 +272,17 @@ def context_reliance(trial, run, state: dict, ablation: str = "cut") -> dict[str
             )
     ablated = part_losses()
     return {name: ablated[name] - plain[name] for name in plain}
+
+
+def beta_pull(trial, run, state: dict) -> dict[str, float]:
+    """Per part, −∂(its α/β-split loss)/∂β of ``below``, mean over ``output_row_cells``, on the
+    trained supernet (``supernet_readout``: eval-mode BatchNorm, where the search's α/β steps
+    ran in train mode; gradients summed over the split's batches): how the DARTS objective
+    still pulls those cells at the end of the search, > 0 toward their coarser input."""
+    model, part_losses = supernet_readout(trial, run, state)
+    part_losses(grad=True)
+    rows = output_row_cells(trial.fabric)
+    return {name: float(-f.beta.grad[rows, BELOW].mean()) for name, f in model.parts.items()}
 
 
 def removal_genotype(trial, run, state: dict) -> Genotype:
@@ -309,7 +327,8 @@ def planted_run(
     coarser rows the legs' cells read than the arms' (``confidence.coarseness``; 0 under
     uniform β, as the parts share one geometry); the legs' reliance on context over the arms'
     (``context_reliance``, by a cut and, as ``layout_reliance_lean``, by removing the coarser
-    input's layout only); with ``removal``, the lean of the ``removal_genotype`` too."""
+    input's layout only) and the same lean of ``beta_pull``; with ``removal``, the lean of the
+    ``removal_genotype`` too."""
     import torch
 
     from nfs_orchestrator.runtime import LocalRuntime
@@ -326,6 +345,7 @@ def planted_run(
     genotype = read_genotype(run_dir / "artifacts" / "genotype.json")
     reliance = context_reliance(trial, run, state)
     layout = context_reliance(trial, run, state, ablation="mean")
+    pull = beta_pull(trial, run, state)
     removed = removal_genotype(trial, run, state) if removal else None
     return {
         "lean": c["lower_limb"] - c["upper_limb"],
@@ -335,6 +355,7 @@ def planted_run(
         "reliance": reliance,
         "layout_reliance_lean": layout["lower_limb"] - layout["upper_limb"],
         "layout_reliance": layout,
+        "beta_pull_lean": pull["lower_limb"] - pull["upper_limb"],
         "genotype_lean": genotype_lean(genotype),
         "removal_genotype_lean": None if removed is None else genotype_lean(removed),
         "coarseness": c,
