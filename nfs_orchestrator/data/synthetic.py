@@ -64,13 +64,13 @@ from nfs_orchestrator.errors import InputError, SpecError
 from nfs_orchestrator.keypoints import KeypointSchema
 
 GENERATOR_VERSION = 1
-# planted mode → (context group, detail group), see the module docstring
+# planted mode → (context group, detail group, detail mark), see the module docstring
 _LEGS, _ARMS = ("hip", "knee", "ankle"), ("shoulder", "elbow", "wrist")
 PLANTED_GROUPS = {
-    "context_legs": (_LEGS, _ARMS),
-    "context_arms": (_ARMS, _LEGS),
-    "context_legs_sided": (_LEGS, _ARMS),
-    "context_arms_sided": (_ARMS, _LEGS),
+    "context_legs": (_LEGS, _ARMS, "dot"),
+    "context_arms": (_ARMS, _LEGS, "dot"),
+    "context_legs_sided": (_LEGS, _ARMS, "sided"),
+    "context_arms_sided": (_ARMS, _LEGS, "sided"),
 }
 PLANTED = ("none", *PLANTED_GROUPS)
 RING_RADIUS = 0.16  # a context keypoint's ring, in figure heights
@@ -165,8 +165,7 @@ def _draw_figure(
     def fix(q: np.ndarray) -> tuple[int, int]:  # sub-pixel drawing with shift=4
         return int(round(q[0] * 16)), int(round(q[1] * 16))
 
-    context, detail = PLANTED_GROUPS.get(planted, ((), ()))
-    sided = planted.endswith("_sided")
+    context, detail, mark = PLANTED_GROUPS.get(planted, ((), (), "dot"))
     if planted == "none":
         torso = np.stack([pts[idx[n]] for n in ("left_shoulder", "right_shoulder",
                                                  "right_hip", "left_hip")])  # fmt: skip
@@ -197,9 +196,9 @@ def _draw_figure(
         r = max(1.0, (0.016 if face else 0.028) * height_px)
         rgb = _COLORS[group]
         if group in detail:
-            r = max(1.0, (SIDED_RADIUS if sided else DETAIL_RADIUS) * height_px)
+            r = max(1.0, (SIDED_RADIUS if mark == "sided" else DETAIL_RADIUS) * height_px)
         cv2.circle(img, fix(pts[i]), int(r * 16), rgb[::-1], -1, cv2.LINE_AA, shift=4)
-        if group in detail and sided:  # a tick outward: left joints to image-right
+        if group in detail and mark == "sided":  # a tick outward: left joints to image-right
             side = 1.0 if name.startswith("left_") else -1.0
             end = pts[i] + np.array([side * SIDED_TICK * r, 0.0])
             cv2.line(img, fix(pts[i]), fix(end), rgb[::-1], max(1, int(round(0.7 * r))),
