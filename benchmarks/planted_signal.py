@@ -85,12 +85,12 @@ def spread(values: list[float]) -> str:
     return f"{m:+.4f} ± {sd:.4f} (min {min(values):+.4f}, max {max(values):+.4f}, n={len(values)})"
 
 
-FLIPS = (  # per-seed statistic → its name in prints and the picture
-    ("flip", "whole-fabric β flip"),
-    ("output_row_flip", "output-row β flip"),
-    ("reliance_flip", "reliance flip (weights)"),
-    ("layout_reliance_flip", "layout-reliance flip (weights)"),
-    ("beta_pull_flip", "β-gradient flip (end of search)"),
+FLIPS = (  # per-seed statistic, the planted_run lean it is the flip of, its printed name
+    ("flip", "lean", "whole-fabric β flip"),
+    ("output_row_flip", "output_row_lean", "output-row β flip"),
+    ("reliance_flip", "reliance_lean", "reliance flip (weights)"),
+    ("layout_reliance_flip", "layout_reliance_lean", "layout-reliance flip (weights)"),
+    ("beta_pull_flip", "beta_pull_lean", "β-gradient flip (end of search)"),
 )
 
 
@@ -120,7 +120,7 @@ def draw(rows: list[dict], modes: tuple[str, str], plant: str, path: Path) -> No
     import matplotlib.pyplot as plt
 
     n = len(rows)
-    flips = [(key, name) for key, name in FLIPS if key in rows[0]]  # older outputs lack some
+    flips = [(key, name) for key, _, name in FLIPS if key in rows[0]]  # older outputs lack some
     fig, axes = plt.subplots(1, len(flips) + 1, figsize=(4.2 * (len(flips) + 1), 3.8))
     for ax, (key, name) in zip(axes, flips):
         values = [r[key] for r in rows]
@@ -190,12 +190,8 @@ def main() -> None:
                 started = time.monotonic()
                 row[mode] = planted_run(root, seed, mode, tuple(args.sets), args.removal)
                 row[mode]["wall_s"] = round(time.monotonic() - started, 1)
-            row["flip"] = row[modes[0]]["lean"] - row[modes[1]]["lean"]
-            row["output_row_flip"] = (
-                row[modes[0]]["output_row_lean"] - row[modes[1]]["output_row_lean"]
-            )
-            for lean in ("reliance", "layout_reliance", "beta_pull"):
-                row[f"{lean}_flip"] = row[modes[0]][f"{lean}_lean"] - row[modes[1]][f"{lean}_lean"]
+            for key, lean, _ in FLIPS:
+                row[key] = row[modes[0]][lean] - row[modes[1]][lean]
             by_epoch = [
                 a - b
                 for a, b in zip(
@@ -248,7 +244,7 @@ def report(rows: list[dict], modes: tuple[str, str], plot: str | None, plant: st
     """Prints each ``FLIPS`` statistic against chance and the limb groups' AP by mark, draws
     them to ``plot`` when given; returns the counts."""
     n, counts = len(rows), {}
-    for key, name in FLIPS:
+    for key, _, name in FLIPS:
         if key not in rows[0]:  # an output of this benchmark from before the statistic
             continue
         values = [r[key] for r in rows]
