@@ -307,6 +307,7 @@ class CampaignSpec(Spec):
             body.pop(key)
         body["budget"].pop("max_concurrent")
         body["data"] = self.data.identity()  # later data fields count once set
+        body["search"] = self.search.identity()
         if body["budget"]["seeds"] == 1:  # added later: at its default, ids stay as they were
             body["budget"].pop("seeds")
         return fingerprint(body)

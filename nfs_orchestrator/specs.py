@@ -14,6 +14,7 @@ into *parts*, each with its own fabric.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -196,7 +197,6 @@ class DataSpec(Spec):
     under ``root`` on first use and then reads it exactly like COCO.
     """
 
-    # added after campaign ids were first published: left out of fingerprints at their default
     LATE_FIELDS: ClassVar[tuple[str, ...]] = ("val_boxes", "decode", "oks_nms_threshold")
 
     dataset: Literal["coco", "mpii", "synthetic"]
@@ -298,15 +298,6 @@ class DataSpec(Spec):
         nms = "" if self.dataset == "mpii" else f", OKS-NMS {self.oks_nms_threshold:g}"
         flip = ", flip test" if self.flip_test else ""
         return f"{boxes}, decode {self.decode}{nms}{flip}"
-
-    def identity(self) -> dict[str, Any]:
-        """The plain dict fingerprints cover: the fields added after campaign ids were first
-        published (``LATE_FIELDS``) are left out at their default, so those ids stay."""
-        body = to_plain(self)
-        for f in dataclasses.fields(self):
-            if f.name in self.LATE_FIELDS and body[f.name] == f.default:
-                body.pop(f.name)
-        return body
 
 
 # --------------------------------------------------------------------------------------------
@@ -453,6 +444,12 @@ class SearchSpec(Spec):
     # the mixed op (K must divide every cell's channels); GDAS sampling, one op per edge and step.
     partial_channels: int = 1
     sampling: Literal["mixed", "gumbel"] = "mixed"
+    # weight of the mean normalised entropy of softmax(α/T) added to every α/β step's loss: a
+    # pull toward one op per row, so an op set whose loss barely separates its ops still
+    # commits (0 = off, the reference; benchmarks/RESULTS.md, "The α entropy pull")
+    alpha_entropy_weight: float = 0.0
+
+    LATE_FIELDS: ClassVar[tuple[str, ...]] = ("alpha_entropy_weight",)
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.val_every < 1:
@@ -467,6 +464,10 @@ class SearchSpec(Spec):
             raise SpecError("steps_per_epoch must be ≥ 1 or null")
         if self.arch_start_epoch is not None and not 0 <= self.arch_start_epoch <= self.epochs:
             raise SpecError("arch_start_epoch must be in [0, epochs] or null")
+        if not 0 <= self.alpha_entropy_weight < math.inf:
+            raise SpecError(f"alpha_entropy_weight: {self.alpha_entropy_weight} must be ≥ 0")
+        if self.alpha_entropy_weight and not self.search_alpha:
+            raise SpecError("alpha_entropy_weight: needs search_alpha (α is frozen)")
 
     @property
     def arch_start(self) -> int:
@@ -514,6 +515,7 @@ class TrialSpec(Spec):
     def fingerprint(self) -> str:
         body = to_plain(self)
         body["data"] = self.data.identity()
+        body["search"] = self.search.identity()
         return fingerprint(body)
 
 

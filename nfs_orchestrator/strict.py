@@ -158,8 +158,21 @@ class Spec:
     """What every frozen spec shares: ``to_dict`` (plain JSON-able values) and ``from_dict``
     (strict loading, with the key path in every message)."""
 
+    # fields added after campaign ids were first published: left out of fingerprints at their
+    # default (``identity``), so those ids stay
+    LATE_FIELDS: typing.ClassVar[tuple[str, ...]] = ()
+
     def to_dict(self) -> dict[str, Any]:
         return to_plain(self)
+
+    def identity(self) -> dict[str, Any]:
+        """The plain dict fingerprints cover: ``to_dict`` without the ``LATE_FIELDS`` that are
+        at their default."""
+        body = to_plain(self)
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            if f.name in self.LATE_FIELDS and body[f.name] == to_plain(f.default):
+                body.pop(f.name)
+        return body
 
     @classmethod
     def from_dict(cls: type[T], data: Any, path: str = "") -> T:

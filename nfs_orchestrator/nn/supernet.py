@@ -14,6 +14,7 @@ What this is not: the search loop (``search/``) or the derived network (``nn/der
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -108,6 +109,14 @@ class PoseSupernet(nn.Module):
         for fabric in self.parts.values():
             yield fabric.alpha
             yield fabric.beta
+
+    def alpha_entropy(self) -> torch.Tensor:
+        """Mean over α's rows (every part) of H(softmax(α/T)) / ln(ops) at the temperature in
+        use: 1 when uniform, 0 when one-hot (``1 − alpha_entropy_drop``), differentiable. The
+        search adds ``search.alpha_entropy_weight`` times it to every α/β step's loss."""
+        rows = torch.cat([f.alpha.reshape(-1, f.alpha.shape[-1]) for f in self.parts.values()])
+        logp = torch.log_softmax(rows.float() / self.temperature, dim=-1)  # (rows, ops)
+        return (-(logp.exp() * logp).sum(-1) / math.log(rows.shape[-1])).mean()
 
     def named_arch_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
         for name, fabric in self.parts.items():

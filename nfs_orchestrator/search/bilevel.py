@@ -9,6 +9,10 @@
   is never written to, and the batch-norm statistics of the virtual passes go to copies. The
   Hessian-vector product uses DARTS' central difference with r = 0.01 / ‖∇w' L_val‖.
 
+A positive ``alpha_entropy_weight`` (``search.alpha_entropy_weight``) adds that multiple of the
+supernet's mean normalised α entropy to the loss of every α/β step: a pull toward one op per
+row, the more so the further a row already leans (its gradient is zero at uniform α).
+
 Every step takes a list of micro-batches (gradient accumulation) and averages gradients over
 ranks through the runtime, so α/β are identical on every rank after every step. Every forward
 pass runs under the loop's ``execution`` (``hardware.run_model``: autocast and input layout).
@@ -55,6 +59,13 @@ def _accumulate(
     return total
 
 
+def _pull_alpha(model: nn.Module, weight: float) -> None:
+    """Adds weight · ∇α of the normalised α entropy (``PoseSupernet.alpha_entropy``) to α's
+    gradients; the entropy is the same on every rank, so gradient averaging keeps it."""
+    if weight:
+        (weight * model.alpha_entropy()).backward()
+
+
 def weight_step(
     model: nn.Module,
     batches: Sequence[Batch],
@@ -83,11 +94,13 @@ def joint_step(
     runtime: Runtime,
     grad_clip: float | None = None,
     execution: Execution | None = None,
+    alpha_entropy_weight: float = 0.0,
 ) -> float:
     w_optimizer.zero_grad(set_to_none=True)
     if a_optimizer is not None:
         a_optimizer.zero_grad(set_to_none=True)
     loss = _accumulate(model, batches, weights + arch, execution)
+    _pull_alpha(model, alpha_entropy_weight)
     runtime.sync_gradients(weights + arch)
     if grad_clip is not None:
         torch.nn.utils.clip_grad_norm_(weights, grad_clip)
@@ -104,9 +117,11 @@ def arch_step_first_order(
     optimizer: torch.optim.Optimizer,
     runtime: Runtime,
     execution: Execution | None = None,
+    alpha_entropy_weight: float = 0.0,
 ) -> float:
     optimizer.zero_grad(set_to_none=True)
     loss = _accumulate(model, batches, arch, execution)
+    _pull_alpha(model, alpha_entropy_weight)
     runtime.sync_gradients(arch)
     optimizer.step()
     return loss
@@ -129,6 +144,7 @@ def arch_step_second_order(
     eta: float,
     weight_decay: float,
     execution: Execution | None = None,
+    alpha_entropy_weight: float = 0.0,
 ) -> float:
     """DARTS second-order α/β step; ``eta``/``weight_decay`` are the weight optimizer's."""
     arch_ids = {id(p) for p in arch}
@@ -164,6 +180,7 @@ def arch_step_second_order(
     optimizer.zero_grad(set_to_none=True)
     for p, da, gp, gm in zip(a.values(), d_arch, g_plus, g_minus):
         p.grad = da - eta * (gp - gm) / (2 * r)
+    _pull_alpha(model, alpha_entropy_weight)
     runtime.sync_gradients(arch)
     optimizer.step()
     return float(val_loss.detach())
@@ -188,6 +205,7 @@ class StepState:
     eta: float
     weight_decay: float
     execution: Execution | None  # precision/layout of every forward (hardware.run_model)
+    alpha_entropy_weight: float = 0.0  # search.alpha_entropy_weight
 
 
 # (state, the step's micro-batches, the arch micro-batches to draw from) -> (train loss,
@@ -206,7 +224,13 @@ def _weights_only(s: StepState, batches, arch_batches) -> tuple[float, float | N
 
 def _first_order(s: StepState, batches, arch_batches) -> tuple[float, float | None]:
     arch_loss = arch_step_first_order(
-        s.model, next(arch_batches), s.arch, s.a_optimizer, s.runtime, s.execution
+        s.model,
+        next(arch_batches),
+        s.arch,
+        s.a_optimizer,
+        s.runtime,
+        s.execution,
+        s.alpha_entropy_weight,
     )
     return _weights_only(s, batches, arch_batches)[0], arch_loss
 
@@ -222,6 +246,7 @@ def _second_order(s: StepState, batches, arch_batches) -> tuple[float, float | N
         s.eta,
         s.weight_decay,
         s.execution,
+        s.alpha_entropy_weight,
     )
     return _weights_only(s, batches, arch_batches)[0], arch_loss
 
@@ -237,6 +262,7 @@ def _sync(s: StepState, batches, arch_batches) -> tuple[float, float | None]:
         s.runtime,
         s.grad_clip,
         s.execution,
+        s.alpha_entropy_weight,
     )
     return loss, None
 

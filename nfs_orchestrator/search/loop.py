@@ -188,6 +188,7 @@ def run_search(trial: TrialSpec, runtime: Runtime) -> dict[str, float]:
             eta,
             search.weight_optimizer.weight_decay,
             execution,
+            search.alpha_entropy_weight,
         )
 
         for step_index, step_batches in enumerate(w_batches, start=first_step):

@@ -110,3 +110,35 @@ def test_the_loop_reports_every_metric_a_campaign_may_name(tmp_path, synthetic_r
     declared = [*SEARCH_METRICS, *VAL_METRICS["coco"], *BILEVEL_METRICS]
     declared += [f"{kind}.{p}" for p in parts for kind in ("val_ap", "params", "macs")]
     assert set(declared) <= set(metrics), sorted(set(declared) - set(metrics))
+
+
+def test_alpha_entropy_pull_sharpens_the_leading_op_and_is_zero_at_uniform(synthetic_root):
+    """``search.alpha_entropy_weight``: ``PoseSupernet.alpha_entropy`` is 1 − the α entropy
+    drop the confidence record reports, at the temperature in use; its pull adds nothing at
+    uniform α, and where a row leans it moves the leading op up and the others down."""
+    from nfs_orchestrator.confidence import entropy_drop
+    from nfs_orchestrator.nn.backbones import build_backbone
+    from nfs_orchestrator.nn.supernet import PoseSupernet
+    from nfs_orchestrator.search import bilevel
+    from nfs_orchestrator.search.loop import arch_snapshot
+
+    trial = tiny_trial(synthetic_root)
+    net = PoseSupernet(trial.fabric, trial.grouping, build_backbone("tiny", random_init=True))
+    alpha = next(iter(net.parts.values())).alpha  # (edges, ops), zeros: uniform
+    bilevel._pull_alpha(net, 1.0)
+    assert torch.count_nonzero(alpha.grad) == 0  # uniform is where the pull has no direction
+    alpha.grad = None
+
+    with torch.no_grad():
+        alpha[..., -1] = 0.5  # every edge leans to the last op
+    for t in (1.0, 0.5):
+        net.temperature = t
+        rows = [r for part in arch_snapshot(net).values() for r in part["alpha"]]
+        assert net.alpha_entropy().item() == pytest.approx(1 - entropy_drop(rows), abs=1e-6)
+    net.temperature = 1.0
+    bilevel._pull_alpha(net, 1.0)
+    grad = alpha.grad.reshape(-1, alpha.shape[-1])
+    assert (grad[:, -1] < 0).all() and (grad[:, :-1] > 0).all()  # descent raises the leader
+    alpha.grad = None
+    bilevel._pull_alpha(net, 0.0)  # weight 0 (the default): no gradient at all
+    assert alpha.grad is None

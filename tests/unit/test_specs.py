@@ -182,6 +182,21 @@ def test_later_data_fields_keep_old_ids_at_default_and_count_once_set(tmp_path):
     assert dark.to_dict()["data"]["decode"] == "dark"  # specs crossing processes keep them
 
 
+def test_alpha_entropy_weight_keeps_old_ids_at_zero_and_rejects_bad_values():
+    smoke = spaces_root().parent / "experiments" / "smoke.yaml"
+    base = load_campaign(smoke)
+    pulled = load_campaign(smoke, ("search.alpha_entropy_weight=0.01",))
+    assert base.campaign_id == "smoke-301f301b" != pulled.campaign_id
+    assert base.trial({}).fingerprint() != pulled.trial({}).fingerprint()
+    assert "alpha_entropy_weight" not in base.search.identity()
+    assert pulled.trial({}).search.alpha_entropy_weight == 0.01
+    for value in ("-0.1", ".nan"):
+        with pytest.raises(SpecError, match=r"alpha_entropy_weight: .* must be ≥ 0"):
+            load_campaign(smoke, (f"search.alpha_entropy_weight={value}",))
+    with pytest.raises(SpecError, match="alpha_entropy_weight: needs search_alpha"):
+        load_campaign(smoke, ("search.alpha_entropy_weight=0.01", "search.search_alpha=false"))
+
+
 def test_val_detections_reads_the_file_system(tmp_path):
     from nfs_orchestrator.errors import InputError
     from nfs_orchestrator.specs import DataSpec, replace
