@@ -113,8 +113,11 @@ class PoseSupernet(nn.Module):
     def alpha_entropy(self) -> torch.Tensor:
         """Mean over α's rows (every part) of H(softmax(α/T)) / ln(ops) at the temperature in
         use: 1 when uniform, 0 when one-hot (``1 − alpha_entropy_drop``), differentiable. The
-        search adds ``search.alpha_entropy_weight`` times it to every α/β step's loss."""
+        search adds ``search.alpha_entropy_weight`` times it to every α/β step's loss. A space
+        with one op has nothing to choose: 0, with a zero gradient."""
         rows = torch.cat([f.alpha.reshape(-1, f.alpha.shape[-1]) for f in self.parts.values()])
+        if rows.shape[-1] < 2:
+            return rows.sum() * 0.0
         logp = torch.log_softmax(rows.float() / self.temperature, dim=-1)  # (rows, ops)
         return (-(logp.exp() * logp).sum(-1) / math.log(rows.shape[-1])).mean()
 

@@ -4,6 +4,7 @@ checkpoint → restore → continue is bit-identical to an uninterrupted run on 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -142,3 +143,9 @@ def test_alpha_entropy_pull_sharpens_the_leading_op_and_is_zero_at_uniform(synth
     alpha.grad = None
     bilevel._pull_alpha(net, 0.0)  # weight 0 (the default): no gradient at all
     assert alpha.grad is None
+
+    one_op = replace(trial.fabric, ops=("sep_conv_3x3",))  # nothing to choose: no pull
+    net = PoseSupernet(one_op, trial.grouping, build_backbone("tiny", random_init=True))
+    assert net.alpha_entropy().item() == 0.0
+    bilevel._pull_alpha(net, 1.0)
+    assert all(torch.count_nonzero(f.alpha.grad) == 0 for f in net.parts.values())
