@@ -444,9 +444,10 @@ class SearchSpec(Spec):
     # the mixed op (K must divide every cell's channels); GDAS sampling, one op per edge and step.
     partial_channels: int = 1
     sampling: Literal["mixed", "gumbel"] = "mixed"
-    # weight of the mean normalised entropy of softmax(α/T) added to every α/β step's loss: a
-    # pull toward one op per row, so an op set whose loss barely separates its ops still
-    # commits (0 = off, the reference; benchmarks/RESULTS.md, "The α entropy pull")
+    # weight of the mean normalised entropy of softmax(α/T) added to every α/β step's loss, a
+    # pull toward one op per row, reached at the end of the search: it grows linearly from 0
+    # (search/schedules.alpha_pull), so α's early leads are the loss's own. 0 = off (the
+    # reference); benchmarks/RESULTS.md, "The α entropy pull"
     alpha_entropy_weight: float = 0.0
 
     LATE_FIELDS: ClassVar[tuple[str, ...]] = ("alpha_entropy_weight",)

@@ -60,7 +60,7 @@ from nfs_orchestrator.part_metrics import genotype_part_metrics
 from nfs_orchestrator.runtime import Runtime
 from nfs_orchestrator.search import bilevel
 from nfs_orchestrator.search.diagnostics import ArchMeter
-from nfs_orchestrator.search.schedules import lr_factor, temperature
+from nfs_orchestrator.search.schedules import alpha_pull, lr_factor, temperature
 from nfs_orchestrator.specs import PARAMETER_FREE_OPS, SearchSpec, TrialSpec
 
 STATE_FILE = "state.pt"
@@ -188,7 +188,7 @@ def run_search(trial: TrialSpec, runtime: Runtime) -> dict[str, float]:
             eta,
             search.weight_optimizer.weight_decay,
             execution,
-            search.alpha_entropy_weight,
+            alpha_pull(search.alpha_entropy_weight, progress),
         )
 
         for step_index, step_batches in enumerate(w_batches, start=first_step):

@@ -8,16 +8,19 @@
 reachable for comparison; at small scale it does not move α/β: on the quickstart its α and β
 entropy drops stay below 0.001 and no decision has a margin ≥ 0.05 (3 seeds; benchmarks/RESULTS.md
 "Search signal"). The coupled decay adds wd·α to the gradient, so α stops at α* ≈ −ḡ/wd, a
-few hundredths for the small mean gradients ḡ of a short search.
+few hundredths for the small mean gradients ḡ of a short search. The reference has no α
+entropy pull (``search.alpha_entropy_weight`` 0).
 
 ``default``: ``SearchSpec``'s own defaults (Adam lr 0.05 without weight decay, a weight-only
-warm-up of epochs // 6 epochs), spelled out, e.g. to undo a campaign file's arch optimizer.
+warm-up of epochs // 6 epochs, no α entropy pull), spelled out, e.g. to undo a campaign file's
+arch optimizer.
 
 The same settings written in a campaign YAML::
 
     search:
       arch_optimizer: {name: adam, lr: 0.03, weight_decay: 0.01, betas: [0.9, 0.999]}
       arch_start_epoch: 0
+      alpha_entropy_weight: 0
 
 What this is not: a second place for defaults; ``specs.SearchSpec`` holds them.
 """
@@ -38,6 +41,7 @@ def _spelled_out(search: SearchSpec) -> tuple[str, ...]:
         f"search.arch_optimizer.betas=[{o.betas[0]}, {o.betas[1]}]",
         "search.arch_start_epoch="
         + ("null" if search.arch_start_epoch is None else str(search.arch_start_epoch)),
+        f"search.alpha_entropy_weight={search.alpha_entropy_weight}",
     )
 
 
@@ -48,6 +52,7 @@ ARCH_PRESETS: dict[str, tuple[str, ...]] = {
         "search.arch_optimizer.weight_decay=0.01",
         "search.arch_optimizer.betas=[0.9, 0.999]",
         "search.arch_start_epoch=0",
+        "search.alpha_entropy_weight=0",
     ),
     "default": _spelled_out(SearchSpec()),
 }

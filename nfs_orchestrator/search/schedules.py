@@ -21,3 +21,10 @@ def lr_factor(schedule: ScheduleSpec, progress: float) -> float:
 def temperature(spec: TemperatureSpec, progress: float) -> float:
     """Softmax temperature of α/β: linear from ``start`` to ``end``."""
     return spec.start + (spec.end - spec.start) * progress
+
+
+def alpha_pull(weight: float, progress: float) -> float:
+    """Weight of the α entropy pull (``search.alpha_entropy_weight``) at ``progress``: linear
+    from 0, so the early leads of α, mostly noise, are not locked in; the full weight is
+    reached at the end of the search."""
+    return weight * progress

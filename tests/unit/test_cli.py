@@ -159,7 +159,7 @@ def test_arch_preset_applies_before_set_and_bad_names_are_one_line():
     back = posenfs(
         "validate", quickstart, "--arch-preset", "reference", "--set",
         "search.arch_optimizer.weight_decay=0.0", "--set", "search.arch_start_epoch=null",
-        "--set", "search.arch_optimizer.lr=0.05",
+        "--set", "search.arch_optimizer.lr=0.05", "--set", "search.alpha_entropy_weight=0.003",
     )  # fmt: skip
     assert back.stdout.splitlines()[0] == plain.stdout.splitlines()[0]  # --set comes after
     assert_one_line_error(posenfs("validate", quickstart, "--arch-preset", "refrence"), "preset")

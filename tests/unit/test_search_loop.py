@@ -149,3 +149,16 @@ def test_alpha_entropy_pull_sharpens_the_leading_op_and_is_zero_at_uniform(synth
     assert net.alpha_entropy().item() == 0.0
     bilevel._pull_alpha(net, 1.0)
     assert all(torch.count_nonzero(f.alpha.grad) == 0 for f in net.parts.values())
+
+
+def test_the_search_ramps_the_alpha_pull_with_progress(tmp_path, synthetic_root, monkeypatch):
+    """Every α/β step gets ``alpha_pull(weight, progress)``: 0 in epoch 0, so early leads of α
+    are the loss's alone, then growing linearly (here 1 step per epoch, 2 epochs)."""
+    from nfs_orchestrator.search import bilevel
+
+    seen = []
+    pull = bilevel._pull_alpha
+    monkeypatch.setattr(bilevel, "_pull_alpha", lambda m, w: (seen.append(w), pull(m, w))[1])
+    trial = tiny_trial(synthetic_root, arch_start_epoch=0, steps=1, alpha_entropy_weight=0.004)
+    run_search(trial, LocalRuntime(tmp_path, verbose=False))
+    assert seen == [0.0, 0.002]
