@@ -88,7 +88,10 @@ def test_sigterm_marks_runs_preempted_then_resume(tmp_path, ray_tmpdir):
     assert 0 in starts and max(starts) >= 1
 
 
-STEPS = 6  # steps per epoch in the mid-epoch test
+# steps per epoch in the mid-epoch test: epoch 1 must outlast the test's detection of epoch 0
+# (ledger written by the driver, then a poll): with 6 steps of ~0.1 s the SIGTERM landed after
+# epoch 1 once in CI (no preempted_step logged)
+STEPS = 24
 # what Ray's process title of the process that runs the search holds
 SEARCH_PROCESS = {"actor": ("ImplicitFunc", "trial_driver"), "train": ("RayTrainWorker",)}
 
