@@ -20,7 +20,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from nfs_orchestrator.errors import SpecError
 from nfs_orchestrator.keypoints import PartGrouping, load_grouping
@@ -42,7 +42,6 @@ from nfs_orchestrator.strict import (
     read_yaml,
     replace_path,
     suggest,
-    to_plain,
 )
 
 # What every epoch of a search trial reports (search/loop.py; a test runs the loop and checks
@@ -126,6 +125,8 @@ class BudgetSpec(Spec):
     trial_retries: int = 1  # Tune-level retries of a failed trial (it resumes from checkpoint)
     worker_retries: int = 1  # Train-level restarts of the worker group within a trial
     seeds: int = 1  # trials per suggested configuration, each with its own seed
+
+    LATE_FIELDS: ClassVar[tuple[str, ...]] = ("seeds",)
 
     def __post_init__(self) -> None:
         if self.num_trials < 1 or self.max_concurrent < 1:
@@ -302,14 +303,10 @@ class CampaignSpec(Spec):
 
     def fingerprint(self) -> str:
         """Over what the campaign computes; where it runs (resources, storage) is left out."""
-        body = to_plain(self)
+        body = self.identity()  # later fields (Spec.LATE_FIELDS) count once set
         for key in ("resources", "storage"):
             body.pop(key)
         body["budget"].pop("max_concurrent")
-        body["data"] = self.data.identity()  # later data fields count once set
-        body["search"] = self.search.identity()
-        if body["budget"]["seeds"] == 1:  # added later: at its default, ids stay as they were
-            body["budget"].pop("seeds")
         return fingerprint(body)
 
     def reported_metrics(self) -> list[str]:

@@ -28,7 +28,6 @@ from nfs_orchestrator.strict import (
     load_spec,
     read_yaml,
     suggest,
-    to_plain,
 )
 
 # Candidate op names (PoseNFS §1.6). nn/ops.py maps each to a module factory; kept here as names
@@ -514,10 +513,7 @@ class TrialSpec(Spec):
         check_partial_channels(self.fabric, self.search)
 
     def fingerprint(self) -> str:
-        body = to_plain(self)
-        body["data"] = self.data.identity()
-        body["search"] = self.search.identity()
-        return fingerprint(body)
+        return fingerprint(self.identity())
 
 
 def check_compatible(
@@ -633,10 +629,9 @@ class RetrainSpec(Spec):
             raise SpecError("micro_batch must be in [1, batch_size] or null")
 
     def fingerprint(self) -> str:
-        body = to_plain(self)
+        body = self.identity()
         for key in ("resources", "storage"):
             body.pop(key)
-        body["data"] = self.data.identity()
         return fingerprint(body)
 
 

@@ -167,11 +167,14 @@ class Spec:
 
     def identity(self) -> dict[str, Any]:
         """The plain dict fingerprints cover: ``to_dict`` without the ``LATE_FIELDS`` that are
-        at their default."""
+        at their default, in this spec and every spec it holds."""
         body = to_plain(self)
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
             if f.name in self.LATE_FIELDS and body[f.name] == to_plain(f.default):
                 body.pop(f.name)
+            elif isinstance(value, Spec):
+                body[f.name] = value.identity()
         return body
 
     @classmethod
