@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import psutil
 import yaml
 
 from nfs_orchestrator.runtime import LATEST
@@ -26,6 +31,33 @@ def local_ray_env(ray_tmpdir: Path) -> dict[str, str]:
     env["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.5"
     env.pop("MLFLOW_RUN_ID", None)
     return env
+
+
+@contextmanager
+def private_ray_tmpdir() -> Iterator[Path]:
+    """A short, private Ray temp dir (AF_UNIX paths ≤ 107 bytes); afterwards any Ray process of
+    ours still alive (found by this dir in its command line) is killed by pid."""
+    path = Path(f"/tmp/rt{secrets.token_hex(3)}")
+    path.mkdir()
+    try:
+        yield path
+    finally:
+        for proc in psutil.process_iter(["pid", "cmdline"]):
+            if str(path) in " ".join(proc.info["cmdline"] or []):
+                proc.kill()
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def posenfs(args: list[str], cwd: Path, ray_tmpdir: Path, timeout: float = 400):
+    """`posenfs ARGS` run to its end in ``cwd``, on its own local Ray under ``ray_tmpdir``."""
+    return subprocess.run(
+        POSENFS + args,
+        cwd=cwd,
+        env=local_ray_env(ray_tmpdir),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def registered_epoch(train_dir: Path) -> int | None:

@@ -21,8 +21,7 @@ import yaml
 from nfs_orchestrator.campaign_spec import load_campaign
 from nfs_orchestrator.orchestration import tracking
 from nfs_orchestrator.orchestration.ledger import read_ledger
-from tests.integration.helpers import one_worker_smoke
-from tests.integration.test_campaign_smoke import posenfs
+from tests.integration.helpers import one_worker_smoke, posenfs
 
 pytestmark = pytest.mark.ray
 

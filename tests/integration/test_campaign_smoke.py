@@ -3,8 +3,9 @@
 Real Ray (Tune + Train, 2 DDP workers per trial), real Optuna, real MLflow (SQLite). Asserts what
 a user relies on: one ledger row per trial, exactly one MLflow child run per trial whose
 genotype.json has the fingerprint the run is tagged with, every epoch logged once, the ledger on
-the parent run, and status/compare reading the result from disk. (Resuming is
-test_campaign_kill.py.)
+the parent run, and status/compare reading the result from disk. The search runs once per
+session in the `smoke_search` fixture (conftest.py), which test_promote_retrain builds on.
+(Resuming is test_campaign_kill.py.)
 
 Run inside a loopback-only network namespace (Ray binds to the machine's address otherwise):
     unshare -rn sh -c 'ip link set lo up && .venv/bin/pytest -q \
@@ -13,12 +14,8 @@ Run inside a loopback-only network namespace (Ray binds to the machine's address
 
 from __future__ import annotations
 
-import secrets
-import shutil
-import subprocess
 from pathlib import Path
 
-import psutil
 import pyarrow.parquet as pq
 import pytest
 
@@ -27,44 +24,17 @@ from nfs_orchestrator.genotype import Genotype
 from nfs_orchestrator.orchestration import status, store, tracking
 from nfs_orchestrator.orchestration.compare import compare_campaign
 from nfs_orchestrator.orchestration.ledger import read_ledger
-from tests.integration.helpers import POSENFS, REPO, local_ray_env
 
 pytestmark = pytest.mark.ray
 
 
-@pytest.fixture
-def ray_tmpdir():
-    """A short, private Ray temp dir (AF_UNIX paths ≤ 107 bytes); afterwards any Ray process of
-    ours still alive (found by this dir in its command line) is killed by pid."""
-    path = Path(f"/tmp/rt{secrets.token_hex(3)}")
-    path.mkdir()
-    yield path
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        if str(path) in " ".join(proc.info["cmdline"] or []):
-            proc.kill()
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def posenfs(args: list[str], cwd: Path, ray_tmpdir: Path, timeout: float = 400):
-    return subprocess.run(
-        POSENFS + args,
-        cwd=cwd,
-        env=local_ray_env(ray_tmpdir),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def test_smoke_campaign(tmp_path, ray_tmpdir):
-    spec = str(REPO / "experiments" / "smoke.yaml")
-    root = tmp_path / "runs"
-    overrides = ["--set", f"data.root={tmp_path / 'data'}"]
-    campaign = load_campaign(spec, tuple(o for o in overrides if o != "--set"))
+def test_smoke_campaign(tmp_path, smoke_search):
+    root = smoke_search.root
+    campaign = load_campaign(smoke_search.spec, (smoke_search.data,))
     cid = campaign.campaign_id
     trials = campaign.budget.num_trials
 
-    done = posenfs(["search", spec, "--root", str(root), *overrides], tmp_path, ray_tmpdir)
+    done = smoke_search.done  # `posenfs search experiments/smoke.yaml` (conftest.py)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert f"campaign {cid} finished: {trials} trials" in done.stdout
     assert "best trial" in done.stdout

@@ -28,18 +28,15 @@ from nfs_orchestrator.campaign_spec import load_campaign
 from nfs_orchestrator.model_io import load_model
 from nfs_orchestrator.orchestration import tracking
 from nfs_orchestrator.orchestration.ledger import best_genotype, read_ledger
-from tests.integration.helpers import POSENFS, REPO
-from tests.integration.test_campaign_smoke import posenfs
+from tests.integration.helpers import POSENFS, REPO, posenfs
 
 pytestmark = pytest.mark.ray
 
 
-def test_promote_then_retrain(tmp_path, ray_tmpdir):
-    spec = str(REPO / "experiments" / "smoke.yaml")
-    root = tmp_path / "runs"
-    data = f"data.root={tmp_path / 'data'}"
-    cid = load_campaign(spec, (data,)).campaign_id
-    done = posenfs(["search", spec, "--root", str(root), "--set", data], tmp_path, ray_tmpdir)
+def test_promote_then_retrain(tmp_path, ray_tmpdir, smoke_search):
+    root, data = smoke_search.root, smoke_search.data  # the session's smoke campaign (conftest)
+    cid = load_campaign(smoke_search.spec, (data,)).campaign_id
+    done = smoke_search.done
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
 
     rows = read_ledger(root / "campaigns" / cid / "ledger.parquet")

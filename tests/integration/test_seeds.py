@@ -11,8 +11,7 @@ import pytest
 from nfs_orchestrator.campaign_spec import load_campaign
 from nfs_orchestrator.orchestration.compare import compare_campaign
 from nfs_orchestrator.orchestration.ledger import read_ledger
-from tests.integration.helpers import one_worker_smoke
-from tests.integration.test_campaign_smoke import posenfs
+from tests.integration.helpers import one_worker_smoke, posenfs
 
 pytestmark = pytest.mark.ray
 

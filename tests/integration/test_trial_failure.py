@@ -23,8 +23,7 @@ from nfs_orchestrator.data.synthetic import write_synthetic_coco
 from nfs_orchestrator.keypoints import load_schema
 from nfs_orchestrator.orchestration import tracking
 from nfs_orchestrator.orchestration.ledger import read_ledger
-from tests.integration.helpers import one_worker_smoke
-from tests.integration.test_campaign_smoke import posenfs
+from tests.integration.helpers import one_worker_smoke, posenfs
 
 pytestmark = pytest.mark.ray
 
