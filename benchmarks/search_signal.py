@@ -14,13 +14,16 @@ same), and prints per seed
 then the agreement of decisions between every pair of seeds (the op of each edge; the input
 maps kept by each cell, by the space's derivation rule) with its chance level (1 / number of
 non-zero ops for ops; for cells the mean of 1 / number of kept sets the rule can give:
-``confidence.chance_levels``). With several parts it also prints each part's
+``confidence.chance_levels``), and, pooled over the pairs, the share of equal decisions among
+those decided in both seeds (``confidence.decided_agreement``: under the threshold rule two
+searches whose β never moved agree on every cell). With several parts it also prints each part's
 ``confidence.coarseness`` (how far toward coarser rows its cells read; for planted data). The
 hardware comes first, one JSON line last.
 
     python benchmarks/search_signal.py --seeds 0 1 2
     python benchmarks/search_signal.py --seeds 0 1 --preset reference
     python benchmarks/search_signal.py --seeds 0 1 --set grouping=groupings/coco-p3
+    python benchmarks/search_signal.py --seeds 0 1 --root R --reuse --beta-threshold 0.37
 
 This measures; it asserts nothing. ``benchmarks/RESULTS.md`` ("Search signal") records figures.
 """
@@ -28,6 +31,7 @@ This measures; it asserts nothing. ``benchmarks/RESULTS.md`` ("Search signal") r
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -47,6 +51,7 @@ from nfs_orchestrator.confidence import agreement as confidence_agreement  # noq
 from nfs_orchestrator.confidence import (  # noqa: E402
     chance_levels,
     coarseness,
+    decided_agreement,
     decisions,
     with_confidence,
 )
@@ -57,9 +62,15 @@ from nfs_orchestrator.search.loop import STATE_FILE, run_search  # noqa: E402
 from nfs_orchestrator.search.presets import arch_preset  # noqa: E402
 
 
-def run_seed(campaign: str, root: Path, seed: int, sets: list[str], reuse: bool) -> dict:
+def run_seed(
+    campaign: str, root: Path, seed: int, sets: list[str], reuse: bool, threshold: float | None
+) -> dict:
     overrides = (f"data.root={root / 'data'}", f"seed={seed}", *sets)
     trial = load_campaign(campaign, overrides).trial({})
+    space = trial.fabric  # the rule the decisions compared across seeds are read by
+    if threshold is not None:
+        rule = dataclasses.replace(space.derivation, inputs="threshold", beta_threshold=threshold)
+        space = dataclasses.replace(space, derivation=rule)
     tag = hashlib.sha256(json.dumps(sets).encode()).hexdigest()[:8]
     run_dir = root / f"seed{seed}-{tag}"
     done = run_dir / "metrics.jsonl"
@@ -86,9 +97,10 @@ def run_seed(campaign: str, root: Path, seed: int, sets: list[str], reuse: bool)
         "decided_share": c["decided_share"],
         "flip_share": c["flip_share"],
         "undecided": c["undecided"],
-        "decisions": {k: list(v) for k, v in decisions(trial.fabric, last).items()},
+        "decisions": {k: list(v) for k, v in decisions(space, last).items()},
+        "last": last,  # the final softmax(α/T), softmax(β/T), for decided_agreement
         "coarseness": {k: round(v, 4) for k, v in coarseness(trial.fabric, last).items()},
-        "space": trial.fabric,
+        "space": space,
     }
 
 
@@ -119,6 +131,14 @@ def main() -> None:
         action="store_true",
         help="analyse finished runs under --root instead of rerunning",
     )
+    parser.add_argument(
+        "--beta-threshold",
+        type=float,
+        default=None,
+        help="compare seeds by the decisions of the threshold input rule at this t instead of "
+        "the space's rule (analysis only: the search does not read it, the runs are the same; "
+        "the per-seed confidence figures stay the space's rule's)",
+    )
     args = parser.parse_args()
     if len(args.seeds) < 2:
         parser.error("--seeds: at least two seeds (agreement needs pairs)")
@@ -133,7 +153,7 @@ def main() -> None:
         root = Path(args.root) if args.root else Path(tmp)
         runs = []
         for seed in args.seeds:
-            r = run_seed(args.campaign, root, seed, args.sets, args.reuse)
+            r = run_seed(args.campaign, root, seed, args.sets, args.reuse, args.beta_threshold)
             runs.append(r)
             print(
                 f"seed {seed}: α entropy drop {r['alpha_entropy_drop']:.4f}  β entropy drop "
@@ -150,6 +170,7 @@ def main() -> None:
     chance = chance_levels(space)
     chance_ops, chance_cells = chance["ops"], chance["inputs"]
     ops, cells, every = agreement(runs, "edge"), agreement(runs, "cell"), agreement(runs, "")
+    equal, compared = decided_agreement(space, [r.pop("last") for r in runs])
     summary = {
         "campaign": args.campaign,
         "overrides": args.sets,
@@ -167,6 +188,8 @@ def main() -> None:
         "agree_all": every,
         "chance_ops": chance_ops,
         "chance_cells": chance_cells,
+        "decided_both": compared,
+        "decided_equal": equal,
         "decisions": {r["seed"]: r["decisions"] for r in runs},
         "coarseness": {r["seed"]: r["coarseness"] for r in runs},
     }
@@ -175,6 +198,8 @@ def main() -> None:
     print(f"{'agree ops':>20}: {spread(ops)}  chance {chance_ops:.3f}")
     print(f"{'agree cells':>20}: {spread(cells)}  chance {chance_cells:.3f}")
     print(f"{'agree all decisions':>20}: {spread(every)}")
+    share = f"{equal / compared:.3f}" if compared else "n/a"
+    print(f"{'decided in both':>20}: {share} equal ({equal} of {compared}, pooled over pairs)")
     print(json.dumps(summary, sort_keys=True))
 
 

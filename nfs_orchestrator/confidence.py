@@ -121,34 +121,52 @@ def input_decision(
     return chosen, low - (max(dropped) if dropped else 0.0)
 
 
-def decisions(space: FabricSpace, weights: dict[str, Any]) -> dict[str, tuple]:
-    """Every decision of one snapshot {part: {"alpha": rows, "beta": rows}}: a dict from
-    ``part/edge<i>`` to the chosen op and from ``part/cell(<scale>,<depth>)`` to the source
-    rows the space's derivation rule keeps (one map under ``argmax``, a set under
-    ``threshold``). Used to compare decisions across epochs (flip_share) and across seeds."""
+def decisions(
+    space: FabricSpace, weights: dict[str, Any], min_margin: float = -math.inf
+) -> dict[str, tuple]:
+    """Every decision of one snapshot {part: {"alpha": rows, "beta": rows}} whose margin is at
+    least ``min_margin`` (default: all; a margin can be negative): a dict from ``part/edge<i>``
+    to the chosen op and from ``part/cell(<scale>,<depth>)`` to the source rows the space's
+    derivation rule keeps (one map under ``argmax``, a set under ``threshold``). Used to
+    compare decisions across epochs (flip_share) and across seeds."""
     out: dict[str, tuple] = {}
     sites = cell_sources(space)
     for part, w in weights.items():
         for i, row in enumerate(w["alpha"]):
-            out[f"{part}/edge{i}"] = (op_decision(row, space.ops)[0],)
+            op, margin = op_decision(row, space.ops)
+            if margin >= min_margin:
+                out[f"{part}/edge{i}"] = (op,)
         for (scale, depth, sources), row in zip(sites, w["beta"]):
             slots = kept_slots(row, sources, space.derivation)
             d = input_decision(row, sources, slots, space.derivation)
-            if d is not None:
+            if d is not None and d[1] >= min_margin:
                 out[f"{part}/cell({scale},{depth})"] = d[0]
     return out
 
 
 def agreement(maps: Sequence[dict[str, tuple]], kind: str = "") -> list[float]:
     """For every pair of decision maps (``decisions`` of one run each: seeds of one
-    configuration), the share of equal decisions of ``kind`` ('edge', 'cell'; '' = all)."""
+    configuration), the share of equal decisions of ``kind`` ('edge', 'cell'; '' = all) among
+    those both maps hold; a pair with none is left out."""
     out = []
     for i, a in enumerate(maps):
         for b in maps[i + 1 :]:
-            keys = [k for k in a if f"/{kind}" in k]
+            keys = [k for k in a if f"/{kind}" in k and k in b]
             if keys:
-                out.append(sum(a[k] == b.get(k) for k in keys) / len(keys))
+                out.append(sum(a[k] == b[k] for k in keys) / len(keys))
     return out
+
+
+def decided_agreement(space: FabricSpace, snapshots: Sequence[dict[str, Any]]) -> tuple[int, int]:
+    """(equal, compared): over every pair of runs' snapshots, the decisions that are decided
+    (margin ≥ ``DECIDED_MARGIN``) in both runs, and how many of them are equal. Under the
+    ``threshold`` rule a search whose β never moved agrees with another such search on every
+    cell (both keep every map), so all-decision agreement alone does not show a search; this
+    counts only what both searches decided."""
+    maps = [decisions(space, w, DECIDED_MARGIN) for w in snapshots]
+    pairs = [(a, b) for i, a in enumerate(maps) for b in maps[i + 1 :]]
+    both = [(a[k], b[k]) for a, b in pairs for k in a if k in b]
+    return sum(x == y for x, y in both), len(both)
 
 
 def input_outcomes(maps: int, rule: DerivationRule) -> int:
@@ -174,20 +192,25 @@ def chance_levels(space: FabricSpace) -> dict[str, float]:
     }
 
 
-def seed_agreement(genotypes: Sequence[Genotype]) -> dict[str, float]:
+def seed_agreement(genotypes: Sequence[Genotype]) -> dict[str, Any]:
     """How far genotypes of one configuration searched with different seeds agree: the mean
     over seed pairs of the share of equal op decisions and of equal input decisions (from each
-    genotype's stored softmax weights), beside their chance levels."""
+    genotype's stored softmax weights), beside their chance levels; and, pooled over the pairs,
+    the decisions decided in both genotypes of a pair and the share of them that are equal
+    (``decided_agreement``; None when no pair has one)."""
     space = genotypes[0].space
     maps = [decisions(space, g.arch_weights) for g in genotypes]
     ops, inputs = agreement(maps, "edge"), agreement(maps, "cell")
     chance = chance_levels(space)
+    equal, compared = decided_agreement(space, [g.arch_weights for g in genotypes])
     return {
         "seeds": len(genotypes),
         "ops": statistics.fmean(ops) if ops else math.nan,
         "inputs": statistics.fmean(inputs) if inputs else math.nan,
         "ops_chance": chance["ops"],
         "inputs_chance": chance["inputs"],
+        "decided_both": compared,
+        "decided_agree": equal / compared if compared else None,
     }
 
 

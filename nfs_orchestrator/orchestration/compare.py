@@ -171,11 +171,14 @@ class Comparison:
         if self.seed_agreement:
             lines += ["", "agreement across seeds (trials of one configuration):"]
             for g in self.seed_agreement:
+                decided = g["decided_agree"]  # None: no decision decided in both of a pair
                 lines.append(
                     f"  {g['params']}  {g['seeds']} seeds: ops {g['ops']:.2f} "
                     f"(chance {g['ops_chance']:.2f}), inputs {g['inputs']:.2f} "
-                    f"(chance {g['inputs_chance']:.2f})"
-                )
+                    f"(chance {g['inputs_chance']:.2f}); decisions decided in both: "
+                    + (f"{decided:.2f} equal of {g['decided_both']}" if decided is not None
+                       else "none")
+                )  # fmt: skip
         if self.controls:
             from nfs_orchestrator.orchestration.controls import format_controls
 

@@ -20,6 +20,7 @@ from nfs_orchestrator.confidence import (
     format_confidence,
     input_decision,
     is_undecided,
+    seed_agreement,
     undecided_cells,
     with_confidence,
 )
@@ -173,3 +174,35 @@ def test_old_genotype_files_load_and_keep_their_fingerprint(tmp_path):
     path = tmp_path / "g.json"
     path.write_text(new.to_json())
     assert read_genotype(path).confidence == new.confidence
+
+
+def test_seed_agreement_counts_what_both_seeds_decided():
+    space = replace(read_genotype(GOLDEN).space, derivation=THRESHOLD)  # uniform β keeps all
+
+    def seed(weights: dict) -> Genotype:
+        return replace(golden_with(dict.fromkeys(parts, weights)), space=space)
+
+    uniform = {"alpha": [[0.25] * 4], "beta": UNIFORM_BETA}
+    parts = ("upper_limb", "head", "lower_limb")
+    got = seed_agreement([seed(uniform), seed(uniform)])
+    # two searches that never moved agree on every decision, and decided none of them
+    assert got["ops"] == 1.0 and got["inputs"] == 1.0
+    assert got["decided_both"] == 0 and got["decided_agree"] is None
+    assert got["inputs_chance"] == pytest.approx(chance_levels(space)["inputs"])
+
+    # seed A: sep3 clearly, every cell reads its first slot's map; seed B the same except
+    # one decided cell (1,1) reads its third map, and α is a near-tie that still picks sep3
+    sharp_row, other_row = [0.9, 0.05, 0.05], [0.05, 0.05, 0.9]
+    a = {"alpha": [[0.01, 0.01, 0.01, 0.97]], "beta": [sharp_row] * 6}
+    b_beta = [sharp_row] * 6
+    b_beta[1] = other_row  # β rows follow fabric_sites: (0,1), (1,1), (2,1), (0,2), ...
+    b = {"alpha": [[0.0, 0.33, 0.33, 0.34]], "beta": b_beta}
+    got = seed_agreement(
+        [golden_with(dict.fromkeys(parts, a)), golden_with(dict.fromkeys(parts, b))]
+    )
+    assert got["ops"] == 1.0  # the same op, though B's margin (0.01) is not decided
+    assert got["inputs"] == pytest.approx(5 / 6)  # one cell of six differs, in each part
+    # decided in both: the 6 cells of each part (the op is undecided in B): 15 of 18 equal
+    assert got["decided_both"] == 18 and got["decided_agree"] == pytest.approx(15 / 18)
+    assert decisions(space, {"p": a}, min_margin=0.05) == decisions(space, {"p": a})  # all
+    assert "p/edge0" not in decisions(space, {"p": b}, min_margin=0.05)
