@@ -196,8 +196,8 @@ def seed_agreement(genotypes: Sequence[Genotype]) -> dict[str, Any]:
     """How far genotypes of one configuration searched with different seeds agree: the mean
     over seed pairs of the share of equal op decisions and of equal input decisions (from each
     genotype's stored softmax weights), beside their chance levels; and, pooled over the pairs,
-    the decisions decided in both genotypes of a pair and the share of them that are equal
-    (``decided_agreement``; None when no pair has one)."""
+    how many decisions are decided in both genotypes of a pair and how many of those are equal
+    (``decided_agreement``)."""
     space = genotypes[0].space
     maps = [decisions(space, g.arch_weights) for g in genotypes]
     ops, inputs = agreement(maps, "edge"), agreement(maps, "cell")
@@ -210,7 +210,7 @@ def seed_agreement(genotypes: Sequence[Genotype]) -> dict[str, Any]:
         "ops_chance": chance["ops"],
         "inputs_chance": chance["inputs"],
         "decided_both": compared,
-        "decided_agree": equal / compared if compared else None,
+        "decided_equal": equal,
     }
 
 

@@ -171,14 +171,13 @@ class Comparison:
         if self.seed_agreement:
             lines += ["", "agreement across seeds (trials of one configuration):"]
             for g in self.seed_agreement:
-                decided = g["decided_agree"]  # None: no decision decided in both of a pair
+                equal, both = g["decided_equal"], g["decided_both"]
+                decided = f"{equal} of {both} equal ({equal / both:.2f})" if both else "none"
                 lines.append(
                     f"  {g['params']}  {g['seeds']} seeds: ops {g['ops']:.2f} "
                     f"(chance {g['ops_chance']:.2f}), inputs {g['inputs']:.2f} "
-                    f"(chance {g['inputs_chance']:.2f}); decisions decided in both: "
-                    + (f"{decided:.2f} equal of {g['decided_both']}" if decided is not None
-                       else "none")
-                )  # fmt: skip
+                    f"(chance {g['inputs_chance']:.2f}); decided in both seeds: {decided}"
+                )
         if self.controls:
             from nfs_orchestrator.orchestration.controls import format_controls
 

@@ -93,6 +93,14 @@ def test_comparison_text_json_and_plot(tmp_path):
     single = compare_rows("c-1", ROWS, [AP])
     assert "Pareto" not in single.text()
     plot_comparison(single, tmp_path / "single.png")
+    agree = {"params": "{}", "seeds": 3, "ops": 1.0, "inputs": 0.5, "ops_chance": 1 / 3}
+    agree |= {"inputs_chance": 0.238, "decided_both": 8, "decided_equal": 6}
+    single.seed_agreement = [agree, {**agree, "decided_both": 0, "decided_equal": 0}]
+    lines = single.text().splitlines()
+    assert lines[-2].endswith(
+        "inputs 0.50 (chance 0.24); decided in both seeds: 6 of 8 equal (0.75)"
+    )
+    assert lines[-1].endswith("decided in both seeds: none")
 
 
 def part_row(tid, grouping, num_parts, **parts):

@@ -187,7 +187,7 @@ def test_seed_agreement_counts_what_both_seeds_decided():
     got = seed_agreement([seed(uniform), seed(uniform)])
     # two searches that never moved agree on every decision, and decided none of them
     assert got["ops"] == 1.0 and got["inputs"] == 1.0
-    assert got["decided_both"] == 0 and got["decided_agree"] is None
+    assert got["decided_both"] == 0 and got["decided_equal"] == 0
     assert got["inputs_chance"] == pytest.approx(chance_levels(space)["inputs"])
 
     # seed A: sep3 clearly, every cell reads its first slot's map; seed B the same except
@@ -203,6 +203,6 @@ def test_seed_agreement_counts_what_both_seeds_decided():
     assert got["ops"] == 1.0  # the same op, though B's margin (0.01) is not decided
     assert got["inputs"] == pytest.approx(5 / 6)  # one cell of six differs, in each part
     # decided in both: the 6 cells of each part (the op is undecided in B): 15 of 18 equal
-    assert got["decided_both"] == 18 and got["decided_agree"] == pytest.approx(15 / 18)
+    assert got["decided_both"] == 18 and got["decided_equal"] == 15
     assert decisions(space, {"p": a}, min_margin=0.05) == decisions(space, {"p": a})  # all
     assert "p/edge0" not in decisions(space, {"p": b}, min_margin=0.05)
