@@ -161,7 +161,12 @@ def test_times_the_quickstart_here(tmp_path, monkeypatch):
     assert t.arch_step_flops == pytest.approx(2 * t.weight_step_flops)  # first_order: 2 passes
     assert fc.target == "cpu" and fc.factor == 1.0 and fc.data.where == "generated for the forecast"
     by_epoch = [fc.epoch_s(e) for e in range(12)]
-    assert by_epoch[0] < by_epoch[2]  # α/β warm-up epochs (12 // 6 = 2) take weight steps only
+    # α/β warm-up epochs (12 // 6 = 2) are timed by the weight-only step, the rest by the mode's
+    # (which of the two measured times is larger is the CPU's business: a clean-clone CI run
+    # once timed the weight step at twice the first-order step with 2 samples each)
+    assert fc.arch_start == 2
+    assert by_epoch[:2] == [fc.steps * fc.warm_step_s + fc.report_s] * 2
+    assert by_epoch[2:] == [fc.steps * fc.step_s + fc.report_s] * 10
     assert fc.trial_s_full == pytest.approx(fc.start_s + sum(by_epoch) + 12 * fc.val_s)
     assert not (tmp_path / "posenfs-runs").exists()
     assert dataclasses.asdict(fc)  # plain data all through
