@@ -17,8 +17,10 @@ non-zero ops for ops; for cells the mean of 1 / number of kept sets the rule can
 ``confidence.chance_levels``), and, pooled over the pairs, the share of equal decisions among
 those decided in both seeds (``confidence.decided_agreement``: under the threshold rule two
 searches whose β never moved agree on every cell). With several parts it also prints each part's
-``confidence.coarseness`` (how far toward coarser rows its cells read; for planted data). The
-hardware comes first, one JSON line last.
+``confidence.coarseness`` (how far toward coarser rows its cells read; for planted data). With 4
+or more seeds it also compares the consensus (``confidence.consensus``: mean softmax weights) of
+the first half of the seeds with that of the second half. The hardware comes first, one JSON
+line last.
 
     python benchmarks/search_signal.py --seeds 0 1 2
     python benchmarks/search_signal.py --seeds 0 1 --preset reference
@@ -51,6 +53,7 @@ from nfs_orchestrator.confidence import agreement as confidence_agreement  # noq
 from nfs_orchestrator.confidence import (  # noqa: E402
     chance_levels,
     coarseness,
+    consensus,
     decided_agreement,
     decisions,
     with_confidence,
@@ -108,6 +111,14 @@ def agreement(runs: list[dict], kind: str) -> list[float]:
     """Share of equal decisions of ``kind`` ('edge', 'cell'; '' = all) for every pair of
     seeds (``confidence.agreement`` over the runs' decision maps)."""
     return confidence_agreement([r["decisions"] for r in runs], kind)
+
+
+def agreement_of(space, snapshots: list[dict]) -> float | None:
+    """Share of equal decisions between two snapshots (None without two)."""
+    if len(snapshots) != 2:
+        return None
+    (share,) = confidence_agreement([decisions(space, w) for w in snapshots])
+    return share
 
 
 def spread(values: list[float]) -> str:
@@ -170,7 +181,10 @@ def main() -> None:
     chance = chance_levels(space)
     chance_ops, chance_cells = chance["ops"], chance["inputs"]
     ops, cells, every = agreement(runs, "edge"), agreement(runs, "cell"), agreement(runs, "")
-    equal, compared = decided_agreement(space, [r.pop("last") for r in runs])
+    finals = [r.pop("last") for r in runs]
+    equal, compared = decided_agreement(space, finals)
+    half = len(runs) // 2  # with 4+ seeds: the first half's consensus against the second's
+    halves = [consensus(finals[:half]), consensus(finals[half : 2 * half])] if half > 1 else []
     summary = {
         "campaign": args.campaign,
         "overrides": args.sets,
@@ -190,6 +204,8 @@ def main() -> None:
         "chance_cells": chance_cells,
         "decided_both": compared,
         "decided_equal": equal,
+        "consensus_agree_all": agreement_of(space, halves),
+        "consensus_decided": decided_agreement(space, halves) if halves else None,
         "decisions": {r["seed"]: r["decisions"] for r in runs},
         "coarseness": {r["seed"]: r["coarseness"] for r in runs},
     }
@@ -200,6 +216,13 @@ def main() -> None:
     print(f"{'agree all decisions':>20}: {spread(every)}")
     share = f"{equal / compared:.3f}" if compared else "n/a"
     print(f"{'decided in both':>20}: {share} equal ({equal} of {compared}, pooled over pairs)")
+    if halves:
+        e, n = summary["consensus_decided"]
+        first, second = args.seeds[:half], args.seeds[half : 2 * half]
+        print(
+            f"{'consensus halves':>20}: seeds {first} against {second} (mean softmax weights): "
+            f"agree all {summary['consensus_agree_all']:.3f}, decided in both {e} of {n} equal"
+        )
     print(json.dumps(summary, sort_keys=True))
 
 

@@ -169,6 +169,26 @@ def decided_agreement(space: FabricSpace, snapshots: Sequence[dict[str, Any]]) -
     return sum(x == y for x, y in both), len(both)
 
 
+def consensus(snapshots: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The mean of several runs' snapshots {part: {"alpha": rows, "beta": rows}} (softmax
+    weights, same space and grouping), entry by entry: what the seeds of one configuration
+    agree on, read by ``decisions`` like one run's weights."""
+    first = snapshots[0]
+    return {
+        part: {
+            key: [
+                [
+                    statistics.fmean(float(s[part][key][i][j]) for s in snapshots)
+                    for j in range(len(row))
+                ]
+                for i, row in enumerate(first[part][key])
+            ]
+            for key in ("alpha", "beta")
+        }
+        for part in first
+    }
+
+
 def input_outcomes(maps: int, rule: DerivationRule) -> int:
     """How many kept sets the input rule can give a cell that reads ``maps`` distinct maps:
     each single map under ``argmax``; under ``threshold`` t also every set of k ≥ 2 maps with

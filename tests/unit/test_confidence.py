@@ -14,6 +14,7 @@ from nfs_orchestrator.confidence import (
     chance_levels,
     confidence_metrics,
     confidence_of,
+    consensus,
     decisions,
     entropy_drop,
     flip_share,
@@ -206,3 +207,15 @@ def test_seed_agreement_counts_what_both_seeds_decided():
     assert got["decided_both"] == 18 and got["decided_equal"] == 15
     assert decisions(space, {"p": a}, min_margin=0.05) == decisions(space, {"p": a})  # all
     assert "p/edge0" not in decisions(space, {"p": b}, min_margin=0.05)
+
+
+def test_consensus_is_the_entrywise_mean_and_reads_as_one_run():
+    space = replace(read_genotype(GOLDEN).space, derivation=THRESHOLD)
+    a = {"p": {"alpha": [[0.1, 0.1, 0.2, 0.6]], "beta": [[0.8, 0.1, 0.1]] * 6}}
+    b = {"p": {"alpha": [[0.1, 0.5, 0.2, 0.2]], "beta": [[0.2, 0.1, 0.7]] * 6}}
+    mean = consensus([a, b])
+    assert mean["p"]["alpha"] == [pytest.approx([0.1, 0.3, 0.2, 0.4])]
+    assert mean["p"]["beta"] == [pytest.approx([0.5, 0.1, 0.4])] * 6
+    # a's and b's ops differ; their consensus keeps a's, the larger mean weight
+    assert decisions(space, mean)["p/edge0"] == decisions(space, a)["p/edge0"]
+    assert decisions(space, mean)["p/edge0"] != decisions(space, b)["p/edge0"]
