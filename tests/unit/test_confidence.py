@@ -198,9 +198,7 @@ def test_seed_agreement_counts_what_both_seeds_decided():
     b_beta = [sharp_row] * 6
     b_beta[1] = other_row  # β rows follow fabric_sites: (0,1), (1,1), (2,1), (0,2), ...
     b = {"alpha": [[0.0, 0.33, 0.33, 0.34]], "beta": b_beta}
-    got = seed_agreement(
-        [golden_with(dict.fromkeys(parts, a)), golden_with(dict.fromkeys(parts, b))]
-    )
+    got = seed_agreement([seed(a), seed(b)])
     assert got["ops"] == 1.0  # the same op, though B's margin (0.01) is not decided
     assert got["inputs"] == pytest.approx(5 / 6)  # one cell of six differs, in each part
     # decided in both: the 6 cells of each part (the op is undecided in B): 15 of 18 equal
