@@ -113,14 +113,6 @@ def agreement(runs: list[dict], kind: str) -> list[float]:
     return confidence_agreement([r["decisions"] for r in runs], kind)
 
 
-def agreement_of(space, snapshots: list[dict]) -> float | None:
-    """Share of equal decisions between two snapshots (None without two)."""
-    if len(snapshots) != 2:
-        return None
-    (share,) = confidence_agreement([decisions(space, w) for w in snapshots])
-    return share
-
-
 def spread(values: list[float]) -> str:
     if not values:
         return "n/a"
@@ -184,7 +176,11 @@ def main() -> None:
     finals = [r.pop("last") for r in runs]
     equal, compared = decided_agreement(space, finals)
     half = len(runs) // 2  # with 4+ seeds: the first half's consensus against the second's
-    halves = [consensus(finals[:half]), consensus(finals[half : 2 * half])] if half > 1 else []
+    consensus_all = consensus_decided = None
+    if half > 1:
+        halves = [consensus(finals[:half]), consensus(finals[half : 2 * half])]
+        (consensus_all,) = confidence_agreement([decisions(space, w) for w in halves])
+        consensus_decided = decided_agreement(space, halves)
     summary = {
         "campaign": args.campaign,
         "overrides": args.sets,
@@ -204,8 +200,8 @@ def main() -> None:
         "chance_cells": chance_cells,
         "decided_both": compared,
         "decided_equal": equal,
-        "consensus_agree_all": agreement_of(space, halves),
-        "consensus_decided": decided_agreement(space, halves) if halves else None,
+        "consensus_agree_all": consensus_all,
+        "consensus_decided": consensus_decided,
         "decisions": {r["seed"]: r["decisions"] for r in runs},
         "coarseness": {r["seed"]: r["coarseness"] for r in runs},
     }
@@ -216,12 +212,12 @@ def main() -> None:
     print(f"{'agree all decisions':>20}: {spread(every)}")
     share = f"{equal / compared:.3f}" if compared else "n/a"
     print(f"{'decided in both':>20}: {share} equal ({equal} of {compared}, pooled over pairs)")
-    if halves:
-        e, n = summary["consensus_decided"]
+    if consensus_decided is not None:
+        e, n = consensus_decided
         first, second = args.seeds[:half], args.seeds[half : 2 * half]
         print(
             f"{'consensus halves':>20}: seeds {first} against {second} (mean softmax weights): "
-            f"agree all {summary['consensus_agree_all']:.3f}, decided in both {e} of {n} equal"
+            f"agree all {consensus_all:.3f}, decided in both {e} of {n} equal"
         )
     print(json.dumps(summary, sort_keys=True))
 

@@ -173,19 +173,15 @@ def consensus(snapshots: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """The mean of several runs' snapshots {part: {"alpha": rows, "beta": rows}} (softmax
     weights, same space and grouping), entry by entry: what the seeds of one configuration
     agree on, read by ``decisions`` like one run's weights."""
-    first = snapshots[0]
     return {
         part: {
-            key: [
-                [
-                    statistics.fmean(float(s[part][key][i][j]) for s in snapshots)
-                    for j in range(len(row))
-                ]
-                for i, row in enumerate(first[part][key])
+            key: [  # row by row, then column by column across the runs
+                [statistics.fmean(map(float, column)) for column in zip(*rows)]
+                for rows in zip(*(s[part][key] for s in snapshots))
             ]
             for key in ("alpha", "beta")
         }
-        for part in first
+        for part in snapshots[0]
     }
 
 
