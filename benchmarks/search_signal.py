@@ -18,14 +18,18 @@ non-zero ops for ops; for cells the mean of 1 / number of kept sets the rule can
 those decided in both seeds (``confidence.decided_agreement``: under the threshold rule two
 searches whose β never moved agree on every cell). With several parts it also prints each part's
 ``confidence.coarseness`` (how far toward coarser rows its cells read; for planted data). With 4
-or more seeds it also compares the consensus (``confidence.consensus``: mean softmax weights) of
-the first half of the seeds with that of the second half. The hardware comes first, one JSON
-line last.
+or more seeds it also compares consensus genotypes (``confidence.consensus``: mean softmax
+weights): the seeds, in the order given, form groups of ``--consensus-of`` k (default: half of
+them), and each group is compared with the next (1st with 2nd, 3rd with 4th, ...), with the share
+of cells that keep every map they read, single seeds against consensus (averaging pulls β toward
+uniform, and uniform β keeps every map under t < 1/3). The hardware comes first, one JSON line
+last.
 
     python benchmarks/search_signal.py --seeds 0 1 2
     python benchmarks/search_signal.py --seeds 0 1 --preset reference
     python benchmarks/search_signal.py --seeds 0 1 --set grouping=groupings/coco-p3
     python benchmarks/search_signal.py --seeds 0 1 --root R --reuse --beta-threshold 0.37
+    python benchmarks/search_signal.py --seeds $(seq 16 39) --root R --reuse --consensus-of 3
 
 This measures; it asserts nothing. ``benchmarks/RESULTS.md`` ("Search signal") records figures.
 """
@@ -51,6 +55,7 @@ sys.path.insert(0, str(REPO))
 from nfs_orchestrator.campaign_spec import load_campaign  # noqa: E402
 from nfs_orchestrator.confidence import agreement as confidence_agreement  # noqa: E402
 from nfs_orchestrator.confidence import (  # noqa: E402
+    cell_sources,
     chance_levels,
     coarseness,
     consensus,
@@ -113,6 +118,18 @@ def agreement(runs: list[dict], kind: str) -> list[float]:
     return confidence_agreement([r["decisions"] for r in runs], kind)
 
 
+def keeps_every_map(space, weights: list[dict]) -> float:
+    """Share of the cells (over all snapshots) whose derived inputs are every map they read."""
+    reads = {f"{scale},{depth}": len(set(src)) for scale, depth, src in cell_sources(space)}
+    kept = [
+        len(d) == reads[k.split("(")[1].rstrip(")")]
+        for w in weights
+        for k, d in decisions(space, w).items()
+        if "/cell" in k
+    ]
+    return sum(kept) / len(kept) if kept else float("nan")
+
+
 def spread(values: list[float]) -> str:
     if not values:
         return "n/a"
@@ -142,9 +159,20 @@ def main() -> None:
         "the space's rule (analysis only: the search does not read it, the runs are the same; "
         "the per-seed confidence figures stay the space's rule's)",
     )
+    parser.add_argument(
+        "--consensus-of",
+        type=int,
+        default=None,
+        metavar="K",
+        help="compare the consensus of each group of K seeds with the next group's "
+        "(default: half the seeds; with fewer than 4 seeds no consensus is read)",
+    )
     args = parser.parse_args()
     if len(args.seeds) < 2:
         parser.error("--seeds: at least two seeds (agreement needs pairs)")
+    group = args.consensus_of or len(args.seeds) // 2
+    if args.consensus_of is not None and not 2 <= group <= len(args.seeds) // 2:
+        parser.error(f"--consensus-of: {group} must be ≥ 2 and leave two groups of the seeds")
     torch.set_num_threads(args.threads)
     if args.preset:
         args.sets = [*arch_preset(args.preset), *args.sets]
@@ -175,12 +203,18 @@ def main() -> None:
     ops, cells, every = agreement(runs, "edge"), agreement(runs, "cell"), agreement(runs, "")
     finals = [r.pop("last") for r in runs]
     equal, compared = decided_agreement(space, finals)
-    half = len(runs) // 2  # with 4+ seeds: the first half's consensus against the second's
-    consensus_all = consensus_decided = None
-    if half > 1:
-        halves = [consensus(finals[:half]), consensus(finals[half : 2 * half])]
-        (consensus_all,) = confidence_agreement([decisions(space, w) for w in halves])
-        consensus_decided = decided_agreement(space, halves)
+    # consensus genotypes: groups of `group` seeds in the order given, each pair of groups
+    groups = [finals[i : i + group] for i in range(0, len(finals) - group + 1, group)]
+    pairs = [(consensus(a), consensus(b)) for a, b in zip(groups[0::2], groups[1::2])]
+    pairs = pairs if group > 1 else []
+    consensus_all = [
+        confidence_agreement([decisions(space, a), decisions(space, b)])[0] for a, b in pairs
+    ]
+    consensus_decided = [decided_agreement(space, pair) for pair in pairs]
+    keep_every = {
+        "single": keeps_every_map(space, finals),
+        "consensus": keeps_every_map(space, [w for pair in pairs for w in pair]),
+    }
     summary = {
         "campaign": args.campaign,
         "overrides": args.sets,
@@ -200,8 +234,10 @@ def main() -> None:
         "chance_cells": chance_cells,
         "decided_both": compared,
         "decided_equal": equal,
+        "consensus_of": group if pairs else None,
         "consensus_agree_all": consensus_all,
         "consensus_decided": consensus_decided,
+        "keeps_every_map": keep_every if pairs else None,
         "decisions": {r["seed"]: r["decisions"] for r in runs},
         "coarseness": {r["seed"]: r["coarseness"] for r in runs},
     }
@@ -212,12 +248,20 @@ def main() -> None:
     print(f"{'agree all decisions':>20}: {spread(every)}")
     share = f"{equal / compared:.3f}" if compared else "n/a"
     print(f"{'decided in both':>20}: {share} equal ({equal} of {compared}, pooled over pairs)")
-    if consensus_decided is not None:
-        e, n = consensus_decided
-        first, second = args.seeds[:half], args.seeds[half : 2 * half]
+    for i, (agree, (e, n)) in enumerate(zip(consensus_all, consensus_decided)):
+        first = args.seeds[2 * i * group : (2 * i + 1) * group]
+        second = args.seeds[(2 * i + 1) * group : (2 * i + 2) * group]
         print(
-            f"{'consensus halves':>20}: seeds {first} against {second} (mean softmax weights): "
-            f"agree all {consensus_all:.3f}, decided in both {e} of {n} equal"
+            f"{'consensus':>20}: seeds {first} against {second} (mean softmax weights): "
+            f"agree all {agree:.3f}, decided in both {e} of {n} equal"
+        )
+    if pairs:
+        e, n = (sum(x) for x in zip(*consensus_decided))
+        sd = statistics.stdev(consensus_all) if len(consensus_all) > 1 else float("nan")
+        print(
+            f"{'consensus of ' + str(group):>20}: agree all {spread(consensus_all)} sd {sd:.3f}; "
+            f"decided in both {e} of {n} equal; cells keeping every map: single seeds "
+            f"{keep_every['single']:.3f}, consensus {keep_every['consensus']:.3f}"
         )
     print(json.dumps(summary, sort_keys=True))
 
