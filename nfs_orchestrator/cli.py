@@ -41,6 +41,15 @@ def root_option(f):
     )(f)
 
 
+def consensus_option(f):
+    return click.option(
+        "--consensus",
+        is_flag=True,
+        help="Take the consensus genotype of the selected trial's configuration (mean α/β "
+        "weights of its seeds; needs budget.seeds ≥ 2) instead of the trial's own.",
+    )(f)
+
+
 @click.group(cls=PosenfsGroup)
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def main(debug: bool) -> None:
@@ -678,8 +687,9 @@ def _raise_keyboard_interrupt(signum, frame):
 @click.option("--alias", default="champion", show_default=True)
 @click.option("--model-name", help="Registered model name (default posenfs-<dataset>-genotypes).")
 @click.option("--force", is_flag=True, help="Promote even an undecided genotype.")
+@consensus_option
 @root_option
-def promote(campaign_id, rule, trial_id, alias, model_name, force, root) -> None:
+def promote(campaign_id, rule, trial_id, alias, model_name, force, consensus, root) -> None:
     """Register a campaign's best genotype in the MLflow Model Registry under an alias.
 
     CAMPAIGN_ID is a campaign id, or the campaign's YAML file."""
@@ -697,12 +707,14 @@ def promote(campaign_id, rule, trial_id, alias, model_name, force, root) -> None
         alias=alias,
         model_name=model_name,
         force=force,
+        consensus=consensus,
     )
     verb = "registered" if p.created else "already registered"
     was = f" (was version {p.previous})" if p.previous else ""
+    what = f"consensus of trial {p.trial_id}'s seeds" if consensus else f"trial {p.trial_id}"
     click.echo(
-        f"{verb} {p.model_name} version {p.version} (trial {p.trial_id}, {p.metric}="
-        f"{p.value}, genotype {p.genotype_fp[:12]}); alias @{p.alias} -> version {p.version}{was}"
+        f"{verb} {p.model_name} version {p.version} ({what}, {p.metric}={p.value}, genotype "
+        f"{p.genotype_fp[:12]}); alias @{p.alias} -> version {p.version}{was}"
     )
     click.echo(f"retrain it: posenfs retrain FILE --genotype models:/{p.model_name}@{p.alias}")
 
@@ -719,17 +731,24 @@ def promote(campaign_id, rule, trial_id, alias, model_name, force, root) -> None
 @click.option("--rule", default=None, help="Promotion rule choosing the champion (as promote).")
 @click.option("--random", "random_arms", default=2, show_default=True, type=int)
 @click.option("--seeds", default=2, show_default=True, type=int, help="Seeds per arm.")
+@consensus_option
 @set_option
 @click.option("--address", help="Ray cluster address (default: start Ray here).")
 @root_option
-def controls(campaign_id, retrain_file, rule, random_arms, seeds, overrides, address, root):
+def controls(
+    campaign_id, retrain_file, rule, random_arms, seeds, consensus, overrides, address, root
+):
     """Retrain the champion beside its controls (uniform baseline, random genotypes of matched
     size), each with several seeds, and say whether it beats them by more than the spread.
 
     CAMPAIGN_ID is a campaign id, or the campaign's YAML file."""
     from nfs_orchestrator.orchestration.controls import format_controls, run_controls
     from nfs_orchestrator.orchestration.ledger import read_ledger
-    from nfs_orchestrator.orchestration.promote import campaign_rule, select_genotype
+    from nfs_orchestrator.orchestration.promote import (
+        campaign_rule,
+        select_consensus,
+        select_genotype,
+    )
     from nfs_orchestrator.specs import load_retrain
 
     if random_arms < 0 or seeds < 1:
@@ -737,7 +756,8 @@ def controls(campaign_id, retrain_file, rule, random_arms, seeds, overrides, add
     record = _campaign_record(campaign_id, root)
     spec = load_retrain(retrain_file, tuple(overrides))
     rule = campaign_rule(record, rule)
-    chosen = select_genotype(record, read_ledger(record.ledger_path), rule)
+    select = select_consensus if consensus else select_genotype
+    chosen = select(record, read_ledger(record.ledger_path), rule)
     result = run_controls(
         record, spec, chosen.genotype, random_arms=random_arms, seeds=seeds, address=address
     )

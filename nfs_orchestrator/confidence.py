@@ -45,7 +45,10 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from nfs_orchestrator.genotype import Genotype, kept_slots
+import torch
+
+from nfs_orchestrator.errors import SpecError
+from nfs_orchestrator.genotype import Genotype, derive_genotype, kept_slots
 from nfs_orchestrator.geometry import SLOTS, fabric_sites
 from nfs_orchestrator.specs import DerivationRule, FabricSpace
 
@@ -183,6 +186,38 @@ def consensus(snapshots: Sequence[dict[str, Any]]) -> dict[str, Any]:
         }
         for part in snapshots[0]
     }
+
+
+def consensus_genotype(genotypes: Sequence[Genotype]) -> Genotype:
+    """The genotype that the ``consensus`` of several searches of one configuration (their
+    ``arch_weights``: mean softmax weights) derives by the space's rule, with a confidence
+    record read from those mean weights (``consensus_of``: how many; no epoch history).
+    Averaging leaves decided what the searches lean to alike and pulls toward undecided what
+    they split on (benchmarks/RESULTS.md, "A consensus of three seeds"). The genotypes must
+    share space, grouping, backbone and rule, and carry their weights (``SpecError`` if not)."""
+    first = genotypes[0]
+    for i, g in enumerate(genotypes[1:], start=1):
+        for name in ("space", "grouping", "backbone", "rule"):
+            if getattr(g, name) != getattr(first, name):
+                raise SpecError(
+                    f"consensus: genotype {i} ({g.fingerprint()[:12]}) has another {name} "
+                    f"than genotype 0 ({first.fingerprint()[:12]}); only searches of one "
+                    f"configuration can be averaged"
+                )
+    for i, g in enumerate(genotypes):
+        if set(g.arch_weights) != {p.name for p in first.grouping.parts}:
+            raise SpecError(f"consensus: genotype {i} ({g.fingerprint()[:12]}) has no α/β weights")
+    space = first.space
+    mean = consensus([g.arch_weights for g in genotypes])
+    arch = {}
+    for part, w in mean.items():
+        alpha = torch.tensor(w["alpha"]).clamp_min(1e-12).log()  # log p: softmax gives p back
+        if space.alpha_sharing == "cell":  # stored as rows: (cells · k, |O|) -> (cells, k, |O|)
+            alpha = alpha.reshape(-1, space.num_edges, len(space.ops))
+        arch[part] = (alpha, torch.tensor(w["beta"]).clamp_min(1e-12).log())
+    derived = derive_genotype(space, first.grouping, arch, backbone=first.backbone)
+    record = {**confidence_of(derived), "consensus_of": len(genotypes)}
+    return replace(derived, confidence=record)
 
 
 def input_outcomes(maps: int, rule: DerivationRule) -> int:
@@ -390,7 +425,8 @@ def format_confidence(genotype: Genotype) -> str:
         f"{'UNDECIDED' if undecided else 'decided'}",
         f"  {why}",
         f"  softmax temperature {c['temperature']:g}; "
-        + (f"{c['epochs_seen']} epoch(s) of history" if c["epochs_seen"] else "no epoch history"),
+        + (f"{c['epochs_seen']} epoch(s) of history" if c["epochs_seen"] else "no epoch history")
+        + (f"; the mean weights of {c['consensus_of']} searches" if "consensus_of" in c else ""),
     ]
     for part, rec in c["parts"].items():
         lines.append(f"  part {part}")

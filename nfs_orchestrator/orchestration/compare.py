@@ -12,11 +12,15 @@ Per part (``part_summary``, ``plot_parts``): each part's accuracy (``val_ap.<par
 ``val_pckh.<part>``) and MACs (``macs.<part>``), as the latest values in the ledger's
 ``parts_json``, averaged over a grouping's trials: a part × grouping table and heatmap
 (``compare_parts.png``).
+Per configuration run with several seeds (``budget.seeds``): how far the seeds' genotypes agree
+and their consensus genotype (mean α/β weights), written to ``consensus/<configuration id>.json``
+in the campaign folder and logged to the parent run under ``compare/consensus``.
 What it is not: a selector for promotion (that rule lives with ``promote``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import statistics
 from collections.abc import Mapping, Sequence
@@ -28,6 +32,7 @@ from nfs_orchestrator.campaign_spec import Objective
 from nfs_orchestrator.orchestration.ledger import final_values, part_values
 
 GROUP_KEYS = ("grouping", "depth", "scales")
+CONSENSUS_DIR = "consensus"  # <campaign folder>/consensus/<configuration id>.json
 
 
 def objective_value(row: Mapping[str, Any], objective: Objective, *, final: bool = False) -> Any:
@@ -178,6 +183,13 @@ class Comparison:
                     f"(chance {g['ops_chance']:.2f}), inputs {g['inputs']:.2f} "
                     f"(chance {g['inputs_chance']:.2f}); decided in both seeds: {decided}"
                 )
+                c = g["consensus"]
+                verdict = "UNDECIDED" if c["undecided"] else "decided"
+                lines.append(
+                    f"    consensus of the {g['seeds']} seeds (mean α/β weights): genotype "
+                    f"{c['fingerprint'][:12]}, {verdict} ({c['decided_share']:.0%} of decisions "
+                    f"decided); promote it with `posenfs promote --consensus`"
+                )
         if self.controls:
             from nfs_orchestrator.orchestration.controls import format_controls
 
@@ -281,7 +293,7 @@ def compare_campaign(root: str | Path, campaign_id: str, *, log: bool = True) ->
     record = store.load_record(root, campaign_id)
     rows = read_ledger(record.ledger_path)
     comparison = compare_rows(record.campaign_id, rows, record.spec.objectives)
-    comparison.seed_agreement = seed_agreement(record.tracking_uri, rows)
+    comparison.seed_agreement = seed_agreement(record.tracking_uri, rows, record.folder)
     controls = record.folder / "controls.json"
     comparison.controls = json.loads(controls.read_text()) if controls.is_file() else None
     comparison.json_path = record.folder / "compare.json"
@@ -292,36 +304,53 @@ def compare_campaign(root: str | Path, campaign_id: str, *, log: bool = True) ->
         paths = [comparison.json_path, comparison.plot_path]
         paths += [comparison.parts_plot_path] if comparison.parts_plot_path else []
         tracking.log_files(record.tracking_uri, record.parent_run_id, paths, "compare")
+        consensus = [Path(g["consensus"]["path"]) for g in comparison.seed_agreement]
+        if consensus:
+            where = f"compare/{CONSENSUS_DIR}"
+            tracking.log_files(record.tracking_uri, record.parent_run_id, consensus, where)
     return comparison
 
 
-def seed_agreement(tracking_uri: str, rows: Sequence[Mapping[str, Any]]) -> list[dict]:
+def seed_agreement(
+    tracking_uri: str, rows: Sequence[Mapping[str, Any]], folder: Path | None = None
+) -> list[dict]:
     """For every configuration (same outer choices) that finished with several seeds: how far
-    their latest genotypes agree (``confidence.seed_agreement``), read from the trial runs."""
-    import tempfile
-
+    their latest genotypes agree (``confidence.seed_agreement``), read from the trial runs, and
+    their consensus genotype (``confidence.consensus_genotype``): its fingerprint, decided share
+    and verdict, written to ``<folder>/consensus/<configuration id>.json`` when ``folder``."""
+    from nfs_orchestrator.confidence import consensus_genotype
     from nfs_orchestrator.confidence import seed_agreement as agreement
-    from nfs_orchestrator.genotype import Genotype
     from nfs_orchestrator.orchestration import tracking
+    from nfs_orchestrator.orchestration.ledger import seed_groups
 
-    done = ("FINISHED", "EARLY_STOPPED")
-    groups: dict[str, list[Mapping[str, Any]]] = {}
-    for row in rows:
-        if row.get("status") in done and row.get("genotype_fp") and row.get("run_id"):
-            groups.setdefault(row.get("params_json") or "{}", []).append(row)
     out = []
-    for params, members in sorted(groups.items()):
-        if len({r.get("seed") for r in members}) < 2:
-            continue
-        genotypes = []
-        with tempfile.TemporaryDirectory(prefix="posenfs-compare-") as tmp:
-            for i, row in enumerate(members):
-                path = tracking.download_artifact(
-                    tracking_uri, row["run_id"], tracking.GENOTYPE_ARTIFACT, f"{tmp}/{i}"
-                )
-                genotypes.append(Genotype.from_json(Path(path).read_text()))
-        out.append({"params": params, **agreement(genotypes)})
+    for params, members in seed_groups(rows).items():
+        genotypes = tracking.latest_genotypes(tracking_uri, members)
+        consensus = consensus_genotype(genotypes)
+        c = consensus.confidence
+        entry = {
+            "params": params,
+            **agreement(genotypes),
+            "consensus": {
+                "configuration": configuration_id(params),
+                "fingerprint": consensus.fingerprint(),
+                "decided_share": c["decided_share"],
+                "margin_median": c["margin_median"],
+                "undecided": c["undecided"],
+            },
+        }
+        if folder is not None:
+            path = folder / CONSENSUS_DIR / f"{configuration_id(params)}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(consensus.to_json())
+            entry["consensus"]["path"] = str(path)
+        out.append(entry)
     return out
+
+
+def configuration_id(params_json: str) -> str:
+    """A short deterministic id of one configuration (a ledger row's ``params_json``)."""
+    return hashlib.sha256(params_json.encode()).hexdigest()[:12]
 
 
 # --------------------------------------------------------------------------------------------

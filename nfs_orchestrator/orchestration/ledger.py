@@ -245,6 +245,22 @@ def best_genotype(row: Mapping[str, Any], metric: str) -> tuple[int | None, str 
     return None, row.get("genotype_fp")
 
 
+def seed_groups(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
+    """The configurations (same outer choices: ``params_json``) that finished, or were stopped
+    early, with a genotype in at least two seeds: {params_json: their rows, by trial id},
+    sorted by params_json (``budget.seeds``)."""
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        if row.get("status") in ("FINISHED", "EARLY_STOPPED") and row.get("genotype_fp"):
+            if row.get("run_id"):
+                groups.setdefault(row.get("params_json") or "{}", []).append(row)
+    return {
+        params: sorted(members, key=lambda r: r["trial_id"])
+        for params, members in sorted(groups.items())
+        if len({r.get("seed") for r in members}) >= 2
+    }
+
+
 def read_ledger(path: str | Path) -> list[dict]:
     """The rows of a ledger file (an absent file is an empty ledger). A ledger written before
     a column existed reads with that column empty. The file is read through one open handle:

@@ -51,8 +51,9 @@ def resolve_genotype(ref: str, tracking_uri: str) -> tuple[Genotype, Lineage]:
         try:
             if ref.startswith("models:/"):
                 mv = tracking.get_model_version(tracking_uri, ref)
+                folder = mv.folder or "promotion"  # promote's folder (a consensus: its own)
                 path = tracking.download_artifact(
-                    tracking_uri, mv.run_id, "promotion/genotype.json", tmp
+                    tracking_uri, mv.run_id, f"{folder}/genotype.json", tmp
                 )
                 tags = {k: v for k, v in mv.tags.items() if k.startswith("nfs.")}
                 tags.update(

@@ -26,6 +26,14 @@ genotype, the resolved search space and grouping, tagged with campaign, trial ru
 fingerprint; the alias is set, and who held it before is recorded as a version tag and in the
 registered model's alias history (MLflow keeps none). Promoting the same genotype again from the
 same run reuses its version.
+
+With ``consensus`` (``posenfs promote --consensus``), what is registered is the consensus
+genotype of the selected trial's configuration (mean α/β weights of its seeds,
+``confidence.consensus_genotype``; needs ``budget.seeds`` ≥ 2): a single seed's cell decisions
+are not reproducible at the quickstart's scale, and the decisions a consensus of three seeds
+decides are (benchmarks/RESULTS.md, "A consensus of three seeds"). It is logged to the campaign's
+parent run under ``promotion/consensus-<fingerprint>``; the tag ``nfs.consensus_of`` lists the
+trials averaged, ``nfs.trial`` and ``nfs.value`` stay the selected trial's.
 """
 
 from __future__ import annotations
@@ -39,11 +47,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nfs_orchestrator.confidence import is_undecided
+from nfs_orchestrator.confidence import consensus_genotype, is_undecided
 from nfs_orchestrator.errors import PosenfsError
 from nfs_orchestrator.genotype import Genotype
 from nfs_orchestrator.orchestration import tracking
-from nfs_orchestrator.orchestration.ledger import best_genotype
+from nfs_orchestrator.orchestration.ledger import best_genotype, seed_groups
 from nfs_orchestrator.strict import suggest
 
 MIN_METRICS = ("val_loss", "macs", "params")
@@ -53,6 +61,7 @@ _OPS = {"<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt
 TAG_SOURCE_RUN = "nfs.source_run_id"
 TAG_PREVIOUS = "nfs.previous_alias_holder"
 TAG_RULE = "nfs.promotion_rule"
+TAG_CONSENSUS = "nfs.consensus_of"  # the trials whose mean α/β weights the genotype derives
 ARTIFACT_DIR = "promotion"
 
 
@@ -161,13 +170,20 @@ class Promotion:
 
 @dataclass(frozen=True)
 class Selection:
-    """The trial a rule selects and the genotype it scored, read back from the trial's run."""
+    """The trial a rule selects and the genotype it scored, read back from the trial's run;
+    or (``select_consensus``) the consensus genotype of that trial's configuration."""
 
     row: dict[str, Any]
-    run_id: str
+    run_id: str  # the trial's run; for a consensus the campaign's parent run
     epoch: int | None  # the epoch whose genotype the rule scored; None: the latest
     genotype: Genotype
     text: str  # the genotype's JSON as stored
+    members: tuple[str, ...] = ()  # a consensus: the trial ids (one per seed) it averages
+
+    def label(self) -> str:
+        if self.members:
+            return f"consensus of trials {', '.join(self.members)}"
+        return f"trial {self.row['trial_id']}"
 
 
 def select_genotype(
@@ -203,6 +219,30 @@ def select_genotype(
     return Selection(row, run_id, epoch, genotype, text)
 
 
+def select_consensus(
+    record: Any, rows: list[dict[str, Any]], rule: Rule, trial_id: str | None = None
+) -> Selection:
+    """The consensus genotype (``confidence.consensus_genotype``: mean α/β weights) of the
+    configuration of the trial the rule selects: the latest genotypes of all its finished seeds
+    (``ledger.seed_groups``), each checked against the ledger. Registered from the campaign's
+    parent run, since no one trial derived it."""
+    row = select_trial(rows, rule, trial_id)
+    members = seed_groups(rows).get(row.get("params_json") or "{}")
+    if not members:
+        raise PromoteError(
+            f"--consensus: trial {row['trial_id']}'s configuration has no other finished seed; "
+            f"a consensus needs at least 2 (run the campaign with budget.seeds ≥ 2)"
+        )
+    if not record.parent_run_id:
+        raise PromoteError(f"campaign {record.campaign_id} has no MLflow parent run")
+    try:
+        genotype = consensus_genotype(tracking.latest_genotypes(record.tracking_uri, members))
+    except tracking.ArtifactError as e:
+        raise PromoteError(f"--consensus: {e}") from None
+    ids = tuple(r["trial_id"] for r in members)
+    return Selection(row, record.parent_run_id, None, genotype, genotype.to_json(), ids)
+
+
 def promote(
     record: Any,  # store.CampaignRecord
     rows: list[dict[str, Any]],
@@ -212,16 +252,19 @@ def promote(
     alias: str = "champion",
     model_name: str | None = None,
     force: bool = False,
+    consensus: bool = False,
 ) -> Promotion:
-    """Registers the selected trial's genotype as a model version and points ``alias`` at it.
+    """Registers the selected trial's genotype (with ``consensus``, its configuration's
+    consensus genotype: ``select_consensus``) as a model version and points ``alias`` at it.
     An undecided genotype (``confidence.is_undecided``: its decisions are indistinguishable
     from noise) is refused unless ``force``; the version records the verdict either way."""
-    chosen = select_genotype(record, rows, rule, trial_id)
+    select = select_consensus if consensus else select_genotype
+    chosen = select(record, rows, rule, trial_id)
     row, run_id, epoch, genotype = chosen.row, chosen.run_id, chosen.epoch, chosen.genotype
     undecided, why = is_undecided(genotype)
     if undecided and not force:
         raise PromoteError(
-            f"trial {row['trial_id']}: genotype {genotype.fingerprint()[:12]} is {why}; "
+            f"{chosen.label()}: genotype {genotype.fingerprint()[:12]} is {why}; "
             f"promote it anyway with --force"
         )
     uri = record.tracking_uri
@@ -234,6 +277,8 @@ def promote(
         uri, name, {tracking.TAG_GENOTYPE: fp, TAG_SOURCE_RUN: run_id}
     )
     created = version is None
+    # a consensus is logged to the parent run, one folder per genotype (several may be promoted)
+    folder = f"{ARTIFACT_DIR}/consensus-{fp[:12]}" if chosen.members else ARTIFACT_DIR
     if version is None:
         tracking.log_texts(
             uri,
@@ -243,7 +288,7 @@ def promote(
                 "space.json": json.dumps(genotype.space.to_dict(), indent=1),
                 "grouping.json": json.dumps(genotype.grouping.to_dict(), indent=1),
             },
-            ARTIFACT_DIR,
+            folder,
         )
         tags = {
             tracking.TAG_CAMPAIGN: record.campaign_id,
@@ -258,9 +303,9 @@ def promote(
             "nfs.grouping": genotype.grouping.name,
             "nfs.space": genotype.space.name,
         }
-        version = tracking.create_model_version(
-            uri, name, f"runs:/{run_id}/{ARTIFACT_DIR}", run_id, tags
-        )
+        if chosen.members:  # the rule's value stays the selected trial's, as nfs.trial says
+            tags[TAG_CONSENSUS] = ",".join(chosen.members)
+        version = tracking.create_model_version(uri, name, f"runs:/{run_id}/{folder}", run_id, tags)
     previous = tracking.alias_holder(uri, name, alias)
     if previous != version:
         tracking.move_alias(uri, name, alias, version, previous, TAG_PREVIOUS)

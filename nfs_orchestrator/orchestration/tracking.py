@@ -409,6 +409,28 @@ def download_artifact(tracking_uri: str, run_id: str, path: str, dst: str | Path
         raise ArtifactError(str(e).splitlines()[0]) from None
 
 
+def latest_genotypes(tracking_uri: str, rows: list[Mapping[str, Any]]) -> list[Any]:
+    """The latest ``genotype.json`` of each ledger row's trial run, as ``Genotype``s, in order;
+    ``ArtifactError`` when one cannot be read or is not the genotype the ledger recorded
+    (``genotype_fp``: the run moved on since the ledger was written)."""
+    from nfs_orchestrator.genotype import Genotype
+
+    out = []
+    with tempfile.TemporaryDirectory(prefix="posenfs-genotypes-") as tmp:
+        for i, row in enumerate(rows):
+            path = download_artifact(tracking_uri, row["run_id"], GENOTYPE_ARTIFACT, f"{tmp}/{i}")
+            source = f"runs:/{row['run_id']}/{GENOTYPE_ARTIFACT}"
+            genotype = Genotype.from_json(Path(path).read_text(), source=source)
+            if row.get("genotype_fp") and genotype.fingerprint() != row["genotype_fp"]:
+                raise ArtifactError(
+                    f"{source} has fingerprint {genotype.fingerprint()[:12]}, the ledger says "
+                    f"{row['genotype_fp'][:12]} (trial {row.get('trial_id')}): the run moved on "
+                    f"since the ledger was written"
+                )
+            out.append(genotype)
+    return out
+
+
 def run_tags(tracking_uri: str, run_id: str) -> dict[str, str]:
     """The tags of a run."""
     try:
@@ -500,6 +522,7 @@ class ModelVersion:
     version: str
     run_id: str
     tags: dict[str, str]
+    folder: str = ""  # its artifact folder in that run (source runs:/<run>/<folder>), if so
 
 
 def get_model_version(tracking_uri: str, uri: str) -> ModelVersion:
@@ -517,7 +540,10 @@ def get_model_version(tracking_uri: str, uri: str) -> ModelVersion:
         raise InputError(
             f"{uri}: no such registered model version ({str(e).splitlines()[0]})"
         ) from None
-    return ModelVersion(mv.name, str(mv.version), mv.run_id, dict(mv.tags))
+    prefix = f"runs:/{mv.run_id}/"
+    source = mv.source or ""
+    folder = source.removeprefix(prefix) if source.startswith(prefix) else ""
+    return ModelVersion(mv.name, str(mv.version), mv.run_id, dict(mv.tags), folder)
 
 
 def alias_holder(tracking_uri: str, name: str, alias: str) -> str | None:

@@ -60,6 +60,10 @@ def test_promote_then_retrain(tmp_path, ray_tmpdir, smoke_search):
     again = posenfs(["promote", cid, "--root", str(root), "--force"], tmp_path, ray_tmpdir)
     assert again.returncode == 0 and "already registered" in again.stdout
     assert len(c.search_model_versions(f"name='{name}'")) == 1
+    alone = posenfs(["promote", cid, "--root", str(root), "--consensus"], tmp_path, ray_tmpdir)
+    assert alone.returncode == 2 and len(alone.stderr.strip().splitlines()) == 1, alone.stderr
+    assert "configuration has no other finished seed" in alone.stderr  # one seed per trial
+    assert len(c.search_model_versions(f"name='{name}'")) == 1
 
     retrain = str(REPO / "experiments" / "retrain_smoke.yaml")
     args = [

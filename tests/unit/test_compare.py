@@ -95,12 +95,22 @@ def test_comparison_text_json_and_plot(tmp_path):
     plot_comparison(single, tmp_path / "single.png")
     agree = {"params": "{}", "seeds": 3, "ops": 1.0, "inputs": 0.5, "ops_chance": 1 / 3}
     agree |= {"inputs_chance": 0.238, "decided_both": 8, "decided_equal": 6}
-    single.seed_agreement = [agree, {**agree, "decided_both": 0, "decided_equal": 0}]
+    consensus = {"fingerprint": "ab" * 32, "decided_share": 0.625, "undecided": False}
+    undecided = {**consensus, "decided_share": 0.25, "undecided": True}
+    single.seed_agreement = [
+        {**agree, "consensus": consensus},
+        {**agree, "decided_both": 0, "decided_equal": 0, "consensus": undecided},
+    ]
     lines = single.text().splitlines()
-    assert lines[-2].endswith(
+    assert lines[-4].endswith(
         "inputs 0.50 (chance 0.24); decided in both seeds: 6 of 8 equal (0.75)"
     )
-    assert lines[-1].endswith("decided in both seeds: none")
+    assert "consensus of the 3 seeds (mean α/β weights): genotype abababababab, decided " in (
+        lines[-3]
+    )
+    assert "(62% of decisions decided)" in lines[-3]
+    assert lines[-2].endswith("decided in both seeds: none")
+    assert "UNDECIDED (25% of decisions decided)" in lines[-1]
 
 
 def part_row(tid, grouping, num_parts, **parts):

@@ -9,12 +9,14 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
 from nfs_orchestrator.confidence import (
     chance_levels,
     confidence_metrics,
     confidence_of,
     consensus,
+    consensus_genotype,
     decisions,
     entropy_drop,
     flip_share,
@@ -25,7 +27,14 @@ from nfs_orchestrator.confidence import (
     undecided_cells,
     with_confidence,
 )
-from nfs_orchestrator.genotype import SCHEMA_VERSION, Genotype, kept_slots, read_genotype
+from nfs_orchestrator.errors import SpecError
+from nfs_orchestrator.genotype import (
+    SCHEMA_VERSION,
+    Genotype,
+    derive_genotype,
+    kept_slots,
+    read_genotype,
+)
 from nfs_orchestrator.specs import DerivationRule, load_fabric
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden" / "genotype_tiny_coco-p3.json"
@@ -217,3 +226,61 @@ def test_consensus_is_the_entrywise_mean_and_reads_as_one_run():
     # a's and b's ops differ; their consensus keeps a's, the larger mean weight
     assert decisions(space, mean)["p/edge0"] == decisions(space, a)["p/edge0"]
     assert decisions(space, mean)["p/edge0"] != decisions(space, b)["p/edge0"]
+
+
+def derived_from(weights: dict, sharing: str = "part") -> Genotype:
+    """The genotype that softmax weights {part: {"alpha": rows, "beta": rows}} derive on the
+    golden's space (threshold rule) and grouping (logits = log weights)."""
+    golden = read_genotype(GOLDEN)
+    space = replace(golden.space, derivation=THRESHOLD, alpha_sharing=sharing)
+    arch = {}
+    for part, w in weights.items():
+        alpha = torch.tensor(w["alpha"]).log()
+        alpha = alpha.reshape(6, 1, 4) if sharing == "cell" else alpha
+        arch[part] = (alpha, torch.tensor(w["beta"]).log())
+    return derive_genotype(space, golden.grouping, arch, backbone=golden.backbone)
+
+
+@pytest.mark.parametrize("sharing", ["part", "cell"])
+def test_the_consensus_of_one_search_repeated_is_its_genotype(sharing):
+    g = torch.Generator().manual_seed(3)
+    rows = 6 if sharing == "cell" else 1
+    weights = {
+        part: {
+            "alpha": torch.rand(rows, 4, generator=g).softmax(-1).tolist(),
+            "beta": torch.rand(6, 3, generator=g).softmax(-1).tolist(),
+        }
+        for part in ("upper_limb", "head", "lower_limb")
+    }
+    one = derived_from(weights, sharing)
+    both = consensus_genotype([one, one])
+    assert both.fingerprint() == one.fingerprint()
+    assert both.confidence["consensus_of"] == 2 and both.confidence["epochs_seen"] == 0
+    assert both.confidence["parts"] == confidence_of(one)["parts"]
+    assert "the mean weights of 2 searches" in format_confidence(both)
+
+
+def test_the_consensus_genotype_is_what_the_mean_weights_derive():
+    parts = ("upper_limb", "head", "lower_limb")
+    a = {p: {"alpha": [[0.1, 0.1, 0.2, 0.6]], "beta": [[0.8, 0.1, 0.1]] * 6} for p in parts}
+    b = {p: {"alpha": [[0.1, 0.5, 0.2, 0.2]], "beta": [[0.2, 0.1, 0.7]] * 6} for p in parts}
+    ga, gb = derived_from(a), derived_from(b)
+    c = consensus_genotype([ga, gb])
+    space = ga.space
+    assert decisions(space, c.arch_weights) == decisions(space, consensus([a, b]))
+    # the ops split (a: sep_conv 0.6, b: skip 0.5); the mean (0.4 against 0.3) keeps a's
+    assert {op for p in c.parts for cell in p.cells for op in cell.ops} == {"sep_conv_3x3"}
+    assert decisions(space, c.arch_weights)["head/edge0"] == ("sep_conv_3x3",)
+    # where the searches split the consensus is less sure than either search
+    (edge,) = c.confidence["parts"]["head"]["edges"]
+    assert edge["margin"] == pytest.approx(0.1, abs=1e-5)  # a: 0.4, b: 0.3
+    assert ga.fingerprint() != c.fingerprint() != gb.fingerprint()
+
+
+def test_only_searches_of_one_configuration_make_a_consensus():
+    golden = read_genotype(GOLDEN)
+    other = replace(golden, space=replace(golden.space, derivation=THRESHOLD))
+    with pytest.raises(SpecError, match="genotype 1 .* has another space"):
+        consensus_genotype([golden, other])
+    with pytest.raises(SpecError, match="genotype 1 .* has no α/β weights"):
+        consensus_genotype([golden, replace(golden, arch_weights={})])

@@ -15,6 +15,7 @@ from nfs_orchestrator.orchestration.ledger import (
     new_row,
     part_values,
     read_ledger,
+    seed_groups,
     to_table,
     update_with_result,
     write_ledger,
@@ -225,3 +226,22 @@ def test_a_ledger_written_before_parts_json_still_reads(tmp_path):
     assert part_values(back[0]) == {}
     write_ledger(back, tmp_path / "new.parquet")  # and is written back in today's schema
     assert pq.read_table(tmp_path / "new.parquet").schema.equals(LEDGER_SCHEMA)
+
+
+def test_seed_groups_are_configurations_finished_in_two_seeds_or_more():
+    def row(tid, params, seed, status="FINISHED", fp="f"):
+        return {"trial_id": tid, "params_json": params, "seed": seed, "status": status,
+                "genotype_fp": fp, "run_id": f"r-{tid}"}  # fmt: skip
+
+    rows = [
+        row("t4", '{"a": 1}', 1, "EARLY_STOPPED"),
+        row("t1", '{"a": 1}', 0),
+        row("t2", '{"a": 1}', 2, "FAILED"),  # failed: not a member
+        row("t3", '{"a": 2}', 0),
+        row("t5", '{"a": 2}', 1, fp=None),  # no genotype yet: not a member
+        row("t6", '{"a": 3}', 0),
+        row("t7", '{"a": 3}', 0),  # the same seed twice is one seed
+    ]
+    groups = seed_groups(rows)
+    assert list(groups) == ['{"a": 1}']
+    assert [r["trial_id"] for r in groups['{"a": 1}']] == ["t1", "t4"]
