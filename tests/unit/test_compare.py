@@ -105,8 +105,9 @@ def test_comparison_text_json_and_plot(tmp_path):
     assert lines[-4].endswith(
         "inputs 0.50 (chance 0.24); decided in both seeds: 6 of 8 equal (0.75)"
     )
-    assert "consensus of the 3 seeds (mean α/β weights): genotype abababababab, decided " in (
-        lines[-3]
+    assert (
+        "consensus of the 3 seeds (mean α/β weights): genotype abababababab, decided "
+        in (lines[-3])
     )
     assert "(62% of decisions decided)" in lines[-3]
     assert lines[-2].endswith("decided in both seeds: none")
