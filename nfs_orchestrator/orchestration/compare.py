@@ -188,7 +188,8 @@ class Comparison:
                 lines.append(
                     f"    consensus of the {g['seeds']} seeds (mean α/β weights): genotype "
                     f"{c['fingerprint'][:12]}, {verdict} ({c['decided_share']:.0%} of decisions "
-                    f"decided); promote it with `posenfs promote --consensus`"
+                    f"decided), {CONSENSUS_DIR}/{c['configuration']}.json; promote it with "
+                    f"`posenfs promote --consensus`"
                 )
         if self.controls:
             from nfs_orchestrator.orchestration.controls import format_controls

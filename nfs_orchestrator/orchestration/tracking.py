@@ -402,7 +402,9 @@ class ArtifactError(InputError):
 
 
 def download_artifact(tracking_uri: str, run_id: str, path: str, dst: str | Path) -> str:
-    """A local copy of the artifact ``path`` of a run, under ``dst``."""
+    """A local copy of the artifact ``path`` of a run, under ``dst``. MLflow's progress bar is
+    off unless the environment turns it on: posenfs reads small files, a bar per file is noise."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         return client(tracking_uri).download_artifacts(run_id, path, str(dst))
     except MlflowException as e:

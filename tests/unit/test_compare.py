@@ -96,6 +96,7 @@ def test_comparison_text_json_and_plot(tmp_path):
     agree = {"params": "{}", "seeds": 3, "ops": 1.0, "inputs": 0.5, "ops_chance": 1 / 3}
     agree |= {"inputs_chance": 0.238, "decided_both": 8, "decided_equal": 6}
     consensus = {"fingerprint": "ab" * 32, "decided_share": 0.625, "undecided": False}
+    consensus |= {"configuration": "0123456789ab"}
     undecided = {**consensus, "decided_share": 0.25, "undecided": True}
     single.seed_agreement = [
         {**agree, "consensus": consensus},
@@ -109,7 +110,7 @@ def test_comparison_text_json_and_plot(tmp_path):
         "consensus of the 3 seeds (mean α/β weights): genotype abababababab, decided "
         in (lines[-3])
     )
-    assert "(62% of decisions decided)" in lines[-3]
+    assert "(62% of decisions decided), consensus/0123456789ab.json; promote" in lines[-3]
     assert lines[-2].endswith("decided in both seeds: none")
     assert "UNDECIDED (25% of decisions decided)" in lines[-1]
 
