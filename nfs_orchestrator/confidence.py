@@ -384,11 +384,12 @@ def is_undecided(genotype: Genotype) -> tuple[bool, str]:
             return True, "the genotype carries no α/β weights, so its confidence is unknown"
         c = confidence_of(genotype)
     share, n = float(c["decided_share"]), int(c["decisions"])
+    # flips need epochs: a consensus or a recomputed version-1 record has none
+    flips = f", flips over the last half {c['flip_share']:.0%}" if c["epochs_seen"] > 1 else ""
     why = (
         f"{share:.0%} of {n} decisions have a margin ≥ {c['threshold']:g} "
         f"(median margin {c['margin_median']:.3f}, α entropy drop "
-        f"{c['alpha_entropy_drop']:.3f}, β entropy drop {c['beta_entropy_drop']:.3f}, "
-        f"flips over the last half {c['flip_share']:.0%})"
+        f"{c['alpha_entropy_drop']:.3f}, β entropy drop {c['beta_entropy_drop']:.3f}{flips})"
     )
     if share < UNDECIDED_BELOW:
         return True, f"undecided: {why}; at least {UNDECIDED_BELOW:.0%} needed"

@@ -258,6 +258,7 @@ def test_the_consensus_of_one_search_repeated_is_its_genotype(sharing):
     assert both.confidence["consensus_of"] == 2 and both.confidence["epochs_seen"] == 0
     assert both.confidence["parts"] == confidence_of(one)["parts"]
     assert "the mean weights of 2 searches" in format_confidence(both)
+    assert "flips" not in is_undecided(both)[1]  # no epochs, no flips to report
 
 
 def test_the_consensus_genotype_is_what_the_mean_weights_derive():
