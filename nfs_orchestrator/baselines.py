@@ -29,6 +29,7 @@ import torch
 
 from nfs_orchestrator.genotype import Genotype, derive_genotype
 from nfs_orchestrator.geometry import SLOTS, fabric_sites
+from nfs_orchestrator.nn.counting import measured
 from nfs_orchestrator.specs import PARAMETER_FREE_OPS, DerivationRule, FabricSpace
 
 SIZE_TOLERANCE = 0.2  # a random genotype matches the champion's size within ±20 % params
@@ -42,15 +43,6 @@ def _shapes(space: FabricSpace) -> tuple[tuple[int, ...], tuple[int, ...]]:
     if space.alpha_sharing == "cell":
         alpha = (cells, *alpha)
     return alpha, (cells, len(SLOTS))
-
-
-def _measured(genotype: Genotype, input_size: tuple[int, int]) -> Genotype:
-    """``genotype`` with the params and MACs of its derived network at ``input_size``."""
-    from nfs_orchestrator.nn.backbones import build_backbone
-    from nfs_orchestrator.nn.counting import measure_genotype
-
-    backbone = build_backbone(genotype.backbone or "tiny", random_init=True)
-    return measure_genotype(genotype, backbone, input_size)
 
 
 def _input_size(champion: Genotype) -> tuple[int, int]:
@@ -71,7 +63,7 @@ def uniform_genotype(champion: Genotype) -> Genotype:
     alpha[..., space.ops.index(op)] = 1.0
     arch = {p.name: (alpha, torch.zeros(beta_shape)) for p in champion.grouping.parts}
     genotype = derive_genotype(space, champion.grouping, arch, backbone=champion.backbone)
-    return _measured(genotype, _input_size(champion))
+    return measured(genotype, _input_size(champion))
 
 
 def random_genotypes(champion: Genotype, k: int, *, seed: int = 0) -> list[Genotype]:
@@ -81,7 +73,7 @@ def random_genotypes(champion: Genotype, k: int, *, seed: int = 0) -> list[Genot
     recorded with the controls)."""
     input_size = _input_size(champion)
     if champion.params is None:
-        champion = _measured(champion, input_size)
+        champion = measured(champion, input_size)
     target = float(champion.params)
     generator = torch.Generator().manual_seed(seed)
     alpha_shape, beta_shape = _shapes(champion.space)
@@ -100,7 +92,7 @@ def random_genotypes(champion: Genotype, k: int, *, seed: int = 0) -> list[Genot
         )
         if genotype.fingerprint() in drawn:
             continue
-        genotype = _measured(genotype, input_size)
+        genotype = measured(genotype, input_size)
         gap = abs(float(genotype.params) - target) / target
         drawn[genotype.fingerprint()] = (gap, genotype)
         matched += gap <= SIZE_TOLERANCE

@@ -191,7 +191,8 @@ def consensus(snapshots: Sequence[dict[str, Any]]) -> dict[str, Any]:
 def consensus_genotype(genotypes: Sequence[Genotype]) -> Genotype:
     """The genotype that the ``consensus`` of several searches of one configuration (their
     ``arch_weights``: mean softmax weights) derives by the space's rule, with a confidence
-    record read from those mean weights (``consensus_of``: how many; no epoch history).
+    record read from those mean weights (``consensus_of``: how many; no epoch history) and the
+    searches' common ``input_size``, its network not measured (``nn.counting.measured``).
     Averaging leaves decided what the searches lean to alike and pulls toward undecided what
     they split on (benchmarks/RESULTS.md, "A consensus of three seeds"). The genotypes must
     share space, grouping, backbone and rule, and carry their weights (``SpecError`` if not)."""
@@ -217,7 +218,9 @@ def consensus_genotype(genotypes: Sequence[Genotype]) -> Genotype:
         arch[part] = (alpha, torch.tensor(w["beta"]).clamp_min(1e-12).log())
     derived = derive_genotype(space, first.grouping, arch, backbone=first.backbone)
     record = {**confidence_of(derived), "consensus_of": len(genotypes)}
-    return replace(derived, confidence=record)
+    sizes = {g.input_size for g in genotypes}  # where to measure it (not measured here: no nn/)
+    input_size = sizes.pop() if len(sizes) == 1 else None
+    return replace(derived, confidence=record, input_size=input_size)
 
 
 def input_outcomes(maps: int, rule: DerivationRule) -> int:

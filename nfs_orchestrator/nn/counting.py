@@ -63,3 +63,12 @@ def measure_genotype(genotype, backbone: nn.Module, input_size: tuple[int, int])
 
     net = DerivedPoseNet(genotype, copy.deepcopy(backbone)).cpu()
     return genotype.with_size(input_size, count_params(net), count_macs(net, input_size))
+
+
+def measured(genotype, input_size: tuple[int, int]):
+    """``genotype`` with the params and MACs of its derived network at ``input_size``, built on
+    a randomly initialised backbone of the genotype's name (sizes do not depend on weights)."""
+    from nfs_orchestrator.nn.backbones import build_backbone
+
+    backbone = build_backbone(genotype.backbone or "tiny", random_init=True)
+    return measure_genotype(genotype, backbone, input_size)

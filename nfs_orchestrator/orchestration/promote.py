@@ -50,6 +50,7 @@ from typing import Any
 from nfs_orchestrator.confidence import consensus_genotype, is_undecided
 from nfs_orchestrator.errors import PosenfsError
 from nfs_orchestrator.genotype import Genotype
+from nfs_orchestrator.nn.counting import measured
 from nfs_orchestrator.orchestration import tracking
 from nfs_orchestrator.orchestration.ledger import best_genotype, seed_groups
 from nfs_orchestrator.strict import suggest
@@ -239,6 +240,8 @@ def select_consensus(
         genotype = consensus_genotype(tracking.latest_genotypes(record.tracking_uri, members))
     except tracking.ArtifactError as e:
         raise PromoteError(f"--consensus: {e}") from None
+    if genotype.input_size is not None:  # its own network's size, as a trial's genotype has
+        genotype = measured(genotype, genotype.input_size)
     ids = tuple(r["trial_id"] for r in members)
     return Selection(row, record.parent_run_id, None, genotype, genotype.to_json(), ids)
 

@@ -76,3 +76,4 @@ def test_one_configuration_two_seeds(tmp_path, ray_tmpdir):
     genotype, lineage = resolve_genotype("models:/posenfs-synthetic-genotypes@champion", uri)
     assert genotype.fingerprint() == expected.fingerprint()
     assert genotype.confidence["consensus_of"] == 2
+    assert genotype.input_size == own[0].input_size and genotype.params > 0  # measured

@@ -259,6 +259,9 @@ def test_the_consensus_of_one_search_repeated_is_its_genotype(sharing):
     assert both.confidence["parts"] == confidence_of(one)["parts"]
     assert "the mean weights of 2 searches" in format_confidence(both)
     assert "flips" not in is_undecided(both)[1]  # no epochs, no flips to report
+    sized = replace(one, input_size=(64, 48))  # where the searches measured: kept, if common
+    assert consensus_genotype([sized, sized]).input_size == (64, 48)
+    assert consensus_genotype([sized, one]).input_size is None
 
 
 def test_the_consensus_genotype_is_what_the_mean_weights_derive():
