@@ -328,12 +328,12 @@ def seed_agreement(
     for params, members in seed_groups(rows).items():
         genotypes = tracking.latest_genotypes(tracking_uri, members)
         consensus = consensus_genotype(genotypes)
-        c = consensus.confidence
+        c, config = consensus.confidence, configuration_id(params)
         entry = {
             "params": params,
             **agreement(genotypes),
             "consensus": {
-                "configuration": configuration_id(params),
+                "configuration": config,
                 "fingerprint": consensus.fingerprint(),
                 "decided_share": c["decided_share"],
                 "margin_median": c["margin_median"],
@@ -341,7 +341,7 @@ def seed_agreement(
             },
         }
         if folder is not None:
-            path = folder / CONSENSUS_DIR / f"{configuration_id(params)}.json"
+            path = folder / CONSENSUS_DIR / f"{config}.json"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(consensus.to_json())
             entry["consensus"]["path"] = str(path)

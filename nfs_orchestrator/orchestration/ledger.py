@@ -251,9 +251,9 @@ def seed_groups(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str
     sorted by params_json (``budget.seeds``)."""
     groups: dict[str, list[Mapping[str, Any]]] = {}
     for row in rows:
-        if row.get("status") in ("FINISHED", "EARLY_STOPPED") and row.get("genotype_fp"):
-            if row.get("run_id"):
-                groups.setdefault(row.get("params_json") or "{}", []).append(row)
+        done = row.get("status") in ("FINISHED", "EARLY_STOPPED")
+        if done and row.get("genotype_fp") and row.get("run_id"):
+            groups.setdefault(row.get("params_json") or "{}", []).append(row)
     return {
         params: sorted(members, key=lambda r: r["trial_id"])
         for params, members in sorted(groups.items())
