@@ -13,7 +13,10 @@ retrain spec, the same pipeline and budget for every arm:
 each with seeds ``spec.seed``, ``spec.seed + 1``, …: the retrain specs of the arms differ only in
 the genotype (``control_jobs``). The jobs run as Tune function trials, each retrain in its trial
 actor (``trial.ActorRuntime``, checkpointed, resumable: the same command continues), logged as
-child runs of the campaign's parent run (tags ``nfs.kind=control``, ``nfs.arm``, ``nfs.seed``).
+child runs of the campaign's parent run (tags ``nfs.kind=control``, ``nfs.controls``,
+``nfs.arm``, ``nfs.seed``). A set of controls is named by what it retrains (``controls_id``):
+running controls again for another champion (e.g. ``--consensus``), other seeds or another spec
+retrains that set, never reporting an earlier set's results as its own.
 The table (mean ± spread per arm, ``baselines.summarize``), the picture and one honest sentence
 (``baselines.verdict``) go to ``<campaign folder>/controls.json`` and ``controls.png`` and to the
 parent run under ``controls/``; ``posenfs compare`` shows them.
@@ -24,6 +27,7 @@ What it is not: the retraining loop (``retrain.loop``) or the genotypes' constru
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Sequence
@@ -54,6 +58,14 @@ class ControlJob:
         return f"{self.arm}-s{self.seed}"
 
 
+def controls_id(jobs: Sequence[ControlJob]) -> str:
+    """A deterministic id of a set of control retrains: what each retrains (arm, seed, genotype
+    fingerprint, retrain spec fingerprint). The same command resumes its set; another champion,
+    other seeds, arms or spec start a set of their own instead of reusing the old one's results."""
+    body = [(j.arm, j.seed, j.genotype.fingerprint(), j.spec.fingerprint()) for j in jobs]
+    return hashlib.sha256(json.dumps(body).encode()).hexdigest()[:8]
+
+
 def control_jobs(
     spec: RetrainSpec, arms: Sequence[tuple[str, Genotype]], seeds: int
 ) -> list[ControlJob]:
@@ -72,6 +84,7 @@ class ControlsContext:
     campaign_id: str
     target: tracking.TrackingTarget
     storage: str  # where the control retrains checkpoint
+    controls_id: str  # controls_id(jobs): names the set's experiment, checkpoints and runs
 
 
 def control_trial(
@@ -85,9 +98,15 @@ def control_trial(
     from nfs_orchestrator.runtime import RunCheckpoints
 
     job = jobs[int(config["job"])]
-    run_name = f"{context.campaign_id}-control-{job.name}"
+    run_name = f"{context.campaign_id}-control-{context.controls_id}-{job.name}"
     run_id = tracking.open_control(
-        context.target, context.campaign_id, job.arm, job.seed, job.genotype, run_name
+        context.target,
+        context.campaign_id,
+        context.controls_id,
+        job.arm,
+        job.seed,
+        job.genotype,
+        run_name,
     )
     resources = job.spec.resources
     torch.set_num_threads(max(1, int(resources.cpus_per_worker)))
@@ -146,6 +165,7 @@ def run_controls(
     randoms = baselines.random_genotypes(champion, random_arms, seed=record.spec.seed)
     arms += [(f"random-{i + 1}", g) for i, g in enumerate(randoms)]
     jobs = control_jobs(spec, arms, seeds)
+    set_id = controls_id(jobs)
 
     ray_session.prepare_ray_environment(address)
     import ray
@@ -161,12 +181,14 @@ def run_controls(
         ),
         record.parent_run_id or "",
     )
-    context = ControlsContext(cid, target, f"{record.ray_storage.rstrip('/')}/{cid}/controls")
+    storage = f"{record.ray_storage.rstrip('/')}/{cid}/controls"
+    context = ControlsContext(cid, target, storage, set_id)
     trainable = tune.with_resources(
         tune.with_parameters(control_trial, jobs=jobs, context=context),
         ray_session.trial_actor_resources(spec.resources),
     )
-    experiment = f"{record.ray_storage.rstrip('/')}/{cid}-controls"
+    name = f"{cid}-controls-{set_id}"
+    experiment = f"{record.ray_storage.rstrip('/')}/{name}"
     try:
         if tune.Tuner.can_restore(experiment):
             tuner = tune.Tuner.restore(
@@ -180,7 +202,7 @@ def run_controls(
                     max_concurrent_trials=plan.max_concurrent, reuse_actors=True
                 ),
                 run_config=tune.RunConfig(
-                    name=f"{cid}-controls",
+                    name=name,
                     storage_path=record.ray_storage,
                     failure_config=tune.FailureConfig(max_failures=1),
                     verbose=1,
@@ -203,6 +225,7 @@ def run_controls(
     sizes = {arm: {"params": g.params, "macs": g.macs} for arm, g in arms}
     body = {
         "campaign_id": cid,
+        "controls_id": set_id,
         "metric": primary.metric,
         "mode": primary.mode,
         "seeds": seeds,

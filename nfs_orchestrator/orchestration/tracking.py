@@ -57,6 +57,7 @@ TAG_UNDECIDED = "nfs.undecided"  # "true" while the latest genotype is undecided
 TAG_PREEMPTED = "nfs.preempted"  # "true" on trial runs ended KILLED by a SIGTERM / pre-emption
 TAG_LOST = "nfs.lost"  # "true" on trial runs Tune never recorded (campaign.finish_campaign)
 TAG_ARM = "nfs.arm"  # control runs: champion | uniform | random-N
+TAG_CONTROLS = "nfs.controls"  # control runs: the set they belong to (controls.controls_id)
 TAG_SEED = "nfs.seed"
 TAG_PARENT = "mlflow.parentRunId"
 
@@ -278,15 +279,17 @@ def open_trial(
 def open_control(
     target: TrackingTarget,
     campaign_id: str,
+    controls_id: str,
     arm: str,
     seed: int,
     genotype: Any,
     run_name: str,
 ) -> str:
-    """Gets or creates the child run of one control retrain (found by campaign, arm and seed),
-    marks it running and logs its arm, seed and genotype."""
+    """Gets or creates the child run of one control retrain (found by campaign, set of controls,
+    arm and seed), marks it running and logs its arm, seed and genotype."""
     c = client(target.tracking_uri)
-    tags = {TAG_KIND: "control", TAG_CAMPAIGN: campaign_id, TAG_ARM: arm, TAG_SEED: str(seed)}
+    tags = {TAG_KIND: "control", TAG_CAMPAIGN: campaign_id, TAG_CONTROLS: controls_id}
+    tags |= {TAG_ARM: arm, TAG_SEED: str(seed)}
     run_id = get_or_create_run(
         c, target.experiment_id, run_name=run_name, tags=tags, parent_run_id=target.parent_run_id
     )

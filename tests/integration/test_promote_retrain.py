@@ -189,6 +189,7 @@ def test_promote_then_retrain(tmp_path, ray_tmpdir, smoke_search):
     ) == [(arm, seed) for arm in ("champion", "random-1", "uniform") for seed in ("0", "1")]
     assert all(r.info.status == "FINISHED" for r in runs)
     assert all(r.data.tags[tracking.TAG_PARENT] == parent.info.run_id for r in runs)
+    assert {r.data.tags[tracking.TAG_CONTROLS] for r in runs} == {body["controls_id"]}
 
 
 def _env(ray_tmpdir: Path) -> dict[str, str]:

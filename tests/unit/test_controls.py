@@ -4,12 +4,13 @@ says "beats" only when the difference is larger than the seed spread."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from nfs_orchestrator import baselines
 from nfs_orchestrator.genotype import Genotype
 from nfs_orchestrator.geometry import fabric_sites
-from nfs_orchestrator.orchestration.controls import control_jobs
+from nfs_orchestrator.orchestration.controls import control_jobs, controls_id
 from nfs_orchestrator.specs import load_retrain
 
 REPO = Path(__file__).resolve().parents[2]
@@ -78,3 +79,19 @@ def test_verdict_needs_more_than_the_spread():
     assert "beats every control" in baselines.verdict(lower, "val_loss", "min")
     entry = close[0]
     assert entry["mean"] == 0.25 and abs(entry["spread"] - 0.0707107) < 1e-6
+
+
+def test_a_set_of_controls_is_named_by_what_it_retrains():
+    spec = load_retrain(REPO / "experiments" / "retrain_quickstart.yaml")
+    g = champion()
+    uniform = baselines.uniform_genotype(g)
+    arms = [("champion", g), ("uniform", uniform)]
+    same = controls_id(control_jobs(spec, arms, seeds=2))
+    assert same == controls_id(control_jobs(spec, arms, seeds=2))  # the same command resumes
+    other_champion = [("champion", uniform), ("uniform", uniform)]  # e.g. promote --consensus
+    others = [
+        control_jobs(spec, other_champion, seeds=2),
+        control_jobs(spec, arms, seeds=3),
+        control_jobs(replace(spec, epochs=spec.epochs + 1), arms, seeds=2),
+    ]
+    assert len({same, *(controls_id(jobs) for jobs in others)}) == 4
