@@ -226,6 +226,7 @@ def run_controls(
     body = {
         "campaign_id": cid,
         "controls_id": set_id,
+        "champion": champion_label(champion),
         "metric": primary.metric,
         "mode": primary.mode,
         "seeds": seeds,
@@ -253,6 +254,14 @@ def run_controls(
     )
 
 
+def champion_label(champion: Genotype) -> str:
+    """Which genotype the champion arm retrains: its fingerprint, and whether it is a trial's
+    own or the consensus of several seeds (``confidence.consensus_genotype``)."""
+    seeds = (champion.confidence or {}).get("consensus_of")
+    what = f"consensus of {seeds} seeds" if seeds else "a trial's own"
+    return f"genotype {champion.fingerprint()[:12]}, {what}"
+
+
 def plot_controls(body: dict[str, Any], path: Path) -> Path:
     """Each arm's seeds as points, their mean ± spread as a bar with an error bar."""
     import matplotlib
@@ -271,7 +280,7 @@ def plot_controls(body: dict[str, Any], path: Path) -> Path:
         ax.scatter([i] * len(arm["values"]), arm["values"], color=color, zorder=3)
     ax.set_xticks(range(len(arms)), [a["arm"] for a in arms])
     ax.set_ylabel(f"{body['metric']} after retraining ({body['seeds']} seeds)")
-    ax.set_title(body["campaign_id"], fontsize=9)
+    ax.set_title(f"{body['campaign_id']} · champion: {body.get('champion', '?')}", fontsize=9)
     fig.text(0.02, 0.01, _wrap(body["verdict"], int(width * 12)), fontsize=8, va="bottom")
     fig.tight_layout(rect=(0, 0.12, 1, 1))
     fig.savefig(path, dpi=110)
@@ -287,7 +296,10 @@ def _wrap(text: str, width: int) -> str:
 
 def format_controls(body: dict[str, Any]) -> str:
     """The controls table as ``posenfs compare`` prints it."""
-    lines = [f"controls ({body['metric']}, {body['seeds']} seeds each, same retrain spec):"]
+    lines = [
+        f"controls ({body['metric']}, {body['seeds']} seeds each, same retrain spec; champion: "
+        f"{body.get('champion', 'not recorded')}):"
+    ]
     for arm in body["arms"]:
         size = body.get("sizes", {}).get(arm["arm"], {})
         mean = "-" if arm["mean"] is None else f"{arm['mean']:.4f} ± {arm['spread']:.4f}"

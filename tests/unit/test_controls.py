@@ -10,7 +10,12 @@ from pathlib import Path
 from nfs_orchestrator import baselines
 from nfs_orchestrator.genotype import Genotype
 from nfs_orchestrator.geometry import fabric_sites
-from nfs_orchestrator.orchestration.controls import control_jobs, controls_id
+from nfs_orchestrator.orchestration.controls import (
+    champion_label,
+    control_jobs,
+    controls_id,
+    format_controls,
+)
 from nfs_orchestrator.specs import load_retrain
 
 REPO = Path(__file__).resolve().parents[2]
@@ -95,3 +100,15 @@ def test_a_set_of_controls_is_named_by_what_it_retrains():
         control_jobs(replace(spec, epochs=spec.epochs + 1), arms, seeds=2),
     ]
     assert len({same, *(controls_id(jobs) for jobs in others)}) == 4
+
+
+def test_the_table_says_which_champion_it_retrained():
+    g = champion()
+    consensus = replace(g, confidence={**(g.confidence or {}), "consensus_of": 3})
+    assert champion_label(g) == f"genotype {g.fingerprint()[:12]}, a trial's own"
+    assert champion_label(consensus).endswith(", consensus of 3 seeds")
+    arm = {"arm": "champion", "mean": 0.1, "spread": 0.01, "values": [0.09, 0.11]}
+    body = {"metric": "val_ap", "seeds": 2, "arms": [arm], "verdict": "v"}
+    body["champion"] = champion_label(consensus)
+    assert "champion: genotype" in format_controls(body).splitlines()[0]
+    assert "consensus of 3 seeds" in format_controls(body).splitlines()[0]
