@@ -214,7 +214,7 @@ def run_controls(
             ray.shutdown()
     values: dict[str, list[float]] = {arm: [] for arm, _ in arms}
     rows = []
-    for result in results:
+    for result in sorted(results, key=lambda r: int(r.config["job"])):  # by seed, then arm
         job = jobs[int(result.config["job"])]
         value = (result.metrics or {}).get(primary.metric)
         rows.append({"arm": job.arm, "seed": job.seed, primary.metric: value})
