@@ -16,7 +16,7 @@ actor (``trial.ActorRuntime``, checkpointed, resumable: the same command continu
 child runs of the campaign's parent run (tags ``nfs.kind=control``, ``nfs.controls``,
 ``nfs.arm``, ``nfs.seed``). A set of controls is named by what it retrains (``controls_id``):
 running controls again for another champion (e.g. ``--consensus``), other seeds or another spec
-retrains that set, never reporting an earlier set's results as its own.
+retrains a new set, never reporting an earlier set's results as its own.
 The table (mean ± spread per arm, ``baselines.summarize``), the picture and one honest sentence
 (``baselines.verdict``) go to ``<campaign folder>/controls.json`` and ``controls.png`` and to the
 parent run under ``controls/``; ``posenfs compare`` shows them.
