@@ -448,8 +448,15 @@ class SearchSpec(Spec):
     # (search/schedules.alpha_pull), so α's early leads are the loss's own. 0 = off (the
     # reference); benchmarks/RESULTS.md, "The α entropy pull"
     alpha_entropy_weight: float = 0.0
+    # the α/β mixture the weight steps train under: "learned" (DARTS, the reference: the
+    # weights adapt to the current α/β, and an input the mixture favours is trained more) or
+    # "uniform" (α/β read as 0 in weight steps only: the weights never adapt to α/β, so α/β
+    # move only as far as a uniformly trained supernet's gradient takes them; a control for
+    # whether a search's decisions come from the data or from that feedback; first_order only).
+    # benchmarks/RESULTS.md, "Where α/β's movement comes from"
+    weight_mixture: Literal["learned", "uniform"] = "learned"
 
-    LATE_FIELDS: ClassVar[tuple[str, ...]] = ("alpha_entropy_weight",)
+    LATE_FIELDS: ClassVar[tuple[str, ...]] = ("alpha_entropy_weight", "weight_mixture")
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.val_every < 1:
@@ -468,6 +475,8 @@ class SearchSpec(Spec):
             raise SpecError(f"alpha_entropy_weight: {self.alpha_entropy_weight} must be ≥ 0")
         if self.alpha_entropy_weight and not self.search_alpha:
             raise SpecError("alpha_entropy_weight: needs search_alpha (α is frozen)")
+        if self.weight_mixture == "uniform" and self.mode != "first_order":
+            raise SpecError(f"weight_mixture: uniform needs mode first_order, not {self.mode}")
 
     @property
     def arch_start(self) -> int:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -120,6 +121,23 @@ class PoseSupernet(nn.Module):
             return rows.sum() * 0.0
         logp = torch.log_softmax(rows.float() / self.temperature, dim=-1)  # (rows, ops)
         return (-(logp.exp() * logp).sum(-1) / math.log(rows.shape[-1])).mean()
+
+    @contextmanager
+    def uniform_mixture(self) -> Iterator[None]:
+        """α and β read as 0 inside (every softmax uniform, every sampled op equally likely);
+        their values come back on exit. The search's weight steps under
+        ``search.weight_mixture: uniform``; no gradient reaches α/β inside."""
+        arch = list(self.arch_parameters())
+        saved = [p.detach().clone() for p in arch]
+        with torch.no_grad():
+            for p in arch:
+                p.zero_()
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, value in zip(arch, saved):
+                    p.copy_(value)
 
     def named_arch_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
         for name, fabric in self.parts.items():

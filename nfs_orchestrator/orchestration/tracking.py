@@ -250,6 +250,7 @@ def trial_params(trial: TrialSpec) -> dict[str, str]:
         "arch_lr": s.arch_optimizer.lr,
         "partial_channels": s.partial_channels,
         "sampling": s.sampling,
+        "weight_mixture": s.weight_mixture,
         "backbone": trial.backbone.name,
         "dataset": trial.data.dataset,
         "input_size": "x".join(str(v) for v in trial.data.input_size),

@@ -1,6 +1,7 @@
 """One optimisation step of the supernet, for each search mode (PoseNFS §3.1, DARTS).
 
-- ``weight_step``: the weights on a batch (every mode).
+- ``weight_step``: the weights on a batch (every mode); under ``search.weight_mixture: uniform``
+  at α/β = 0 (``PoseSupernet.uniform_mixture``), so the weights never adapt to α/β.
 - ``joint_step``: ``sync`` mode, the reference's single-level step: one backward into weights and
   α/β, each optimizer steps its own group.
 - ``arch_step_first_order``: α/β on an arch-validation batch, the weights held fixed.
@@ -26,6 +27,7 @@ What this is not: the epoch loop (``search/loop.py``) or the schedules (``search
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -206,6 +208,7 @@ class StepState:
     weight_decay: float
     execution: Execution | None  # precision/layout of every forward (hardware.run_model)
     alpha_entropy_weight: float = 0.0  # search.alpha_entropy_weight
+    uniform_weights: bool = False  # search.weight_mixture == "uniform": weight steps at α/β = 0
 
 
 # (state, the step's micro-batches, the arch micro-batches to draw from) -> (train loss,
@@ -216,9 +219,11 @@ TrainStep = Callable[
 
 
 def _weights_only(s: StepState, batches, arch_batches) -> tuple[float, float | None]:
-    loss = weight_step(
-        s.model, batches, s.weights, s.w_optimizer, s.runtime, s.grad_clip, s.execution
-    )
+    mixture = s.model.uniform_mixture() if s.uniform_weights else nullcontext()
+    with mixture:
+        loss = weight_step(
+            s.model, batches, s.weights, s.w_optimizer, s.runtime, s.grad_clip, s.execution
+        )
     return loss, None
 
 

@@ -151,6 +151,77 @@ def test_alpha_entropy_pull_sharpens_the_leading_op_and_is_zero_at_uniform(synth
     assert all(torch.count_nonzero(f.alpha.grad) == 0 for f in net.parts.values())
 
 
+def test_uniform_weight_mixture_trains_the_weights_as_at_zero_alpha_beta(tmp_path):
+    """``search.weight_mixture: uniform``: a weight step under learned α/β trains the weights
+    exactly as the same step at α/β = 0, leaves α/β where they were, and differs from the
+    learned-mixture step (the option is not a no-op)."""
+    from copy import deepcopy
+
+    from nfs_orchestrator.keypoints import load_grouping
+    from nfs_orchestrator.nn.backbones import build_backbone
+    from nfs_orchestrator.nn.supernet import PoseSupernet
+    from nfs_orchestrator.search import bilevel
+    from nfs_orchestrator.specs import load_fabric
+
+    torch.manual_seed(0)
+    net = PoseSupernet(
+        load_fabric("tiny"), load_grouping("coco-p3"), build_backbone("tiny", random_init=True)
+    )
+    with torch.no_grad():
+        for p in net.arch_parameters():
+            p.normal_()  # a mixture far from uniform
+    at_zero, learned = deepcopy(net), deepcopy(net)
+    with torch.no_grad():
+        for p in at_zero.arch_parameters():
+            p.zero_()
+    arch_before = [p.detach().clone() for p in net.arch_parameters()]
+    g = torch.Generator().manual_seed(1)
+    batch = {
+        "image": torch.randn(2, 3, 64, 64, generator=g),
+        "heatmaps": torch.rand(2, 17, 16, 16, generator=g),
+        "target_weight": torch.ones(2, 17),
+    }
+
+    def weight_step(model: PoseSupernet, uniform: bool) -> None:
+        weights = list(model.weight_parameters())
+        opt = torch.optim.Adam(weights, lr=1e-3)
+        runtime = LocalRuntime(tmp_path, verbose=False)
+        arch = list(model.arch_parameters())
+        state = bilevel.StepState(
+            model, weights, arch, opt, None, runtime, None, 1e-3, 0.0, None, 0.0, uniform
+        )
+        bilevel.WEIGHTS_ONLY(state, [batch], iter(()))
+
+    for model, uniform in ((net, True), (at_zero, False), (learned, False)):
+        model.train()
+        weight_step(model, uniform)
+    pairs = list(zip(net.weight_parameters(), at_zero.weight_parameters()))
+    assert all(torch.equal(p, q) for p, q in pairs)
+    assert all(torch.equal(a, p) for a, p in zip(arch_before, net.arch_parameters()))
+    assert all(p.grad is None for p in net.arch_parameters())
+    pairs = list(zip(net.weight_parameters(), learned.weight_parameters()))
+    assert not all(torch.equal(p, q) for p, q in pairs)
+
+
+def test_the_search_takes_its_weight_steps_under_the_uniform_mixture(
+    tmp_path, synthetic_root, monkeypatch
+):
+    """The loop passes ``search.weight_mixture`` to its steps: one weight step per step, in the
+    weight-only warm-up too, under ``uniform_mixture``; none under the default."""
+    from nfs_orchestrator.nn.supernet import PoseSupernet
+
+    entered = []
+    mixture = PoseSupernet.uniform_mixture
+    monkeypatch.setattr(
+        PoseSupernet, "uniform_mixture", lambda self: (entered.append(1), mixture(self))[1]
+    )
+    trial = tiny_trial(synthetic_root, arch_start_epoch=1, steps=2, weight_mixture="uniform")
+    run_search(trial, LocalRuntime(tmp_path / "uniform", verbose=False))
+    assert len(entered) == 4  # 2 epochs × 2 steps
+    run_search(tiny_trial(synthetic_root, steps=2), LocalRuntime(tmp_path / "learned"))
+    assert len(entered) == 4
+
+
 def test_the_search_ramps_the_alpha_pull_with_progress(tmp_path, synthetic_root, monkeypatch):
     """Every α/β step gets ``alpha_pull(weight, progress)``: 0 in epoch 0, so early leads of α
     are the loss's alone, then growing linearly (here 1 step per epoch, 2 epochs)."""

@@ -197,6 +197,22 @@ def test_alpha_entropy_weight_keeps_old_ids_at_zero_and_rejects_bad_values():
         load_campaign(smoke, ("search.alpha_entropy_weight=0.01", "search.search_alpha=false"))
 
 
+def test_weight_mixture_keeps_old_ids_and_needs_first_order():
+    smoke = spaces_root().parent / "experiments" / "smoke.yaml"
+    base = load_campaign(smoke)
+    uniform = load_campaign(smoke, ("search.weight_mixture=uniform",))
+    assert base.campaign_id == "smoke-301f301b" != uniform.campaign_id
+    assert "weight_mixture" not in base.search.identity()
+    assert uniform.trial({}).search.weight_mixture == "uniform"
+    for mode in ("sync", "second_order", "random", "none"):
+        with pytest.raises(
+            SpecError, match=f"weight_mixture: uniform needs mode first_order, not {mode}"
+        ):
+            load_campaign(smoke, ("search.weight_mixture=uniform", f"search.mode={mode}"))
+    with pytest.raises(SpecError, match="weight_mixture"):
+        load_campaign(smoke, ("search.weight_mixture=current",))
+
+
 def test_val_detections_reads_the_file_system(tmp_path):
     from nfs_orchestrator.errors import InputError
     from nfs_orchestrator.specs import DataSpec, replace
