@@ -301,7 +301,12 @@ def describe_campaign(campaign) -> list[str]:
         + ("(random init)" if campaign.backbone.random_init else f"({campaign.backbone.weights})"),
         f"  fabric      {campaign.fabric}   grouping {campaign.grouping}",
         f"  search      {s.mode}, {s.epochs} epochs, batch {s.batch_size}"
-        + (f", {s.steps_per_epoch} steps/epoch" if s.steps_per_epoch else ""),
+        + (f", {s.steps_per_epoch} steps/epoch" if s.steps_per_epoch else "")
+        + (
+            ", weight steps at uniform α/β (no-feedback control)"
+            if s.weight_mixture == "uniform"
+            else ""
+        ),
         f"  outer       {'; '.join(outer) or '(none: repeated trials of the base)'}",
         "  objectives  " + ", ".join(f"{o.metric} ({o.mode})" for o in campaign.objectives),
         f"  budget      {b.num_trials} trials"

@@ -165,6 +165,17 @@ def test_arch_preset_applies_before_set_and_bad_names_are_one_line():
     assert_one_line_error(posenfs("validate", quickstart, "--arch-preset", "refrence"), "preset")
 
 
+def test_validate_names_the_no_feedback_control_and_refuses_it_outside_first_order():
+    quickstart = str(Path(__file__).resolve().parents[2] / "experiments" / "quickstart.yaml")
+    plain = posenfs("validate", quickstart)
+    control = posenfs("validate", quickstart, "--set", "search.weight_mixture=uniform")
+    assert control.returncode == 0, control.stderr
+    assert "weight steps at uniform α/β (no-feedback control)" in control.stdout
+    assert "no-feedback" not in plain.stdout
+    sync = ("--set", "search.weight_mixture=uniform", "--set", "search.mode=sync")
+    assert_one_line_error(posenfs("validate", quickstart, *sync), "needs mode first_order")
+
+
 def test_dry_run_of_a_gpu_campaign_plans_without_gpus_here():
     repo = Path(__file__).resolve().parents[2]
     paper = repo / "experiments" / "search_hrnet-w32_cnf5_mpii-256x256_groupings.yaml"
