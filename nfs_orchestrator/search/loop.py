@@ -189,7 +189,7 @@ def run_search(trial: TrialSpec, runtime: Runtime) -> dict[str, float]:
             search.weight_optimizer.weight_decay,
             execution,
             alpha_pull(search.alpha_entropy_weight, progress),
-            search.weight_mixture == "uniform",
+            uniform_weights=search.weight_mixture == "uniform",
         )
 
         for step_index, step_batches in enumerate(w_batches, start=first_step):

@@ -188,7 +188,7 @@ def test_uniform_weight_mixture_trains_the_weights_as_at_zero_alpha_beta(tmp_pat
         runtime = LocalRuntime(tmp_path, verbose=False)
         arch = list(model.arch_parameters())
         state = bilevel.StepState(
-            model, weights, arch, opt, None, runtime, None, 1e-3, 0.0, None, 0.0, uniform
+            model, weights, arch, opt, None, runtime, None, 1e-3, 0.0, None, uniform_weights=uniform
         )
         bilevel.WEIGHTS_ONLY(state, [batch], iter(()))
 
