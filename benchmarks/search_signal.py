@@ -29,6 +29,7 @@ last.
     python benchmarks/search_signal.py --seeds 0 1 --preset reference
     python benchmarks/search_signal.py --seeds 0 1 --set grouping=groupings/coco-p3
     python benchmarks/search_signal.py --seeds 0 1 --root R --reuse --beta-threshold 0.37
+    python benchmarks/search_signal.py --seeds 0 1 --root R --reuse --inputs top2
     python benchmarks/search_signal.py --seeds $(seq 16 39) --root R --reuse --consensus-of 3
 
 This measures; it asserts nothing. ``benchmarks/RESULTS.md`` ("Search signal") records figures.
@@ -63,22 +64,22 @@ from nfs_orchestrator.confidence import (  # noqa: E402
     decisions,
     with_confidence,
 )
-from nfs_orchestrator.genotype import read_genotype  # noqa: E402
+from nfs_orchestrator.genotype import Genotype, derive_genotype, read_genotype  # noqa: E402
 from nfs_orchestrator.hardware import detect  # noqa: E402
 from nfs_orchestrator.runtime import LocalRuntime  # noqa: E402
 from nfs_orchestrator.search.loop import STATE_FILE, run_search  # noqa: E402
 from nfs_orchestrator.search.presets import arch_preset  # noqa: E402
+from nfs_orchestrator.specs import FabricSpace  # noqa: E402
 
 
 def run_seed(
-    campaign: str, root: Path, seed: int, sets: list[str], reuse: bool, threshold: float | None
+    campaign: str, root: Path, seed: int, sets: list[str], reuse: bool, rule: dict
 ) -> dict:
     overrides = (f"data.root={root / 'data'}", f"seed={seed}", *sets)
     trial = load_campaign(campaign, overrides).trial({})
     space = trial.fabric  # the rule the decisions compared across seeds are read by
-    if threshold is not None:
-        rule = dataclasses.replace(space.derivation, inputs="threshold", beta_threshold=threshold)
-        space = dataclasses.replace(space, derivation=rule)
+    if rule:  # another input rule, for the analysis only (the search does not read it)
+        space = dataclasses.replace(space, derivation=dataclasses.replace(space.derivation, **rule))
     tag = hashlib.sha256(json.dumps(sets).encode()).hexdigest()[:8]
     run_dir = root / f"seed{seed}-{tag}"
     done = run_dir / "metrics.jsonl"
@@ -93,6 +94,8 @@ def run_seed(
     genotype = read_genotype(run_dir / "artifacts" / "genotype.json")
     state = torch.load(LocalRuntime(run_dir).latest_checkpoint() / STATE_FILE, weights_only=True)
     last = state["history"][-1]
+    if rule:
+        genotype = dataclasses.replace(rederived(genotype, space), confidence=genotype.confidence)
     genotype = with_confidence(genotype, state["history"], genotype.confidence["temperature"])
     c = genotype.confidence  # recomputed: a reused run is judged by the current rules
     return {
@@ -110,6 +113,16 @@ def run_seed(
         "coarseness": {k: round(v, 4) for k, v in coarseness(trial.fabric, last).items()},
         "space": space,
     }
+
+
+def rederived(genotype: Genotype, space: FabricSpace) -> Genotype:
+    """``genotype`` derived again from its stored softmax weights by ``space``'s rule (log p:
+    softmax gives p back), without size or confidence."""
+    arch = {
+        part: tuple(torch.tensor(w[key]).clamp_min(1e-12).log() for key in ("alpha", "beta"))
+        for part, w in genotype.arch_weights.items()
+    }
+    return derive_genotype(space, genotype.grouping, arch, backbone=genotype.backbone)
 
 
 def agreement(runs: list[dict], kind: str) -> list[float]:
@@ -156,8 +169,14 @@ def main() -> None:
         type=float,
         default=None,
         help="compare seeds by the decisions of the threshold input rule at this t instead of "
-        "the space's rule (analysis only: the search does not read it, the runs are the same; "
-        "the per-seed confidence figures stay the space's rule's)",
+        "the space's rule (analysis only: the search does not read it, the runs are the same)",
+    )
+    parser.add_argument(
+        "--inputs",
+        choices=["argmax", "threshold", "top2", "argmax_parallel"],
+        default=None,
+        help="read every run by this input rule instead of the space's (analysis only, as "
+        "--beta-threshold; the per-seed confidence figures follow it)",
     )
     parser.add_argument(
         "--consensus-of",
@@ -173,6 +192,9 @@ def main() -> None:
     group = args.consensus_of or len(args.seeds) // 2
     if args.consensus_of is not None and not 2 <= group <= len(args.seeds) // 2:
         parser.error(f"--consensus-of: {group} must be ≥ 2 and leave two groups of the seeds")
+    rule = {"inputs": args.inputs} if args.inputs else {}
+    if args.beta_threshold is not None:
+        rule = {"inputs": "threshold", "beta_threshold": args.beta_threshold}
     torch.set_num_threads(args.threads)
     if args.preset:
         args.sets = [*arch_preset(args.preset), *args.sets]
@@ -184,7 +206,7 @@ def main() -> None:
         root = Path(args.root) if args.root else Path(tmp)
         runs = []
         for seed in args.seeds:
-            r = run_seed(args.campaign, root, seed, args.sets, args.reuse, args.beta_threshold)
+            r = run_seed(args.campaign, root, seed, args.sets, args.reuse, rule)
             runs.append(r)
             print(
                 f"seed {seed}: α entropy drop {r['alpha_entropy_drop']:.4f}  β entropy drop "

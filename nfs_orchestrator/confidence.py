@@ -13,9 +13,12 @@ or a search loop's per-epoch snapshots) to
   the largest SUM of its slots' weights (what the supernet mixes; genotype.py), but a margin
   counts a map by the MEAN of its slots' weights, so uniform β has margin 0 and a map kept only
   by the 2:1 prior (β 0.3, 0.3, 0.4: parallel map kept at 0.6) has a negative margin (−0.1):
-  the search leaned the other way. That is the ``argmax`` input rule; under ``threshold`` a
-  cell's margin is how far its maps' summed weights are from the threshold (``input_decision``).
-  A cell whose slots all read one map makes no decision;
+  the search leaned the other way. That is the ``argmax`` input rule; under ``top2`` it is the
+  weaker kept map's lead over the dropped one, under ``argmax_parallel`` the strongest map's
+  lead over the runner-up (as ``argmax``: the parallel map is kept whatever β says); under
+  ``threshold`` a cell's margin is how far its maps' summed weights are from the threshold
+  (``input_decision``). A cell whose slots all read
+  one map makes no decision, nor under ``top2`` one that reads two maps (it keeps both);
 - a summary: entropy drop of α and β (1 − H/ln n, mean over rows; 0 = uniform, 1 = one-hot),
   median margin, share of decisions whose margin is at least ``DECIDED_MARGIN``, and the share of
   decisions that changed over the last half of the epochs (``flip_share``).
@@ -100,16 +103,19 @@ def input_decision(
     rule: DerivationRule,
 ) -> tuple[tuple[int, ...], float] | None:
     """(kept source rows, margin) of one cell whose kept slots are ``kept`` (a genotype's, or
-    what ``rule`` keeps: ``genotype.kept_slots``); None when every slot reads one map.
+    what ``rule`` keeps: ``genotype.kept_slots``); None when the rule has nothing to choose
+    (every slot reads one map; under ``top2``, at most two maps).
 
-    The margin is how far the weights are from changing what is kept. ``argmax``: the weakest
-    kept map over the best dropped one, by mean slot weight (module doc). ``threshold`` t: the
-    rule compares each map's summed weight with t, so the margin is the smallest distance
+    The margin is how far the weights are from changing what is kept. ``argmax`` and
+    ``top2``: the weakest kept map over the best dropped one, by mean slot weight (module doc);
+    ``argmax_parallel``: the strongest map over the runner-up (the parallel map is kept anyway).
+    ``threshold`` t: the rule compares each map's summed weight with t, so the margin is the
+    smallest distance
     |sum − t| among the maps other than the strongest (which is always kept), and, when even the
     strongest is below t, also its lead over the runner-up. Uniform β is undecided either way
     (a three-map cell at t = 0.3: 1/3 − 0.3 = 0.033)."""
     weights = source_weights(row, sources)
-    if len(weights) < 2:
+    if len(weights) < (3 if rule.inputs == "top2" else 2):
         return None
     chosen = tuple(sorted({sources[SLOTS.index(slot)] for slot in kept}))
     if rule.inputs == "threshold":
@@ -119,9 +125,17 @@ def input_decision(
         if ranked[0] < rule.beta_threshold:
             gaps.append(ranked[0] - ranked[1])
         return chosen, min(gaps)
-    dropped = [w for s, w in weights.items() if s not in chosen]
-    low = min(weights[s] for s in chosen)
-    return chosen, low - (max(dropped) if dropped else 0.0)
+    if rule.inputs == "top2":
+        dropped = [w for s, w in weights.items() if s not in chosen]
+        return chosen, min(weights[s] for s in chosen) - max(dropped)
+    # argmax, argmax_parallel: the decision is the strongest map (parallel's is kept anyway)
+    best = next((s for s in chosen if s != sources[0]), sources[0])
+    total = {src: w * sources.count(src) for src, w in weights.items()}
+
+    def lead(w: dict[int, float]) -> float:
+        return w[best] - max(v for s, v in w.items() if s != best)
+
+    return chosen, min(lead(weights), lead(total))
 
 
 def decisions(
@@ -225,8 +239,12 @@ def consensus_genotype(genotypes: Sequence[Genotype]) -> Genotype:
 
 def input_outcomes(maps: int, rule: DerivationRule) -> int:
     """How many kept sets the input rule can give a cell that reads ``maps`` distinct maps:
-    each single map under ``argmax``; under ``threshold`` t also every set of k ≥ 2 maps with
-    k·t ≤ 1 (k maps can all reach t only then; the others can sit near 0)."""
+    each single map under ``argmax`` (and ``argmax_parallel``: that map with the parallel
+    one); each pair under ``top2`` (one set for two maps); under
+    ``threshold`` t also every set of k ≥ 2 maps with k·t ≤ 1 (k maps can all reach t only
+    then; the others can sit near 0)."""
+    if rule.inputs == "top2":
+        return math.comb(maps, 2) if maps > 2 else 1
     if rule.inputs != "threshold":
         return maps
     t = rule.beta_threshold
@@ -236,10 +254,10 @@ def input_outcomes(maps: int, rule: DerivationRule) -> int:
 def chance_levels(space: FabricSpace) -> dict[str, float]:
     """The agreement two coin-tossing searches would reach, each outcome equally likely:
     1 / (non-zero ops) for an op; for a cell, the mean over cells of 1 / (kept sets its input
-    rule can give: ``input_outcomes``), cells with one map left out."""
+    rule can give: ``input_outcomes``), cells with a single outcome (nothing decided) left out."""
     nonzero = sum(op != "zero" for op in space.ops)
-    sources = [len(set(s)) for _, _, s in cell_sources(space) if len(set(s)) > 1]
-    outcomes = [input_outcomes(n, space.derivation) for n in sources]
+    sources = [len(set(s)) for _, _, s in cell_sources(space)]
+    outcomes = [n for n in (input_outcomes(m, space.derivation) for m in sources) if n > 1]
     return {
         "ops": 1 / nonzero,
         "inputs": statistics.fmean(1 / n for n in outcomes) if outcomes else math.nan,

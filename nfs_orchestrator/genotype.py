@@ -3,12 +3,15 @@
 Derivation rule (recorded in every genotype as ``rule``; PoseNFS has none, see POSENFS-SPEC §4, §9):
 1. Ops: on every edge, keep the candidate with the largest α, never ``zero`` (DARTS). With α
    shared per part every cell of that part gets the same ops.
-2. Inputs: per cell keep the input *map* with the largest weight (``argmax``), or every map whose
-   weight ≥ ``beta_threshold`` (``threshold``; at least the strongest one). A map's weight is the
-   SUM of softmax(β) over the slots (parallel / above / below) that read it, which is what the
-   supernet's input node mixes: at the top row ``above`` reads the parallel map again (at a
-   bottom row ``below`` does), so the supernet weighs that map by β_parallel + β_above
-   (POSENFS-SPEC §1.3). A kept map is kept through the first slot that reads it, never twice.
+2. Inputs: per cell keep the input *map* with the largest weight (``argmax``), every map whose
+   weight ≥ ``beta_threshold`` (``threshold``; at least the strongest one), the two maps with
+   the largest weights (``top2``; a cell reading two maps keeps both), or the strongest map and
+   the parallel one (``argmax_parallel``: one map when parallel is the strongest). A map's
+   weight is the SUM of softmax(β) over the slots (parallel / above / below) that read it,
+   which is what the supernet's input node mixes: at the top row ``above`` reads the parallel
+   map again (at a bottom row ``below`` does), so the supernet weighs that map by
+   β_parallel + β_above (POSENFS-SPEC §1.3). A kept map is kept through the first slot that
+   reads it, never twice.
    (Before, slots were compared one by one, so a top-row cell could keep ``below`` at weight 0.4
    while the supernet mixed the parallel map at 0.6: benchmarks/RESULTS.md, "Why the champion
    loses".)
@@ -227,17 +230,22 @@ def kept_slots(
 ) -> tuple[str, ...]:
     """The slots a cell keeps from its softmax(β) row ``weights`` (one per slot): per distinct
     source map (first reading slot, in slot order) the sum of its slots' weights; the strongest
-    map (ties: the earlier slot), and with the ``threshold`` rule every map at or above
-    ``beta_threshold`` too. The one home of the input rule: confidence.py reads it too."""
+    map (ties: the earlier slot), with the ``threshold`` rule every map at or above
+    ``beta_threshold`` too, with ``top2`` the runner-up too, with ``argmax_parallel`` the
+    parallel slot's map too. The one home of the input rule: confidence.py reads it too."""
     maps: dict[int, list[int]] = {}  # source row → the slots reading it, in slot order
     for slot, src in enumerate(sources):
         maps.setdefault(src, []).append(slot)
     total = {src: sum(float(weights[s]) for s in slots) for src, slots in maps.items()}
-    best = max(maps, key=lambda src: (total[src], -maps[src][0]))
+    ranked = sorted(maps, key=lambda src: (-total[src], maps[src][0]))  # ties: the earlier slot
+    best = ranked[0]
     kept = [
         maps[src][0]
         for src in maps
-        if src == best or (rule.inputs == "threshold" and total[src] >= rule.beta_threshold)
+        if src == best
+        or (rule.inputs == "threshold" and total[src] >= rule.beta_threshold)
+        or (rule.inputs == "top2" and src in ranked[:2])
+        or (rule.inputs == "argmax_parallel" and src == sources[0])
     ]
     return tuple(SLOTS[s] for s in sorted(kept))
 

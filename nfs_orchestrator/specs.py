@@ -58,12 +58,15 @@ class DerivationRule(Spec):
 
     ops: ``argmax_nonzero`` keeps, per edge, the op with the largest alpha excluding ``zero``
     (DARTS). inputs: ``argmax`` keeps each cell's strongest input; ``threshold`` keeps every
-    input whose softmax(beta) ≥ ``beta_threshold`` (at least the strongest one). Cells that no
-    kept path leads from to the output are dropped.
+    input whose softmax(beta) ≥ ``beta_threshold`` (at least the strongest one); ``top2`` keeps
+    the two strongest (a cell reading two maps keeps both: DARTS keeps two inputs per node);
+    ``argmax_parallel`` keeps the strongest and the cell's own-scale (parallel) input, so every
+    kept cell carries its scale forward and the search decides what else it reads. Cells that
+    no kept path leads from to the output are dropped.
     """
 
     ops: Literal["argmax_nonzero"] = "argmax_nonzero"
-    inputs: Literal["argmax", "threshold"] = "argmax"
+    inputs: Literal["argmax", "threshold", "top2", "argmax_parallel"] = "argmax"
     beta_threshold: float = 0.3  # only read when inputs == "threshold"
 
     def __post_init__(self) -> None:

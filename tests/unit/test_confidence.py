@@ -41,6 +41,7 @@ GOLDEN = Path(__file__).resolve().parent.parent / "golden" / "genotype_tiny_coco
 UNIFORM_BETA = [[1 / 3, 1 / 3, 1 / 3]] * 6
 ARGMAX = DerivationRule(inputs="argmax")
 THRESHOLD = DerivationRule(inputs="threshold", beta_threshold=0.3)
+TOP2 = DerivationRule(inputs="top2")
 
 
 def cell(row: list[float], sources: tuple[int, int, int], rule: DerivationRule):
@@ -64,8 +65,8 @@ def test_margins_are_exact():
         [1 / 3, 1 / 3, 1 / 3],
         [1 / 3, 1 / 3, 1 / 3],
         [0.2, 0.7, 0.1],  # (1,2) kept above (row 0): 0.7 vs max(0.2, 0.1) → 0.5
-        [0.1, 0.1, 0.8],  # (0,3) kept below (row 1): 0.8 vs mean(0.1, 0.1) → 0.7
-    ]
+        [0.1, 0.1, 0.8],  # (0,3) kept below (row 1): 0.8 vs 0.1 + 0.1 → 0.6 (the lead by
+    ]  # summed weight, which the derivation compares; by mean slot weight it would be 0.7)
     g = golden_with(
         {
             "upper_limb": {"alpha": [[0.7, 0.05, 0.1, 0.15]], "beta": upper_beta},
@@ -80,7 +81,7 @@ def test_margins_are_exact():
     kept = {(x["scale"], x["depth"]): x for x in up["cells"] if x["in_genotype"]}
     assert kept[(0, 1)]["margin"] == pytest.approx(0.2) and kept[(0, 1)]["sources"] == [0]
     assert kept[(1, 2)]["margin"] == pytest.approx(0.5) and kept[(1, 2)]["sources"] == [0]
-    assert kept[(0, 3)]["margin"] == pytest.approx(0.7) and kept[(0, 3)]["sources"] == [1]
+    assert kept[(0, 3)]["margin"] == pytest.approx(0.6) and kept[(0, 3)]["sources"] == [1]
     assert c["parts"]["head"]["edges"][0]["margin"] == pytest.approx(0.1)
     assert c["parts"]["lower_limb"]["edges"][0]["margin"] == pytest.approx(0.01)
     # uniform β: no margin, also where two slots read one map (the 2:1 mix is a prior)
@@ -103,8 +104,10 @@ def test_a_map_kept_by_the_two_slot_prior_has_a_negative_margin():
     space = replace(load_fabric("tiny"), derivation=ARGMAX)
     weights = {"p": {"alpha": [[0.1, 0.2, 0.3, 0.4]], "beta": [[0.3, 0.3, 0.4]] + UNIFORM_BETA[1:]}}
     assert decisions(space, weights)["p/cell(0,1)"] == (0,)
-    chosen, margin = cell([0.2, 0.2, 0.6], (0, 0, 1), ARGMAX)
-    assert chosen == (1,) and margin == pytest.approx(0.4)
+    # below kept: a margin is the smaller of the two leads, so a map that leads by mean slot
+    # weight (0.55 − 0.225) but barely beats the two slots' sum (0.55 − 0.45) is near its flip
+    chosen, margin = cell([0.225, 0.225, 0.55], (0, 0, 1), ARGMAX)
+    assert chosen == (1,) and margin == pytest.approx(0.1)
 
 
 def test_threshold_decisions_are_the_kept_sets_and_their_distance_from_the_threshold():
@@ -128,6 +131,57 @@ def test_threshold_decisions_are_the_kept_sets_and_their_distance_from_the_thres
     assert chance_levels(replace(space, derivation=ARGMAX))["inputs"] == pytest.approx(
         (3 * (1 / 2) + 3 * (1 / 3)) / 6
     )
+
+
+def test_top2_keeps_two_maps_and_decides_only_where_there_are_three():
+    # (1,1) reads rows (1, 0, 2): keeps rows 1 and 0 (0.5, 0.3); margin = 0.3 − 0.2
+    assert cell([0.5, 0.3, 0.2], (1, 0, 2), TOP2) == ((0, 1), pytest.approx(0.1))
+    assert kept_slots([0.5, 0.3, 0.2], (1, 0, 2), TOP2) == ("parallel", "above")
+    # ties keep the earlier slot; uniform β is undecided (margin 0)
+    assert cell(UNIFORM_BETA[0], (1, 0, 2), TOP2) == ((0, 1), pytest.approx(0.0))
+    # a top-row cell reads two maps: both kept, nothing decided
+    assert kept_slots([0.1, 0.1, 0.8], (0, 0, 1), TOP2) == ("parallel", "below")
+    assert cell([0.1, 0.1, 0.8], (0, 0, 1), TOP2) is None
+    space = replace(load_fabric("tiny"), derivation=TOP2)
+    weights = {"p": {"alpha": [[0.1, 0.2, 0.3, 0.4]], "beta": [[0.2, 0.7, 0.1]] * 6}}
+    got = decisions(space, weights)
+    assert sorted(got) == ["p/cell(1,1)", "p/cell(1,2)", "p/cell(2,1)", "p/edge0"]
+    assert got["p/cell(2,1)"] == (1, 2)  # rows (2, 1, 3): parallel 0.2 and above 0.7 kept
+    # chance: the three three-map cells have 3 pairs each; the two-map cells decide nothing
+    assert chance_levels(space)["inputs"] == pytest.approx(1 / 3)
+    # uniform β: every kept cell reads two maps (ties: parallel and above), so only (2,1),
+    # which (1,2) no longer reads, drops out
+    grouping = read_genotype(GOLDEN).grouping
+    arch = {part.name: (torch.zeros(1, 4), torch.zeros(6, 3)) for part in grouping.parts}
+    for part in derive_genotype(space, grouping, arch).parts:
+        assert [(c.scale, c.depth) for c in part.cells] == [(0, 1), (1, 1), (0, 2), (1, 2), (0, 3)]
+        assert all(c.inputs in (("parallel", "above"), ("parallel", "below")) for c in part.cells)
+
+
+def test_argmax_parallel_keeps_the_own_scale_map_and_decides_the_strongest():
+    rule = DerivationRule(inputs="argmax_parallel")
+    # (1,1) reads rows (1, 0, 2): below (row 2) strongest, kept beside parallel (row 1)
+    assert kept_slots([0.2, 0.2, 0.6], (1, 0, 2), rule) == ("parallel", "below")
+    assert cell([0.2, 0.2, 0.6], (1, 0, 2), rule) == ((1, 2), pytest.approx(0.4))
+    # parallel strongest: one map; the margin is its lead, as argmax's
+    assert kept_slots([0.5, 0.3, 0.2], (1, 0, 2), rule) == ("parallel",)
+    assert cell([0.5, 0.3, 0.2], (1, 0, 2), rule) == ((1,), pytest.approx(0.2))
+    # top row (0, 0, 1): the parallel map sums 0.6 > 0.4 and is kept alone, against the lean
+    assert cell([0.3, 0.3, 0.4], (0, 0, 1), rule) == ((0,), pytest.approx(-0.1))
+    # decisions follow argmax one to one, so agreement and chance are argmax's
+    space = replace(load_fabric("tiny"), derivation=rule)
+    weights = {"p": {"alpha": [[0.1, 0.2, 0.3, 0.4]], "beta": [[0.2, 0.2, 0.6]] * 6}}
+    assert decisions(space, weights)["p/cell(2,1)"] == (2, 3)
+    argmax_space = replace(space, derivation=ARGMAX)
+    assert chance_levels(space) == chance_levels(argmax_space)
+    assert decisions(argmax_space, weights)["p/cell(2,1)"] == (3,)
+    # every kept cell reads its own row: the output row's chain is always there
+    grouping = read_genotype(GOLDEN).grouping
+    beta = torch.tensor([[0.0, 0.0, 2.0]] * 6)  # every cell leans to below
+    arch = {part.name: (torch.zeros(1, 4), beta) for part in grouping.parts}
+    for part in derive_genotype(space, grouping, arch).parts:
+        assert all(c.inputs[0] == "parallel" for c in part.cells)
+        assert (0, 1) in {(c.scale, c.depth) for c in part.cells}
 
 
 def test_uniform_weights_are_undecided_and_say_why():
