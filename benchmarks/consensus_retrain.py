@@ -27,6 +27,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -56,18 +57,19 @@ def retrained_ap(spec: RetrainSpec, genotype: Genotype, root: Path) -> float:
     return float(metrics["val_ap"])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_retrain_args(parser: argparse.ArgumentParser) -> None:
+    """The options of a benchmark that retrains genotypes of search_signal.py's runs."""
     parser.add_argument("--root", required=True, help="search_signal.py's --root")
     parser.add_argument("--seeds", type=int, nargs="+", required=True)
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--group", type=int, default=3)
     parser.add_argument("--retrain", default=str(REPO / "experiments" / "retrain_quickstart.yaml"))
     parser.add_argument("--retrain-seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
-    if args.group < 2 or len(args.seeds) % args.group:
-        parser.error(f"--seeds: a multiple of --group {args.group} (≥ 2) seeds")
+
+
+def retrain_setup(args: argparse.Namespace) -> tuple[Path, str, list[RetrainSpec], Any]:
+    """(root, search_signal.py's run tag, one retrain spec per retrain seed, the hardware),
+    the hardware printed first."""
     torch.set_num_threads(args.threads)
     root = Path(args.root)
     hw = detect("cpu")
@@ -75,7 +77,24 @@ def main() -> None:
           f"{args.threads} thread(s)")  # fmt: skip
     tag = hashlib.sha256(json.dumps(args.sets).encode()).hexdigest()[:8]  # search_signal's
     base = load_retrain(args.retrain, (f"data.root={root / 'data'}",))
-    specs = [replace(base, seed=base.seed + s) for s in args.retrain_seeds]
+    return root, tag, [replace(base, seed=base.seed + s) for s in args.retrain_seeds], hw
+
+
+def d_spread(ds: list[float], unit: str) -> str:
+    """Paired differences as "mean (sd, n <unit>; d > 0 in k)"."""
+    sd = statistics.stdev(ds) if len(ds) > 1 else float("nan")
+    positive = sum(d > 0 for d in ds)
+    return f"{statistics.fmean(ds):+.4f} (sd {sd:.4f}, {len(ds)} {unit}; d > 0 in {positive})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_retrain_args(parser)
+    parser.add_argument("--group", type=int, default=3)
+    args = parser.parse_args()
+    if args.group < 2 or len(args.seeds) % args.group:
+        parser.error(f"--seeds: a multiple of --group {args.group} (≥ 2) seeds")
+    root, tag, specs, hw = retrain_setup(args)
     groups = []
     for start in range(0, len(args.seeds), args.group):
         seeds = args.seeds[start : start + args.group]
@@ -93,10 +112,7 @@ def main() -> None:
                        "singles": singles, "d": d})  # fmt: skip
         print(f"group {seeds}: consensus {ap[consensus.fingerprint()]:.4f}, seeds "
               f"{', '.join(f'{v:.4f}' for v in singles)}, d {d:+.4f}", flush=True)  # fmt: skip
-    ds = [g["d"] for g in groups]
-    sd = statistics.stdev(ds) if len(ds) > 1 else float("nan")
-    print(f"d = consensus − mean of its seeds: {statistics.fmean(ds):+.4f} (sd {sd:.4f}, "
-          f"{len(ds)} groups; d > 0 in {sum(d > 0 for d in ds)})")  # fmt: skip
+    print(f"d = consensus − mean of its seeds: {d_spread([g['d'] for g in groups], 'groups')}")
     summary = {"seeds": args.seeds, "sets": args.sets, "group": args.group}
     summary |= {"retrain_seeds": args.retrain_seeds, "groups": groups, "hardware": hw.to_dict()}
     print(json.dumps(summary, sort_keys=True))
