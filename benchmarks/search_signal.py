@@ -62,9 +62,10 @@ from nfs_orchestrator.confidence import (  # noqa: E402
     consensus,
     decided_agreement,
     decisions,
+    derive_from_weights,
     with_confidence,
 )
-from nfs_orchestrator.genotype import Genotype, derive_genotype, read_genotype  # noqa: E402
+from nfs_orchestrator.genotype import Genotype, read_genotype  # noqa: E402
 from nfs_orchestrator.hardware import detect  # noqa: E402
 from nfs_orchestrator.runtime import LocalRuntime  # noqa: E402
 from nfs_orchestrator.search.loop import STATE_FILE, run_search  # noqa: E402
@@ -94,7 +95,7 @@ def run_seed(
     genotype = read_genotype(run_dir / "artifacts" / "genotype.json")
     state = torch.load(LocalRuntime(run_dir).latest_checkpoint() / STATE_FILE, weights_only=True)
     last = state["history"][-1]
-    if rule:
+    if genotype.rule != space.derivation:  # another rule (--inputs), or a run from before a change
         genotype = dataclasses.replace(rederived(genotype, space), confidence=genotype.confidence)
     genotype = with_confidence(genotype, state["history"], genotype.confidence["temperature"])
     c = genotype.confidence  # recomputed: a reused run is judged by the current rules
@@ -116,13 +117,8 @@ def run_seed(
 
 
 def rederived(genotype: Genotype, space: FabricSpace) -> Genotype:
-    """``genotype`` derived again from its stored softmax weights by ``space``'s rule (log p:
-    softmax gives p back), without size or confidence."""
-    arch = {
-        part: tuple(torch.tensor(w[key]).clamp_min(1e-12).log() for key in ("alpha", "beta"))
-        for part, w in genotype.arch_weights.items()
-    }
-    return derive_genotype(space, genotype.grouping, arch, backbone=genotype.backbone)
+    """``genotype`` derived again from its stored softmax weights by ``space``'s rule."""
+    return derive_from_weights(space, genotype.grouping, genotype.arch_weights, genotype.backbone)
 
 
 def agreement(runs: list[dict], kind: str) -> list[float]:

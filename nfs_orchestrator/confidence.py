@@ -13,12 +13,13 @@ or a search loop's per-epoch snapshots) to
   the largest SUM of its slots' weights (what the supernet mixes; genotype.py), but a margin
   counts a map by the MEAN of its slots' weights, so uniform β has margin 0 and a map kept only
   by the 2:1 prior (β 0.3, 0.3, 0.4: parallel map kept at 0.6) has a negative margin (−0.1):
-  the search leaned the other way. That is the ``argmax`` input rule; under ``top2`` it is the
-  weaker kept map's lead over the dropped one, under ``argmax_parallel`` the strongest map's
-  lead over the runner-up (as ``argmax``: the parallel map is kept whatever β says); under
-  ``threshold`` a cell's margin is how far its maps' summed weights are from the threshold
-  (``input_decision``). A cell whose slots all read
-  one map makes no decision, nor under ``top2`` one that reads two maps (it keeps both);
+  the search leaned the other way. A map that leads by mean but barely by sum is near its flip
+  all the same, so the margin is the smaller of the two leads. That is the ``argmax`` input rule
+  and ``argmax_parallel`` (whose decision is argmax's: the parallel map is kept whatever β
+  says); under ``top2`` the margin is the weaker kept map's lead over the dropped one; under
+  ``threshold`` how far the cell's maps' summed weights are from the threshold
+  (``input_decision``). A cell whose slots all read one map makes no decision, nor under
+  ``top2`` one that reads two maps (it keeps both);
 - a summary: entropy drop of α and β (1 − H/ln n, mean over rows; 0 = uniform, 1 = one-hot),
   median margin, share of decisions whose margin is at least ``DECIDED_MARGIN``, and the share of
   decisions that changed over the last half of the epochs (``flip_share``).
@@ -53,6 +54,7 @@ import torch
 from nfs_orchestrator.errors import SpecError
 from nfs_orchestrator.genotype import Genotype, derive_genotype, kept_slots
 from nfs_orchestrator.geometry import SLOTS, fabric_sites
+from nfs_orchestrator.keypoints import PartGrouping
 from nfs_orchestrator.specs import DerivationRule, FabricSpace
 
 DECIDED_MARGIN = 0.05  # see the module docstring for the measured noise it sits above
@@ -107,13 +109,12 @@ def input_decision(
     (every slot reads one map; under ``top2``, at most two maps).
 
     The margin is how far the weights are from changing what is kept. ``argmax`` and
-    ``top2``: the weakest kept map over the best dropped one, by mean slot weight (module doc);
-    ``argmax_parallel``: the strongest map over the runner-up (the parallel map is kept anyway).
-    ``threshold`` t: the rule compares each map's summed weight with t, so the margin is the
-    smallest distance
-    |sum − t| among the maps other than the strongest (which is always kept), and, when even the
-    strongest is below t, also its lead over the runner-up. Uniform β is undecided either way
-    (a three-map cell at t = 0.3: 1/3 − 0.3 = 0.033)."""
+    ``argmax_parallel``: the strongest map's lead over the runner-up, the smaller of its lead by
+    mean slot weight and by summed weight (module doc). ``top2``: the weaker kept map over the
+    dropped one. ``threshold`` t: the rule compares each map's summed weight with t, so the
+    margin is the smallest distance |sum − t| among the maps other than the strongest (which is
+    always kept), and, when even the strongest is below t, also its lead over the runner-up.
+    Uniform β is undecided under every rule (a three-map cell at t = 0.3: 1/3 − 0.3 = 0.033)."""
     weights = source_weights(row, sources)
     if len(weights) < (3 if rule.inputs == "top2" else 2):
         return None
@@ -202,6 +203,21 @@ def consensus(snapshots: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def derive_from_weights(
+    space: FabricSpace, grouping: PartGrouping, weights: dict[str, Any], backbone: str = ""
+) -> Genotype:
+    """The genotype that stored softmax weights {part: {"alpha": rows, "beta": rows}} (a
+    genotype's ``arch_weights``, a ``consensus``) derive by ``space``'s rule, without size or
+    confidence: log p, which softmax turns back into p."""
+    arch = {}
+    for part, w in weights.items():
+        alpha = torch.tensor(w["alpha"]).clamp_min(1e-12).log()
+        if space.alpha_sharing == "cell":  # stored as rows: (cells · k, |O|) -> (cells, k, |O|)
+            alpha = alpha.reshape(-1, space.num_edges, len(space.ops))
+        arch[part] = (alpha, torch.tensor(w["beta"]).clamp_min(1e-12).log())
+    return derive_genotype(space, grouping, arch, backbone=backbone)
+
+
 def consensus_genotype(genotypes: Sequence[Genotype]) -> Genotype:
     """The genotype that the ``consensus`` of several searches of one configuration (their
     ``arch_weights``: mean softmax weights) derives by the space's rule, with a confidence
@@ -222,15 +238,8 @@ def consensus_genotype(genotypes: Sequence[Genotype]) -> Genotype:
     for i, g in enumerate(genotypes):
         if set(g.arch_weights) != {p.name for p in first.grouping.parts}:
             raise SpecError(f"consensus: genotype {i} ({g.fingerprint()[:12]}) has no α/β weights")
-    space = first.space
     mean = consensus([g.arch_weights for g in genotypes])
-    arch = {}
-    for part, w in mean.items():
-        alpha = torch.tensor(w["alpha"]).clamp_min(1e-12).log()  # log p: softmax gives p back
-        if space.alpha_sharing == "cell":  # stored as rows: (cells · k, |O|) -> (cells, k, |O|)
-            alpha = alpha.reshape(-1, space.num_edges, len(space.ops))
-        arch[part] = (alpha, torch.tensor(w["beta"]).clamp_min(1e-12).log())
-    derived = derive_genotype(space, first.grouping, arch, backbone=first.backbone)
+    derived = derive_from_weights(first.space, first.grouping, mean, backbone=first.backbone)
     record = {**confidence_of(derived), "consensus_of": len(genotypes)}
     sizes = {g.input_size for g in genotypes}  # where to measure it (not measured here: no nn/)
     input_size = sizes.pop() if len(sizes) == 1 else None
@@ -240,9 +249,9 @@ def consensus_genotype(genotypes: Sequence[Genotype]) -> Genotype:
 def input_outcomes(maps: int, rule: DerivationRule) -> int:
     """How many kept sets the input rule can give a cell that reads ``maps`` distinct maps:
     each single map under ``argmax`` (and ``argmax_parallel``: that map with the parallel
-    one); each pair under ``top2`` (one set for two maps); under
-    ``threshold`` t also every set of k ≥ 2 maps with k·t ≤ 1 (k maps can all reach t only
-    then; the others can sit near 0)."""
+    one); each pair under ``top2`` (one set for two maps); under ``threshold`` t also every
+    set of k ≥ 2 maps with k·t ≤ 1 (k maps can all reach t only then; the others can sit near
+    0)."""
     if rule.inputs == "top2":
         return math.comb(maps, 2) if maps > 2 else 1
     if rule.inputs != "threshold":
