@@ -262,32 +262,37 @@ def input_outcomes(maps: int, rule: DerivationRule) -> int:
 
 def chance_levels(space: FabricSpace) -> dict[str, float]:
     """The agreement two coin-tossing searches would reach, each outcome equally likely:
-    1 / (non-zero ops) for an op; for a cell, the mean over cells of 1 / (kept sets its input
-    rule can give: ``input_outcomes``), cells with a single outcome (nothing decided) left out."""
+    ``ops`` 1 / (non-zero ops) for an op; ``inputs`` for a cell, the mean over cells of 1 / (kept
+    sets its input rule can give: ``input_outcomes``), cells with a single outcome (nothing
+    decided) left out; ``all`` over every decision of a part, its edges and those cells."""
     nonzero = sum(op != "zero" for op in space.ops)
     sources = [len(set(s)) for _, _, s in cell_sources(space)]
     outcomes = [n for n in (input_outcomes(m, space.derivation) for m in sources) if n > 1]
+    edges = space.num_edges * (len(sources) if space.alpha_sharing == "cell" else 1)
     return {
         "ops": 1 / nonzero,
         "inputs": statistics.fmean(1 / n for n in outcomes) if outcomes else math.nan,
+        "all": (edges / nonzero + sum(1 / n for n in outcomes)) / (edges + len(outcomes)),
     }
 
 
 def seed_agreement(genotypes: Sequence[Genotype]) -> dict[str, Any]:
     """How far genotypes of one configuration searched with different seeds agree: the mean
-    over seed pairs of the share of equal op decisions and of equal input decisions (from each
-    genotype's stored softmax weights), beside their chance levels; and, pooled over the pairs,
-    how many decisions are decided in both genotypes of a pair and how many of those are equal
-    (``decided_agreement``)."""
+    over seed pairs of the share of equal decisions — all of them, the ops, the inputs — (from
+    each genotype's stored softmax weights), beside their chance levels; and, pooled over the
+    pairs, how many decisions are decided in both genotypes of a pair and how many of those are
+    equal (``decided_agreement``)."""
     space = genotypes[0].space
     maps = [decisions(space, g.arch_weights) for g in genotypes]
-    ops, inputs = agreement(maps, "edge"), agreement(maps, "cell")
+    every, ops, inputs = (agreement(maps, kind) for kind in ("", "edge", "cell"))
     chance = chance_levels(space)
     equal, compared = decided_agreement(space, [g.arch_weights for g in genotypes])
     return {
         "seeds": len(genotypes),
+        "all": statistics.fmean(every) if every else math.nan,
         "ops": statistics.fmean(ops) if ops else math.nan,
         "inputs": statistics.fmean(inputs) if inputs else math.nan,
+        "all_chance": chance["all"],
         "ops_chance": chance["ops"],
         "inputs_chance": chance["inputs"],
         "decided_both": compared,

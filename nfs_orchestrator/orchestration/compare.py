@@ -179,7 +179,8 @@ class Comparison:
                 equal, both = g["decided_equal"], g["decided_both"]
                 decided = f"{equal} of {both} equal ({equal / both:.2f})" if both else "none"
                 lines.append(
-                    f"  {g['params']}  {g['seeds']} seeds: ops {g['ops']:.2f} "
+                    f"  {g['params']}  {g['seeds']} seeds: all decisions {g['all']:.2f} "
+                    f"(chance {g['all_chance']:.2f}), ops {g['ops']:.2f} "
                     f"(chance {g['ops_chance']:.2f}), inputs {g['inputs']:.2f} "
                     f"(chance {g['inputs_chance']:.2f}); decided in both seeds: {decided}"
                 )

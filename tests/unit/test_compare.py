@@ -95,6 +95,7 @@ def test_comparison_text_json_and_plot(tmp_path):
     plot_comparison(single, tmp_path / "single.png")
     agree = {"params": "{}", "seeds": 3, "ops": 1.0, "inputs": 0.5, "ops_chance": 1 / 3}
     agree |= {"inputs_chance": 0.238, "decided_both": 8, "decided_equal": 6}
+    agree |= {"all": 0.571, "all_chance": 0.252}
     consensus = {"fingerprint": "ab" * 32, "decided_share": 0.625, "undecided": False}
     consensus |= {"configuration": "0123456789ab"}
     undecided = {**consensus, "decided_share": 0.25, "undecided": True}
@@ -103,6 +104,7 @@ def test_comparison_text_json_and_plot(tmp_path):
         {**agree, "decided_both": 0, "decided_equal": 0, "consensus": undecided},
     ]
     lines = single.text().splitlines()
+    assert "3 seeds: all decisions 0.57 (chance 0.25), ops 1.00 (chance 0.33)," in lines[-4]
     assert lines[-4].endswith(
         "inputs 0.50 (chance 0.24); decided in both seeds: 6 of 8 equal (0.75)"
     )

@@ -264,6 +264,10 @@ def test_seed_agreement_counts_what_both_seeds_decided():
     got = seed_agreement([seed(a), seed(b)])
     assert got["ops"] == 1.0  # the same op, though B's margin (0.01) is not decided
     assert got["inputs"] == pytest.approx(5 / 6)  # one cell of six differs, in each part
+    assert got["all"] == pytest.approx(6 / 7)  # and the op agrees: 6 of 7 decisions per part
+    # chance of all decisions: the op (1 of 3 non-zero ops) and six cells, three reading two
+    # maps (3 kept sets under the threshold) and three reading three (7)
+    assert got["all_chance"] == pytest.approx((1 / 3 + 3 / 3 + 3 / 7) / 7)
     # decided in both: the 6 cells of each part (the op is undecided in B): 15 of 18 equal
     assert got["decided_both"] == 18 and got["decided_equal"] == 15
     assert decisions(space, {"p": a}, min_margin=0.05) == decisions(space, {"p": a})  # all
