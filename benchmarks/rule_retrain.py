@@ -1,13 +1,13 @@
 """Benchmark: do two input rules' genotypes of the same searches retrain alike?
 
 Reads finished searches of ``benchmarks/search_signal.py`` (same ``--root``, ``--seeds`` and
-``--set``), derives each search's genotype again from its stored softmax weights by each of
-the two input rules ``--rules A B`` (``search_signal.rederived``), and retrains both, under one
-retrain spec (``--retrain``, default the quickstart's) and each of ``--retrain-seeds``, in this
-process with ``LocalRuntime``. A retrain already done under ``--root`` (same genotype, retrain
-seed and spec) is read back (``consensus_retrain.retrained_ap``), so several processes can
-share the work by taking different seeds and a last call with every seed only reads. Prints per
-search seed each rule's val AP (the mean over retrain seeds), its parameter count and
+``--set``), derives each search's genotype again from its stored softmax weights by each of the
+two input rules ``--rules A B`` (``confidence.derive_from_weights``), and retrains both, under
+one retrain spec (``--retrain``, default the quickstart's) and each of ``--retrain-seeds``, in
+this process with ``LocalRuntime``. A retrain already done under ``--root`` (same genotype,
+retrain seed and spec) is read back (``consensus_retrain.retrained_ap``), so several processes
+can share the work by taking different seeds and a last call with every seed only reads. Prints
+per search seed each rule's val AP (the mean over retrain seeds), its parameter count and
 d = B − A, then d's mean, sd and the searches where d > 0; the hardware first, one JSON line
 last.
 
@@ -26,8 +26,8 @@ import json
 import statistics
 
 from consensus_retrain import add_retrain_args, d_spread, retrain_setup, retrained_ap
-from search_signal import rederived
 
+from nfs_orchestrator.confidence import derive_from_weights
 from nfs_orchestrator.genotype import read_genotype
 from nfs_orchestrator.nn.counting import measured
 
@@ -50,7 +50,10 @@ def main() -> None:
         for inputs in args.rules:
             rule = dataclasses.replace(searched.space.derivation, inputs=inputs)
             space = dataclasses.replace(searched.space, derivation=rule)
-            genotype = measured(rederived(searched, space), searched.input_size)
+            derived = derive_from_weights(
+                space, searched.grouping, searched.arch_weights, searched.backbone
+            )
+            genotype = measured(derived, searched.input_size)
             ap = statistics.fmean(retrained_ap(s, genotype, root) for s in specs)
             row[inputs] = {"fingerprint": genotype.fingerprint()[:12], "val_ap": ap,
                            "params": genotype.params}  # fmt: skip

@@ -65,12 +65,11 @@ from nfs_orchestrator.confidence import (  # noqa: E402
     derive_from_weights,
     with_confidence,
 )
-from nfs_orchestrator.genotype import Genotype, read_genotype  # noqa: E402
+from nfs_orchestrator.genotype import read_genotype  # noqa: E402
 from nfs_orchestrator.hardware import detect  # noqa: E402
 from nfs_orchestrator.runtime import LocalRuntime  # noqa: E402
 from nfs_orchestrator.search.loop import STATE_FILE, run_search  # noqa: E402
 from nfs_orchestrator.search.presets import arch_preset  # noqa: E402
-from nfs_orchestrator.specs import FabricSpace  # noqa: E402
 
 
 def run_seed(
@@ -96,7 +95,10 @@ def run_seed(
     state = torch.load(LocalRuntime(run_dir).latest_checkpoint() / STATE_FILE, weights_only=True)
     last = state["history"][-1]
     if genotype.rule != space.derivation:  # another rule (--inputs), or a run from before a change
-        genotype = dataclasses.replace(rederived(genotype, space), confidence=genotype.confidence)
+        again = derive_from_weights(
+            space, genotype.grouping, genotype.arch_weights, genotype.backbone
+        )
+        genotype = dataclasses.replace(again, confidence=genotype.confidence)
     genotype = with_confidence(genotype, state["history"], genotype.confidence["temperature"])
     c = genotype.confidence  # recomputed: a reused run is judged by the current rules
     return {
@@ -114,11 +116,6 @@ def run_seed(
         "coarseness": {k: round(v, 4) for k, v in coarseness(trial.fabric, last).items()},
         "space": space,
     }
-
-
-def rederived(genotype: Genotype, space: FabricSpace) -> Genotype:
-    """``genotype`` derived again from its stored softmax weights by ``space``'s rule."""
-    return derive_from_weights(space, genotype.grouping, genotype.arch_weights, genotype.backbone)
 
 
 def agreement(runs: list[dict], kind: str) -> list[float]:
