@@ -43,7 +43,13 @@ OP_NAMES = (
     "max_pool_3x3",
 )
 STRIDES = (4, 8, 16, 32, 64)  # allowed fabric scales: input stride of each row
-BACKBONE_NAMES = ("tiny", "resnet50", "mobilenet_v2", "hrnet_w32")  # = nn.backbones.BACKBONES
+BACKBONE_NAMES = (
+    "tiny",
+    "tiny_local",
+    "resnet50",
+    "mobilenet_v2",
+    "hrnet_w32",
+)  # = nn.backbones.BACKBONES
 PARAMETER_FREE_OPS = ("zero", "skip_connect", "avg_pool_3x3", "max_pool_3x3")
 
 
@@ -185,9 +191,16 @@ class SyntheticSpec(Spec):
     # "context_legs" / "context_arms": one limb group located by long-range context only, the
     # other by local detail only, roles exchanged between the two (data/synthetic.py), so a
     # part-specific search has a planted preference to find, and to flip; the "_sided" pair
-    # draws the detail marks as ticked discs that tell their side (data/synthetic.py)
+    # draws the detail marks as ticked discs that tell their side, the "_coloured" pair as
+    # discs whose right joints have colours of their own (needs data.augment.flip false)
     planted: Literal[
-        "none", "context_legs", "context_arms", "context_legs_sided", "context_arms_sided"
+        "none",
+        "context_legs",
+        "context_arms",
+        "context_legs_sided",
+        "context_arms_sided",
+        "context_legs_coloured",
+        "context_arms_coloured",
     ] = "none"
 
 
@@ -239,6 +252,11 @@ class DataSpec(Spec):
             )
         if self.sigma <= 0 or self.margin <= 0:
             raise SpecError("sigma and margin must be > 0")
+        if self.synthetic.planted.endswith("_coloured") and self.augment.flip:
+            raise SpecError(
+                f"augment.flip: must be false with synthetic.planted {self.synthetic.planted} "
+                f"(a flip swaps left and right labels, not the colours that tell them apart)"
+            )
         if self.dataset in ("coco", "mpii") and not self.train_annotations:
             raise SpecError(f"train_annotations: required for dataset {self.dataset}")
         if self.val_boxes != "gt":
@@ -458,8 +476,18 @@ class SearchSpec(Spec):
     # whether a search's decisions come from the data or from that feedback; first_order only).
     # benchmarks/RESULTS.md, "Where α/β's movement comes from"
     weight_mixture: Literal["learned", "uniform"] = "learned"
+    # what β's gradient reads of each input: "mixture" (DARTS: the input as it enters the
+    # mixture) or "layout" (its per-channel spatial mean enters at a detached weight, so β
+    # moves by what the input's layout is worth, not by its first moment, which every part
+    # gains from alike; forward values and the weights' gradients are unchanged; nn/cell.py
+    # beta_mixture). benchmarks/RESULTS.md, "Planted structure: β from the inputs' layout"
+    beta_gradient: Literal["mixture", "layout"] = "mixture"
 
-    LATE_FIELDS: ClassVar[tuple[str, ...]] = ("alpha_entropy_weight", "weight_mixture")
+    LATE_FIELDS: ClassVar[tuple[str, ...]] = (
+        "alpha_entropy_weight",
+        "weight_mixture",
+        "beta_gradient",
+    )
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.val_every < 1:

@@ -41,7 +41,12 @@ a disc of ``SIDED_RADIUS`` with a tick ``SIDED_TICK`` radii long toward the join
 (image-right for ``left_*``, which a mirrored image with swapped labels obeys too), so the
 finest row locates it and tells its side; the rings are unchanged. (Measured: both marks
 are then located equally well, the trained supernet relies on the coarse layout more for the
-ring group, β does not follow; benchmarks/RESULTS.md, "the sided plant".)
+ring group, β does not follow; benchmarks/RESULTS.md, "the sided plant". A network made of the
+finest row alone sides neither mark, nor the unplanted set's blobs: "Planted structure: what
+the data rewards".) The ``_coloured`` modes draw the detail disc of the ``_sided`` size with no
+tick, each right joint in a colour of its own (``_RIGHT_COLORS``), so its side is read at its
+spot; this holds only without flip augmentation (a flip swaps the labels, not the colours), so
+a set of these modes is refused with ``data.augment.flip`` on (specs.DataSpec).
 
 Writing is idempotent and atomic: the set is generated into a temporary sibling folder and
 renamed onto ``root``; a second call (or a process that lost the race) finds ``root`` with the
@@ -71,12 +76,24 @@ PLANTED_GROUPS = {
     "context_arms": (_ARMS, _LEGS, "dot"),
     "context_legs_sided": (_LEGS, _ARMS, "sided"),
     "context_arms_sided": (_ARMS, _LEGS, "sided"),
+    "context_legs_coloured": (_LEGS, _ARMS, "coloured"),
+    "context_arms_coloured": (_ARMS, _LEGS, "coloured"),
 }
 PLANTED = ("none", *PLANTED_GROUPS)
 RING_RADIUS = 0.16  # a context keypoint's ring, in figure heights
 DETAIL_RADIUS = 0.016  # a detail keypoint's dot, in figure heights (the face's size)
 SIDED_RADIUS = 0.035  # a sided detail keypoint's disc, in figure heights
 SIDED_TICK = 2.2  # its tick's length from the centre, in disc radii
+# A "coloured" detail keypoint on the right side: its own saturated colour (RGB), apart from
+# every colour of _COLORS, so that its side is read at its spot (left joints keep _COLORS).
+_RIGHT_COLORS = {
+    "shoulder": (255, 0, 128),
+    "elbow": (128, 255, 0),
+    "wrist": (0, 128, 255),
+    "hip": (0, 0, 0),
+    "knee": (128, 0, 0),
+    "ankle": (0, 0, 128),
+}
 MANIFEST = "synthetic.json"
 VAL_ID_OFFSET = 100_000
 JPEG_QUALITY = 92
@@ -196,7 +213,9 @@ def _draw_figure(
         r = max(1.0, (0.016 if face else 0.028) * height_px)
         rgb = _COLORS[group]
         if group in detail:
-            r = max(1.0, (SIDED_RADIUS if mark == "sided" else DETAIL_RADIUS) * height_px)
+            r = max(1.0, (DETAIL_RADIUS if mark == "dot" else SIDED_RADIUS) * height_px)
+            if mark == "coloured" and name.startswith("right_"):
+                rgb = _RIGHT_COLORS[group]
         cv2.circle(img, fix(pts[i]), int(r * 16), rgb[::-1], -1, cv2.LINE_AA, shift=4)
         if group in detail and mark == "sided":  # a tick outward: left joints to image-right
             side = 1.0 if name.startswith("left_") else -1.0

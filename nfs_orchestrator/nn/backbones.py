@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from nfs_orchestrator.errors import InputError, SpecError
 from nfs_orchestrator.files import first_line, read_checked
@@ -134,6 +135,34 @@ class TinyBackbone(nn.Module):
         for stage in self.stages:
             feats.append(stage(feats[-1]))
         return feats
+
+
+class TinyLocalBackbone(nn.Module):
+    """A depth-matched stand-in for planted-structure tests: every level has the same features.
+
+    In ``TinyBackbone`` each coarser map is one conv deeper, so a fabric cell that reads a
+    coarser row gets deeper features as well as a wider field, and every part prefers it for
+    the depth alone. Here the stride-4 map is the stem (two 3×3 stride-2 convs, a 7 px field)
+    followed by three 1×1 conv-BN-ReLU layers (depth without field), and the stride-8/16/32
+    maps are its 2×/4×/8× average pools: the same features over wider windows, so the one
+    thing a coarser row adds is context.
+    """
+
+    channels: tuple[int, int, int, int] = (32, 32, 32, 32)
+
+    def __init__(self) -> None:
+        super().__init__()
+        c = self.channels[0]
+        self.stem = nn.Sequential(_conv_bn_relu(3, c, 2), _conv_bn_relu(c, c, 2))
+        self.local = nn.Sequential(
+            *(nn.Sequential(_conv1x1(c, c), _bn(c), nn.ReLU(inplace=True)) for _ in range(3))
+        )
+        _init_random(self)
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        # x: (B, 3, H, W) → [(B, 32, H/4, ·), (B, 32, H/8, ·), (B, 32, H/16, ·), (B, 32, H/32, ·)]
+        f = self.local(self.stem(x))
+        return [f, *(F.avg_pool2d(f, k) for k in (2, 4, 8))]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -418,6 +447,7 @@ class Backbone:
 # (3.0.*), the same module as ours, so nothing of transition3 is dropped.
 BACKBONES: dict[str, Backbone] = {
     "tiny": Backbone(TinyBackbone, TinyBackbone.channels),
+    "tiny_local": Backbone(TinyLocalBackbone, TinyLocalBackbone.channels),
     "resnet50": Backbone(ResNet50Backbone, ResNet50Backbone.channels, ("fc.",)),
     "mobilenet_v2": Backbone(
         MobileNetV2Backbone,

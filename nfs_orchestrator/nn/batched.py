@@ -282,14 +282,21 @@ class _Batch:
         alpha: Tensor,
         beta: Tensor,
         c: int,
+        layout_beta: bool = False,
     ) -> Tensor:
         """A cell of every part: inputs (parallel, above, below) stacked or shared,
-        alpha (P, k, |O|) and beta (P, 3) already softmaxed → (B, P·C, H_i, W_i)."""
-        p, a, b = (
+        alpha (P, k, |O|) and beta (P, 3) already softmaxed → (B, P·C, H_i, W_i).
+        ``layout_beta``: β's gradient reads each input's layout only (nn.cell.beta_mixture)."""
+        xs = [
             self.layers([cl.resample[s] for cl in cells], x) for s, x in enumerate(inputs)
-        )  # each (B, P·C | C, H_i, W_i)
-        w = 3 * beta  # (P, 3)
-        mixed = self.weighted_sum([p, a, b], [w[:, 0], w[:, 1], w[:, 2]], c)
+        ]  # (parallel, above, below), each (B, P·C | C, H_i, W_i)
+        w = [3 * beta[:, k] for k in range(3)]  # each (P,)
+        if layout_beta:  # Σ w (x − μ) + sg(w) μ: the same value, β's gradient from x − μ only
+            means = [x.mean(dim=(2, 3), keepdim=True) for x in xs]  # each (B, P·C | C, 1, 1)
+            mixed = self.weighted_sum([x - m for x, m in zip(xs, means)], w, c)
+            mixed = mixed + self.weighted_sum(means, [wk.detach() for wk in w], c)
+        else:
+            mixed = self.weighted_sum(xs, w, c)
         states = [F.relu(mixed, inplace=True)]  # (B, P·C, H_i, W_i)
         n_hidden, e = cells[0].hidden_nodes, 0
         for _ in range(n_hidden):
@@ -380,7 +387,7 @@ def batched_parts(supernet: PoseSupernet, pyramid: Sequence[Tensor]) -> Tensor:
     reason = unsupported_reason(supernet)
     if reason is not None:
         warnings.warn(f"per-part path: the parts cannot be batched: {reason}", stacklevel=2)
-        maps = [f(pyramid, temperature) for f in fabrics]
+        maps = [f(pyramid, temperature, supernet.layout_beta) for f in fabrics]
         return merge_parts(maps, supernet.grouping, supernet.channel_index())
 
     run = _Batch(len(fabrics))
@@ -403,6 +410,7 @@ def batched_parts(supernet: PoseSupernet, pyramid: Sequence[Tensor]) -> Tensor:
                 cell_alpha,
                 beta[:, index],
                 channels[site.scale],
+                supernet.layout_beta,
             )
         )  # (B, P·C_i, H_i, W_i)
     maps = run.heads([f.head for f in fabrics], layer[0])  # (B, Σ K_p, H/4, W/4)

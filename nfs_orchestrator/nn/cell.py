@@ -132,6 +132,18 @@ class MixedOp(nn.Module):
         return hard[index] * self.ops[name](x)
 
 
+def beta_mixture(xs: Sequence[torch.Tensor], w: torch.Tensor, layout_beta: bool) -> torch.Tensor:
+    """Σ_k w_k · x_k, w (3,). With ``layout_beta`` (``search.beta_gradient: layout``) the value
+    and every gradient but β's are the same; β's gradient reads only each input's layout: its
+    per-channel spatial mean μ_k enters at the detached weight, Σ w_k (x_k − μ_k) + sg(w_k) μ_k,
+    so ∂/∂w_k is ⟨∂L/∂mix, x_k − μ_k⟩ rather than ⟨∂L/∂mix, x_k⟩."""
+    if not layout_beta:
+        return sum(w[k] * x for k, x in enumerate(xs))
+    means = [x.mean(dim=(2, 3), keepdim=True) for x in xs]  # each (B, C, 1, 1)
+    layout = sum(w[k] * (x - m) for k, (x, m) in enumerate(zip(xs, means)))
+    return layout + sum(w[k].detach() * m for k, m in enumerate(means))
+
+
 class SearchCell(nn.Module):
     """A supernet cell at row ``row``: β-mixed inputs, α-mixed edges, 1×1 output conv.
 
@@ -168,10 +180,13 @@ class SearchCell(nn.Module):
         alpha: torch.Tensor,
         beta: torch.Tensor,
         temperature: float,
+        layout_beta: bool = False,
     ) -> torch.Tensor:
-        p, a, b = (r(x) for r, x in zip(self.resample, inputs))  # each (B, C, H_i, W_i)
-        w = F.softmax(beta / temperature, dim=-1)  # (3,)
-        states = [F.relu(3 * w[0] * p + 3 * w[1] * a + 3 * w[2] * b)]
+        xs = [
+            r(x) for r, x in zip(self.resample, inputs)
+        ]  # (parallel, above, below) (B, C, H_i, W_i)
+        w = 3 * F.softmax(beta / temperature, dim=-1)  # (3,)
+        states = [F.relu(beta_mixture(xs, w, layout_beta))]
         e = 0
         for _ in range(self.hidden_nodes):
             n = len(states)

@@ -131,7 +131,9 @@ class SearchFabric(nn.Module):
         """α of cell ``index`` (in site order): (k, |O|)."""
         return self.alpha if self.alpha.dim() == 2 else self.alpha[index]
 
-    def forward(self, pyramid: Sequence[torch.Tensor], temperature: float = 1.0) -> torch.Tensor:
+    def forward(
+        self, pyramid: Sequence[torch.Tensor], temperature: float = 1.0, layout_beta: bool = False
+    ) -> torch.Tensor:
         prev = self.adapters(pyramid)  # level → (B, C_l, h_l, w_l), the levels the cells read
         layer: list[torch.Tensor] = []
         depth = self.sites[0].depth
@@ -140,7 +142,9 @@ class SearchFabric(nn.Module):
                 prev, layer, depth = layer, [], site.depth
             inputs = [prev[src] for src in site.sources]
             layer.append(
-                self.cells[site.key](inputs, self.cell_alpha(index), self.beta[index], temperature)
+                self.cells[site.key](
+                    inputs, self.cell_alpha(index), self.beta[index], temperature, layout_beta
+                )
             )
         return self.head(layer[0])  # (B, K_p, H/4, W/4)
 

@@ -87,6 +87,7 @@ class PoseSupernet(nn.Module):
                 f"index_{i}", torch.tensor(grouping.indices(p), dtype=torch.long), persistent=False
             )
         self.temperature = 1.0  # softmax temperature of α/β, set by the search loop's schedule
+        self.layout_beta = False  # search.beta_gradient == "layout" (nn.cell.beta_mixture)
         # Compute the P part fabrics together (nn.batched): equal results; fewer, larger kernels.
         # Off by default: on CPU it measured slower (benchmarks/RESULTS.md); meant for GPUs.
         self.batched = False
@@ -101,7 +102,10 @@ class PoseSupernet(nn.Module):
         if self.batched:
             out = batched_parts(self, pyramid)  # the same maps as the per-part lines below
         else:
-            maps = [fabric(pyramid, self.temperature) for fabric in self.parts.values()]
+            maps = [
+                fabric(pyramid, self.temperature, self.layout_beta)
+                for fabric in self.parts.values()
+            ]
             out = merge_parts(maps, self.grouping, self.channel_index())
         return out.float()
 

@@ -86,6 +86,7 @@ def run_search(trial: TrialSpec, runtime: Runtime) -> dict[str, float]:
     model = PoseSupernet(
         trial.fabric, trial.grouping, backbone, search.partial_channels, search.sampling
     ).to(device)
+    model.layout_beta = search.beta_gradient == "layout"
     init_arch(model, search)
     runtime.broadcast_parameters(model)
     # after the broadcast (collectives want dense NCHW tensors), before the optimizers

@@ -26,6 +26,7 @@ NAMES = sorted(BACKBONES)
 # A key per backbone that a published file carries and the backbone must ignore.
 IGNORABLE_EXTRAS: dict[str, dict[str, torch.Tensor]] = {
     "tiny": {},
+    "tiny_local": {},
     "resnet50": {"fc.weight": torch.zeros(1000, 2048), "fc.bias": torch.zeros(1000)},
     "mobilenet_v2": {
         "classifier.1.weight": torch.zeros(1000, 1280),
@@ -109,6 +110,7 @@ def test_four_maps_at_strides_4_to_32_and_every_parameter_gets_a_gradient(name: 
 def test_channels_are_known_without_building() -> None:
     assert BACKBONE_CHANNELS == {
         "tiny": (16, 32, 64, 128),
+        "tiny_local": (32, 32, 32, 32),
         "resnet50": (256, 512, 1024, 2048),
         "mobilenet_v2": (24, 32, 96, 160),
         "hrnet_w32": (32, 64, 128, 256),
@@ -125,6 +127,14 @@ def test_spec_names_are_the_table_of_backbones() -> None:
 
 def test_tiny_is_small() -> None:
     assert sum(p.numel() for p in _built("tiny").parameters()) < 200_000
+
+
+def test_tiny_local_coarser_maps_are_pools_of_its_finest_map() -> None:
+    """tiny_local's coarser rows add field, not depth: each is the stride-4 map average-pooled
+    (what makes it the depth-matched stand-in of the planted-structure pilots)."""
+    feats = _built("tiny_local").eval()(torch.randn(2, 3, 64, 96))
+    for k, coarse in zip((2, 4, 8), feats[1:], strict=True):
+        torch.testing.assert_close(coarse, torch.nn.functional.avg_pool2d(feats[0], k))
 
 
 # --------------------------------------------------------------------------------------------

@@ -25,15 +25,20 @@ from nfs_orchestrator.keypoints import load_grouping
 SCHEMA = load_grouping("coco-p3").schema
 
 
-def _marked_share(root, joint: str, rgb: tuple[int, int, int], outward: int = 0) -> float:
-    """Share of the labelled (v = 2) ``joint`` keypoints with the colour ``rgb`` (within 80 per
-    channel, after JPEG) in the 3 × 3 pixel neighbourhood of their spot, or, with ``outward``,
-    at the one pixel that many px toward the joint's own side (image-right for left joints)."""
+def _marked_share(
+    root, joint: str, rgb: tuple[int, int, int], outward: int = 0, side: str | None = None
+) -> float:
+    """Share of the labelled (v = 2) ``joint`` keypoints (of one ``side`` only, if given) with
+    the colour ``rgb`` (within 80 per channel, after JPEG) in the 3 × 3 pixel neighbourhood of
+    their spot, or, with ``outward``, at the one pixel that many px toward the joint's own side
+    (image-right for left joints)."""
     anns = json.loads((root / "annotations" / "person_keypoints_train.json").read_text())
     hits, total = 0, 0
     for ann in anns["annotations"]:
-        for side, sign in (("left", 1), ("right", -1)):
-            i = SCHEMA.keypoints.index(f"{side}_{joint}")
+        for name, sign in (("left", 1), ("right", -1)):
+            if side not in (None, name):
+                continue
+            i = SCHEMA.keypoints.index(f"{name}_{joint}")
             x, y, v = ann["keypoints"][3 * i : 3 * i + 3]
             if v != 2:
                 continue
@@ -83,6 +88,32 @@ def test_sided_plant_ticks_its_detail_marks_outward_and_keeps_the_rings(tmp_path
     assert _marked_share(root, "ankle", ankle) < 0.2  # legs: rings
 
 
+def test_coloured_plant_gives_right_detail_joints_their_own_colour(tmp_path):
+    """The "coloured" detail mark: left joints in their pair's colour, right joints in one of
+    their own (so the side is read at the spot); the context group keeps its rings."""
+    from nfs_orchestrator.data.synthetic import _RIGHT_COLORS
+
+    kw = dict(train_images=8, val_images=1, image_size=(96, 96), seed=0, schema=SCHEMA)
+    root = write_synthetic_coco(tmp_path / "coloured", **kw, planted=PLANTS["coloured"][1])
+    wrist, ankle = (0, 0, 255), (160, 0, 255)  # _COLORS; legs carry the detail marks here
+    assert _marked_share(root, "wrist", wrist) < 0.2  # arms: rings
+    for side, rgb in (("left", ankle), ("right", _RIGHT_COLORS["ankle"])):
+        other = _RIGHT_COLORS["ankle"] if side == "left" else ankle
+        assert _marked_share(root, "ankle", rgb, side=side) > 0.8
+        assert _marked_share(root, "ankle", other, side=side) < 0.2
+
+
+def test_coloured_plant_is_refused_with_flip_augmentation():
+    from nfs_orchestrator.specs import AugmentSpec, DataSpec, SyntheticSpec
+
+    planted = SyntheticSpec(planted="context_legs_coloured")
+    with pytest.raises(SpecError, match="augment.flip: must be false with synthetic.planted"):
+        DataSpec(dataset="synthetic", input_size=(64, 64), synthetic=planted)
+    DataSpec(
+        dataset="synthetic", input_size=(64, 64), synthetic=planted, augment=AugmentSpec(flip=False)
+    )
+
+
 def test_the_spec_accepts_exactly_the_modes_the_generator_draws():
     import typing
 
@@ -109,6 +140,7 @@ def test_unknown_planted_mode_is_refused_with_the_known_ones(tmp_path):
 PLANTS = {
     "dot": ("context_legs", "context_arms"),
     "sided": ("context_legs_sided", "context_arms_sided"),
+    "coloured": ("context_legs_coloured", "context_arms_coloured"),
 }
 MODES = PLANTS["dot"]
 SETTINGS = (  # the quickstart's trial, cut down (benchmarks/RESULTS.md, "Planted structure")
@@ -177,6 +209,12 @@ def output_row_lean(space, weights: dict) -> float:
     return below["lower_limb"] - below["upper_limb"]
 
 
+def plant_sets(mode: str) -> tuple[str, ...]:
+    """The data settings a planted ``mode`` needs: no flip augmentation for the ``_coloured``
+    modes (their colours tell left from right, which a flip would swap; specs.DataSpec)."""
+    return ("data.augment.flip=false",) if mode.endswith("_coloured") else ()
+
+
 def planted_trial(root, seed: int, mode: str, sets: tuple[str, ...] = ()):
     """The search trial of one planted run: the quickstart's trial on the ``mode`` set with the
     single-op fabric (``FABRIC``, written under ``root``) and ``SETTINGS``."""
@@ -192,6 +230,7 @@ def planted_trial(root, seed: int, mode: str, sets: tuple[str, ...] = ()):
         f"fabric={fabric}",
         f"seed={seed}",
         f"data.synthetic.planted={mode}",
+        *plant_sets(mode),
         *SETTINGS,
         *sets,
     )
@@ -240,7 +279,7 @@ def supernet_readout(trial, run, state: dict):
                 if grad:
                     sum(losses.values()).backward()
                 for name, loss in losses.items():
-                    sums[name] += float(loss)
+                    sums[name] += float(loss.detach())
                 steps += 1
         return {name: total / steps for name, total in sums.items()}
 

@@ -233,3 +233,23 @@ def test_the_search_ramps_the_alpha_pull_with_progress(tmp_path, synthetic_root,
     trial = tiny_trial(synthetic_root, arch_start_epoch=0, steps=1, alpha_entropy_weight=0.004)
     run_search(trial, LocalRuntime(tmp_path, verbose=False))
     assert seen == [0.0, 0.002]
+
+
+def test_the_search_mixes_beta_by_its_beta_gradient(tmp_path, synthetic_root, monkeypatch):
+    """``search.beta_gradient`` reaches every cell's β mixture: layout under "layout", the
+    plain mixture under the default."""
+    from nfs_orchestrator.nn import cell
+
+    seen = set()
+    mixture = cell.beta_mixture
+    monkeypatch.setattr(
+        cell, "beta_mixture", lambda xs, w, lay: (seen.add(lay), mixture(xs, w, lay))[1]
+    )
+    trial = tiny_trial(
+        synthetic_root, epochs=1, arch_start_epoch=0, steps=1, beta_gradient="layout"
+    )
+    run_search(trial, LocalRuntime(tmp_path / "layout", verbose=False))
+    assert seen == {True}
+    seen.clear()
+    run_search(tiny_trial(synthetic_root, epochs=1, steps=1), LocalRuntime(tmp_path / "plain"))
+    assert seen == {False}

@@ -232,3 +232,14 @@ def test_val_detections_reads_the_file_system(tmp_path):
     (tmp_path / "dets.json").write_text("[]")
     assert spec.val_detections() == strict.val_detections() == tmp_path / "dets.json"
     assert replace(spec, val_boxes="gt").val_detections() is None
+
+
+def test_beta_gradient_keeps_old_ids_and_refuses_unknown_values():
+    smoke = spaces_root().parent / "experiments" / "smoke.yaml"
+    base = load_campaign(smoke)
+    layout = load_campaign(smoke, ("search.beta_gradient=layout",))
+    assert base.campaign_id == "smoke-301f301b" != layout.campaign_id
+    assert "beta_gradient" not in base.search.identity()
+    assert layout.trial({}).search.beta_gradient == "layout"
+    with pytest.raises(SpecError, match="beta_gradient"):
+        load_campaign(smoke, ("search.beta_gradient=mean",))

@@ -76,3 +76,64 @@ def test_only_pyramid_levels_the_first_layer_reads_get_adapters():
     net(torch.randn(1, 3, 128, 128)).sum().backward()
     assert [n for n, p in net.named_parameters() if p.grad is None] == []
     assert net.parts["whole_body"].adapters.levels == (0, 1, 2, 3)
+
+
+def test_layout_beta_moves_only_betas_gradient_to_the_inputs_layout():
+    """``search.beta_gradient: layout`` (nn.cell.beta_mixture): the mixture's value and the
+    inputs' gradients are those of Σ w_k x_k; w's gradient is ⟨g, x_k − μ_k⟩ (μ_k: x_k's
+    per-channel spatial mean), so an input that is constant over space gives β nothing."""
+    from nfs_orchestrator.nn.cell import beta_mixture
+
+    torch.manual_seed(0)
+    xs = [torch.randn(2, 4, 5, 5, requires_grad=True) for _ in range(3)]
+    xs[2] = torch.randn(2, 4, 1, 1).expand(2, 4, 5, 5).clone().requires_grad_()  # no layout
+    g = torch.randn(2, 4, 5, 5)
+    grads = {}
+    for layout in (False, True):
+        w = torch.tensor([0.5, 1.0, 1.5], requires_grad=True)
+        out = beta_mixture(xs, w, layout)
+        (out * g).sum().backward()
+        grads[layout] = (out.detach(), w.grad, [x.grad.clone() for x in xs])
+        for x in xs:
+            x.grad = None
+    (plain, w_plain, x_plain), (value, w_layout, x_layout) = grads[False], grads[True]
+    torch.testing.assert_close(value, plain)
+    for a, b in zip(x_layout, x_plain):
+        torch.testing.assert_close(a, b)
+    expected = [float((g * (x - x.mean(dim=(2, 3), keepdim=True))).sum().detach()) for x in xs]
+    torch.testing.assert_close(w_layout, torch.tensor(expected))
+    assert float(w_layout[2]) == pytest.approx(0.0, abs=1e-5) and abs(float(w_plain[2])) > 0.1
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_layout_beta_keeps_the_supernets_maps_and_weight_gradients(batched):
+    """On the whole supernet (per part and batched alike): the same heatmaps and weight
+    gradients with ``layout_beta`` on; β's gradient differs, and both paths give the same."""
+    torch.manual_seed(0)
+    model = PoseSupernet(
+        load_fabric("tiny"), load_grouping("coco-p3"), build_backbone("tiny", random_init=True)
+    )
+    with torch.no_grad():
+        for fabric in model.parts.values():
+            fabric.beta.normal_()
+    x = torch.randn(2, 3, 64, 64)
+    seen = {}
+    for layout in (False, True):
+        model.zero_grad()
+        model.batched, model.layout_beta = batched, layout
+        y = model(x)
+        y.square().mean().backward()
+        seen[layout] = (
+            y.detach(),
+            torch.cat([f.beta.grad.flatten() for f in model.parts.values()]),
+            [p.grad.clone() for p in model.weight_parameters() if p.grad is not None],
+        )
+    torch.testing.assert_close(seen[True][0], seen[False][0])
+    for a, b in zip(seen[True][2], seen[False][2], strict=True):
+        torch.testing.assert_close(a, b)
+    assert not torch.allclose(seen[True][1], seen[False][1])
+    model.zero_grad()
+    model.batched = not batched
+    model(x).square().mean().backward()
+    other = torch.cat([f.beta.grad.flatten() for f in model.parts.values()])
+    torch.testing.assert_close(other, seen[True][1])

@@ -1,0 +1,206 @@
+"""Benchmark: which preference does the planted data itself reward, by retraining?
+
+The planted-structure tests (tests/unit/test_planted.py) ask whether the search's β leans a limb
+group toward coarser rows when that group carries the rings (context) rather than the detail
+marks. That presumes the data rewards it. This is the oracle that checks the premise without
+any search: for each ``--seeds`` value and each set of the plant's pair (``--plant``, as in
+``planted_signal.py``), it retrains, under one retrain spec (``--retrain``, default the
+quickstart's, on that planted set), two hand-made genotypes of the test's single-op fabric
+(``test_planted.FABRIC``, every input kept, the threshold rule) that differ only at the output
+row (``test_planted.output_row_cells``):
+
+    coarse   every output-row cell keeps its coarser input (``below``)
+    fine     no output-row cell keeps it (the rest of the fabric identical)
+
+and measures each part's heatmap loss on the set's val images (and its val AP). Per part
+
+    gain   = loss(fine) − loss(coarse)                    (> 0: the coarser input helps it)
+    lean   = gain(lower_limb) − gain(upper_limb)           (per set)
+    flip   = lean(legs carry the rings) − lean(arms carry the rings)   (per seed)
+
+so flip > 0 means the data rewards the coarser input more for the ring group: the planted
+preference the search is asked to find. The same for AP. Each seed's line also gives the val AP
+of the ring group and of the detail group under each arm: a plant has a "detail → finest row"
+half only if the fine arm serves its detail group. Retrains are read back when done (same
+genotype, spec and seed under ``--root``). The hardware comes first, one JSON line last.
+
+    python benchmarks/planted_oracle.py --plant sided --seeds 400 401 402 403 --root /tmp/oracle
+
+Measured (benchmarks/RESULTS.md, "Planted structure: what the data rewards"): on the test's
+fabric the fine arm is a dead network, AP ≤ 0.013 for every part on every plant and on the
+unplanted set, so neither half of a flip is a preference between two working networks; read
+the flips with that in mind.
+
+This measures; it asserts nothing. ``benchmarks/RESULTS.md`` ("Planted structure") records figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from math import comb
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from nfs_orchestrator.data.dataset import build_dataset  # noqa: E402
+from nfs_orchestrator.genotype import derive_genotype  # noqa: E402
+from nfs_orchestrator.geometry import SLOTS, fabric_sites  # noqa: E402
+from nfs_orchestrator.hardware import detect  # noqa: E402
+from nfs_orchestrator.loop_utils import epoch_batches  # noqa: E402
+from nfs_orchestrator.model_io import load_model  # noqa: E402
+from nfs_orchestrator.nn.losses import joints_mse  # noqa: E402
+from nfs_orchestrator.retrain.loop import MODEL_FILE, run_retrain  # noqa: E402
+from nfs_orchestrator.runtime import LocalRuntime  # noqa: E402
+from nfs_orchestrator.specs import DerivationRule, load_retrain, replace  # noqa: E402
+from tests.unit.test_planted import (  # noqa: E402
+    PLANTS,
+    output_row_cells,
+    plant_sets,
+    planted_trial,
+)
+
+ARMS = ("coarse", "fine")
+BELOW = SLOTS.index("below")
+
+
+def genotypes(trial) -> dict[str, object]:
+    """The two arms' genotypes: every input kept (uniform β, threshold 0.3), and the fine arm
+    with ``below`` cut (softmax weight 0) at every output-row cell."""
+    space = replace(
+        trial.fabric,
+        derivation=DerivationRule(ops="argmax_nonzero", inputs="threshold", beta_threshold=0.3),
+    )
+    n_cells = sum(len(layer) for layer in fabric_sites(space))
+    out = {}
+    for arm in ARMS:
+        beta = torch.zeros(n_cells, len(SLOTS))
+        if arm == "fine":
+            beta[output_row_cells(space), BELOW] = float("-inf")
+        arch = {p.name: (torch.zeros(1, 1), beta.clone()) for p in trial.grouping.parts}
+        out[arm] = derive_genotype(space, trial.grouping, arch, backbone=trial.backbone.name)
+    return out
+
+
+def part_losses(model, spec, grouping, run) -> dict[str, float]:
+    """Each part's mean heatmap loss over the val images of ``spec``'s set, eval mode."""
+    data = build_dataset(spec.data, grouping.schema, "val", train=False)
+    index = {p.name: grouping.indices(p) for p in grouping.parts}
+    sums, steps = dict.fromkeys(index, 0.0), 0
+    model.eval()
+    with torch.no_grad():
+        for (b,) in epoch_batches(data, list(range(len(data))), 16, 1, run, seed=0):
+            pred = model(b["image"])  # (B, K, h, w)
+            for name, idx in index.items():
+                sums[name] += float(
+                    joints_mse(pred[:, idx], b["heatmaps"][:, idx], b["target_weight"][:, idx])
+                )
+            steps += 1
+    return {name: total / steps for name, total in sums.items()}
+
+
+def retrained(spec, genotype, grouping, root: Path) -> dict:
+    """Per-part val loss and AP of ``genotype`` retrained under ``spec`` (read back if done)."""
+    run_dir = root / f"retrain-{genotype.fingerprint()[:12]}-{spec.fingerprint()[:12]}"
+    done = run_dir / "oracle.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    started = time.monotonic()
+    run = LocalRuntime(run_dir, verbose=False)
+    metrics = run_retrain(spec, genotype, run)
+    model = load_model(run.latest_checkpoint() / MODEL_FILE)
+    body = {
+        "loss": part_losses(model, spec, grouping, run),
+        "ap": {k.split(".", 1)[1]: v for k, v in metrics.items() if k.startswith("val_ap.")},
+        "val_ap": metrics.get("val_ap"),
+        "wall_s": round(time.monotonic() - started, 1),
+    }
+    done.write_text(json.dumps(body) + "\n")
+    return body
+
+
+def tail(k: int, n: int) -> float:
+    """P(X ≥ k) for X ~ Binomial(n, 1/2)."""
+    return sum(comb(n, i) for i in range(k, n + 1)) / 2**n
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--root", required=True)
+    parser.add_argument("--plant", choices=list(PLANTS), default="sided")
+    parser.add_argument("--retrain", default=str(REPO / "experiments" / "retrain_quickstart.yaml"))
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    root = Path(args.root)
+    hw = detect("cpu")
+    print(f"hardware: {hw.name}, {hw.usable_cpus} usable CPUs, torch {hw.torch}, "
+          f"{args.threads} thread(s)", flush=True)  # fmt: skip
+    legs_mode, arms_mode = PLANTS[args.plant]
+    rows = []
+    for seed in args.seeds:
+        lean = {}
+        for mode in (legs_mode, arms_mode):
+            trial = planted_trial(root / "fabric", seed, mode)
+            spec = load_retrain(
+                args.retrain,
+                (
+                    f"data.root={root / 'data'}",
+                    f"data.synthetic.planted={mode}",
+                    f"seed={seed}",
+                    "precision=fp32",  # as the planted searches (test_planted.SETTINGS)
+                    "memory_format=contiguous",
+                    *plant_sets(mode),
+                ),
+            )
+            arms = {
+                arm: retrained(spec, g, trial.grouping, root) for arm, g in genotypes(trial).items()
+            }
+            gain = {
+                key: {
+                    part: (arms["fine"][key][part] - arms["coarse"][key][part])
+                    * (1 if key == "loss" else -1)
+                    for part in arms["fine"][key]
+                }
+                for key in ("loss", "ap")
+            }
+            lean[mode] = {k: g["lower_limb"] - g["upper_limb"] for k, g in gain.items()}
+            lean[mode]["arms"] = arms
+        flip = {k: lean[legs_mode][k] - lean[arms_mode][k] for k in ("loss", "ap")}
+        # val AP of the ring group and the detail group under each arm (legs carry the rings in
+        # legs_mode, the arms in arms_mode)
+        by_mark = {
+            arm: {
+                "rings": (lean[legs_mode]["arms"][arm]["ap"]["lower_limb"]
+                          + lean[arms_mode]["arms"][arm]["ap"]["upper_limb"]) / 2,
+                "detail": (lean[legs_mode]["arms"][arm]["ap"]["upper_limb"]
+                           + lean[arms_mode]["arms"][arm]["ap"]["lower_limb"]) / 2,
+            }
+            for arm in ARMS
+        }  # fmt: skip
+        rows.append({"seed": seed, "flip": flip, "ap_by_mark": by_mark, "lean": lean})
+        print(f"seed {seed}: AP rings / detail: coarse {by_mark['coarse']['rings']:.3f} / "
+              f"{by_mark['coarse']['detail']:.3f}, fine {by_mark['fine']['rings']:.3f} / "
+              f"{by_mark['fine']['detail']:.3f}; loss-gain flip {flip['loss']:+.5f}, AP-gain "
+              f"flip {flip['ap']:+.4f}", flush=True)  # fmt: skip
+    summary = {}
+    for key in ("loss", "ap"):
+        values = [r["flip"][key] for r in rows]
+        k = sum(v > 0 for v in values)
+        sd = statistics.stdev(values) if len(values) > 1 else float("nan")
+        summary[key] = {"positive": k, "n": len(values), "p_chance": tail(k, len(values))}
+        print(f"{key}-gain flip > 0 in {k} of {len(values)} (P = {tail(k, len(values)):.3f}); "
+              f"mean {statistics.fmean(values):+.5f} ± {sd:.5f}")  # fmt: skip
+    print(json.dumps({"hardware": hw.to_dict(), "plant": args.plant, "summary": summary,
+                      "rows": rows}, default=str))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
