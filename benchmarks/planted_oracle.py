@@ -19,17 +19,20 @@ and measures each part's heatmap loss on the set's val images (and its val AP). 
     flip   = lean(legs carry the rings) − lean(arms carry the rings)   (per seed)
 
 so flip > 0 means the data rewards the coarser input more for the ring group: the planted
-preference the search is asked to find. The same for AP. Each seed's line also gives the val AP
-of the ring group and of the detail group under each arm: a plant has a "detail → finest row"
-half only if the fine arm serves its detail group. Retrains are read back when done (same
-genotype, spec and seed under ``--root``). The hardware comes first, one JSON line last.
+preference the search is asked to find. ``--arms mixture`` replaces the two derived networks by
+what β actually chooses between: the planted trial's supernet (``test_planted.LONGER`` budget,
+64 val images) trained with weights only (``search.mode: none``) at a fixed β, uniform but for
+``below`` at every output-row cell, with softmax weight 0.6 (coarse) or 1/7 (fine). The
+same flips for AP. Each seed's line also gives the val AP of the ring group and of the detail
+group under each arm. Finished runs are read back (same arm, seed and set under ``--root``).
+The hardware comes first, one JSON line last.
 
     python benchmarks/planted_oracle.py --plant sided --seeds 400 401 402 403 --root /tmp/oracle
 
 Measured (benchmarks/RESULTS.md, "Planted structure: what the data rewards"): on the test's
-fabric the fine arm is a dead network, AP ≤ 0.013 for every part on every plant and on the
-unplanted set, so neither half of a flip is a preference between two working networks; read
-the flips with that in mind.
+fabric the derived fine arm is a dead network (AP ≤ 0.013 for every part on every plant and on
+the unplanted set), so its flips compare a working network with a dead one; the mixture arms
+both work, and on the coloured plant the two groups gain alike from the coarser input.
 
 This measures; it asserts nothing. ``benchmarks/RESULTS.md`` ("Planted structure") records figures.
 """
@@ -38,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import time
@@ -60,6 +64,7 @@ from nfs_orchestrator.retrain.loop import MODEL_FILE, run_retrain  # noqa: E402
 from nfs_orchestrator.runtime import LocalRuntime  # noqa: E402
 from nfs_orchestrator.specs import DerivationRule, load_retrain, replace  # noqa: E402
 from tests.unit.test_planted import (  # noqa: E402
+    LONGER,
     PLANTS,
     output_row_cells,
     plant_sets,
@@ -68,6 +73,9 @@ from tests.unit.test_planted import (  # noqa: E402
 
 ARMS = ("coarse", "fine")
 BELOW = SLOTS.index("below")
+# ``--arms mixture``: β of ``below`` at every output-row cell, ± this (the cell's other slots at
+# 0): softmax weight 0.6 for the coarser input (coarse) or 1/7 (fine), both working supernets
+MIXTURE_LOGIT = math.log(3)
 
 
 def genotypes(trial) -> dict[str, object]:
@@ -125,6 +133,53 @@ def retrained(spec, genotype, grouping, root: Path) -> dict:
     return body
 
 
+def mixture_trained(root: Path, seed: int, mode: str, arm: str) -> dict:
+    """Per-part val loss and AP of the planted trial's supernet (``LONGER`` budget, 64 val
+    images) trained with weights only (``search.mode: none``) at a fixed β: uniform but for
+    ``below`` at every output-row cell, ``±MIXTURE_LOGIT`` by ``arm``; read back when done.
+    The β is set by wrapping ``search.loop.init_arch`` for this one run (no option sets it)."""
+    from nfs_orchestrator.nn.backbones import build_backbone
+    from nfs_orchestrator.nn.supernet import PoseSupernet
+    from nfs_orchestrator.search import loop
+
+    run_dir = root / f"mixture-{arm}-seed{seed}-{mode}"
+    done = run_dir / "oracle.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    started = time.monotonic()
+    sets = (*LONGER, "search.mode=none", "data.synthetic.val_images=64")
+    trial = planted_trial(root, seed, mode, sets)
+    rows, logit = output_row_cells(trial.fabric), MIXTURE_LOGIT * (1 if arm == "coarse" else -1)
+    original = loop.init_arch
+
+    def init_arch(model, search) -> None:
+        original(model, search)
+        with torch.no_grad():
+            for fabric in model.parts.values():
+                fabric.beta[rows, BELOW] = logit
+
+    run = LocalRuntime(run_dir, verbose=False)
+    loop.init_arch = init_arch
+    try:
+        metrics = loop.run_search(trial, run)
+    finally:
+        loop.init_arch = original
+    state = torch.load(run.latest_checkpoint() / loop.STATE_FILE, weights_only=True)
+    model = PoseSupernet(
+        trial.fabric, trial.grouping, build_backbone(trial.backbone.name, random_init=True)
+    )
+    model.load_state_dict(state["model"])
+    body = {
+        "loss": part_losses(model, trial, trial.grouping, run),
+        "ap": {k.split(".", 1)[1]: v for k, v in metrics.items() if k.startswith("val_ap.")},
+        "val_ap": metrics.get("val_ap"),
+        "below": float(torch.softmax(model.parts["head"].beta[rows[0]], -1)[BELOW]),
+        "wall_s": round(time.monotonic() - started, 1),
+    }
+    done.write_text(json.dumps(body) + "\n")
+    return body
+
+
 def tail(k: int, n: int) -> float:
     """P(X ≥ k) for X ~ Binomial(n, 1/2)."""
     return sum(comb(n, i) for i in range(k, n + 1)) / 2**n
@@ -137,6 +192,12 @@ def main() -> None:
     parser.add_argument("--plant", choices=list(PLANTS), default="sided")
     parser.add_argument("--retrain", default=str(REPO / "experiments" / "retrain_quickstart.yaml"))
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--arms",
+        choices=["derived", "mixture"],
+        default="derived",
+        help="retrained derived networks, or supernets trained at a fixed output-row β",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     root = Path(args.root)
@@ -160,9 +221,13 @@ def main() -> None:
                     *plant_sets(mode),
                 ),
             )
-            arms = {
-                arm: retrained(spec, g, trial.grouping, root) for arm, g in genotypes(trial).items()
-            }
+            if args.arms == "mixture":
+                arms = {arm: mixture_trained(root, seed, mode, arm) for arm in ARMS}
+            else:
+                arms = {
+                    arm: retrained(spec, g, trial.grouping, root)
+                    for arm, g in genotypes(trial).items()
+                }
             gain = {
                 key: {
                     part: (arms["fine"][key][part] - arms["coarse"][key][part])

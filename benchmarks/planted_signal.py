@@ -4,7 +4,9 @@ For each ``--seeds`` value it runs the same small in-process search (``LocalRunt
 the test's settings ``tests/unit/test_planted.py::SETTINGS`` plus any ``--set``) twice: on the
 ``context_legs`` set (legs marked by rings: context; arms by dots: detail) and on the
 ``context_arms`` set (roles exchanged; ``data/synthetic.py``); with ``--plant sided`` on their
-``_sided`` variants, whose detail mark is a larger disc with a tick telling its side. From the
+``_sided`` variants, whose detail mark is a larger disc with a tick telling its side (with
+``--plant coloured`` the ``_coloured`` ones, whose right detail joints have colours of their
+own; flip augmentation off, ``test_planted.plant_sets``). From the
 final softmax(β) of each run it takes ``confidence.coarseness`` per part and prints
 
     lean   = coarseness(lower_limb) − coarseness(upper_limb)     (per run; 0 under uniform β)

@@ -480,7 +480,8 @@ class SearchSpec(Spec):
     # mixture) or "layout" (its per-channel spatial mean enters at a detached weight, so β
     # moves by what the input's layout is worth, not by its first moment, which every part
     # gains from alike; forward values and the weights' gradients are unchanged; nn/cell.py
-    # beta_mixture). benchmarks/RESULTS.md, "Planted structure: β from the inputs' layout"
+    # beta_mixture). A study setting: it did not make β follow the planted structure
+    # (benchmarks/RESULTS.md, "Planted structure: what the data rewards")
     beta_gradient: Literal["mixture", "layout"] = "mixture"
 
     LATE_FIELDS: ClassVar[tuple[str, ...]] = (
