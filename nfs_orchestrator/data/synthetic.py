@@ -41,12 +41,14 @@ a disc of ``SIDED_RADIUS`` with a tick ``SIDED_TICK`` radii long toward the join
 (image-right for ``left_*``, which a mirrored image with swapped labels obeys too), so the
 finest row locates it and tells its side; the rings are unchanged. (Measured: both marks
 are then located equally well, the trained supernet relies on the coarse layout more for the
-ring group, β does not follow; benchmarks/RESULTS.md, "the sided plant". A network made of the
-finest row alone sides neither mark, nor the unplanted set's blobs: "Planted structure: what
-the data rewards".) The ``_coloured`` modes draw the detail disc of the ``_sided`` size with no
-tick, each right joint in a colour of its own (``_RIGHT_COLORS``), so its side is read at its
-spot; this holds only without flip augmentation (a flip swaps the labels, not the colours), so
-a set of these modes is refused with ``data.augment.flip`` on (specs.DataSpec).
+ring group, β does not follow; benchmarks/RESULTS.md, "the sided plant". The test fabric's
+finest row alone locates neither mark, nor the unplanted set's blobs, and both groups gain
+alike from its coarser rows: "Planted structure: what the data rewards".)
+
+The ``_coloured`` modes draw the detail disc of the ``_sided`` size with no tick, each right
+joint in a colour of its own (``_RIGHT_COLORS``), so its side is read at its spot; this holds
+only without flip augmentation (a flip swaps the labels, not the colours), so a set of these
+modes is refused with ``data.augment.flip`` on (specs.DataSpec).
 
 Writing is idempotent and atomic: the set is generated into a temporary sibling folder and
 renamed onto ``root``; a second call (or a process that lost the race) finds ``root`` with the

@@ -182,9 +182,8 @@ class SearchCell(nn.Module):
         temperature: float,
         layout_beta: bool = False,
     ) -> torch.Tensor:
-        xs = [
-            r(x) for r, x in zip(self.resample, inputs)
-        ]  # (parallel, above, below) (B, C, H_i, W_i)
+        # (parallel, above, below), each (B, C, H_i, W_i)
+        xs = [r(x) for r, x in zip(self.resample, inputs)]
         w = 3 * F.softmax(beta / temperature, dim=-1)  # (3,)
         states = [F.relu(beta_mixture(xs, w, layout_beta))]
         e = 0
