@@ -113,6 +113,7 @@ def test_layout_beta_keeps_the_supernets_maps_and_weight_gradients(batched):
     model = PoseSupernet(
         load_fabric("tiny"), load_grouping("coco-p3"), build_backbone("tiny", random_init=True)
     )
+    assert model.layout_beta is False  # the default: DARTS's mixture
     with torch.no_grad():
         for fabric in model.parts.values():
             fabric.beta.normal_()
