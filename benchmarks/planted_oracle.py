@@ -43,29 +43,24 @@ import argparse
 import json
 import math
 import statistics
-import sys
 import time
-from math import comb
 from pathlib import Path
 
 import torch
+from planted_signal import REPO, tail  # also puts the repository on sys.path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from nfs_orchestrator.data.dataset import build_dataset  # noqa: E402
-from nfs_orchestrator.genotype import derive_genotype  # noqa: E402
-from nfs_orchestrator.geometry import SLOTS, fabric_sites  # noqa: E402
-from nfs_orchestrator.hardware import detect  # noqa: E402
-from nfs_orchestrator.loop_utils import epoch_batches  # noqa: E402
-from nfs_orchestrator.model_io import load_model  # noqa: E402
-from nfs_orchestrator.nn.losses import joints_mse  # noqa: E402
-from nfs_orchestrator.retrain.loop import MODEL_FILE, run_retrain  # noqa: E402
-from nfs_orchestrator.runtime import LocalRuntime  # noqa: E402
-from nfs_orchestrator.specs import DerivationRule, load_retrain, replace  # noqa: E402
-from tests.unit.test_planted import (  # noqa: E402
+from nfs_orchestrator.data.dataset import build_dataset
+from nfs_orchestrator.genotype import derive_genotype
+from nfs_orchestrator.geometry import SLOTS, fabric_sites
+from nfs_orchestrator.hardware import detect
+from nfs_orchestrator.model_io import load_model
+from nfs_orchestrator.retrain.loop import MODEL_FILE, run_retrain
+from nfs_orchestrator.runtime import LocalRuntime
+from nfs_orchestrator.specs import DerivationRule, load_retrain, replace
+from tests.unit.test_planted import (
     LONGER,
     PLANTS,
+    mean_part_losses,
     output_row_cells,
     plant_sets,
     planted_trial,
@@ -96,21 +91,41 @@ def genotypes(trial) -> dict[str, object]:
     return out
 
 
-def part_losses(model, spec, grouping, run) -> dict[str, float]:
-    """Each part's mean heatmap loss over the val images of ``spec``'s set, eval mode."""
-    data = build_dataset(spec.data, grouping.schema, "val", train=False)
-    index = {p.name: grouping.indices(p) for p in grouping.parts}
-    sums, steps = dict.fromkeys(index, 0.0), 0
+def record(
+    done: Path, model, data_spec, grouping, run, metrics: dict, started: float, **extra
+) -> dict:
+    """What one arm's run measured, written to ``done`` (read back by a later call): each
+    part's mean val loss (eval mode, ``mean_part_losses``) and val AP, ``extra``, the wall
+    time."""
     model.eval()
-    with torch.no_grad():
-        for (b,) in epoch_batches(data, list(range(len(data))), 16, 1, run, seed=0):
-            pred = model(b["image"])  # (B, K, h, w)
-            for name, idx in index.items():
-                sums[name] += float(
-                    joints_mse(pred[:, idx], b["heatmaps"][:, idx], b["target_weight"][:, idx])
-                )
-            steps += 1
-    return {name: total / steps for name, total in sums.items()}
+    data = build_dataset(data_spec, grouping.schema, "val", train=False)
+    body = {
+        "loss": mean_part_losses(model, data, list(range(len(data))), grouping, run),
+        "ap": {k.split(".", 1)[1]: v for k, v in metrics.items() if k.startswith("val_ap.")},
+        "val_ap": metrics.get("val_ap"),
+        **extra,
+        "wall_s": round(time.monotonic() - started, 1),
+    }
+    done.write_text(json.dumps(body) + "\n")
+    return body
+
+
+def derived_arms(retrain: str, root: Path, seed: int, mode: str) -> dict[str, dict]:
+    """``--arms derived`` for one set: each arm's genotype (``genotypes``) retrained under the
+    ``retrain`` spec on the ``mode`` set, in fp32 as the planted searches (``retrained``)."""
+    trial = planted_trial(root / "fabric", seed, mode)
+    spec = load_retrain(
+        retrain,
+        (
+            f"data.root={root / 'data'}",
+            f"data.synthetic.planted={mode}",
+            f"seed={seed}",
+            "precision=fp32",  # as the planted searches (test_planted.SETTINGS)
+            "memory_format=contiguous",
+            *plant_sets(mode),
+        ),
+    )
+    return {arm: retrained(spec, g, trial.grouping, root) for arm, g in genotypes(trial).items()}
 
 
 def retrained(spec, genotype, grouping, root: Path) -> dict:
@@ -123,14 +138,7 @@ def retrained(spec, genotype, grouping, root: Path) -> dict:
     run = LocalRuntime(run_dir, verbose=False)
     metrics = run_retrain(spec, genotype, run)
     model = load_model(run.latest_checkpoint() / MODEL_FILE)
-    body = {
-        "loss": part_losses(model, spec, grouping, run),
-        "ap": {k.split(".", 1)[1]: v for k, v in metrics.items() if k.startswith("val_ap.")},
-        "val_ap": metrics.get("val_ap"),
-        "wall_s": round(time.monotonic() - started, 1),
-    }
-    done.write_text(json.dumps(body) + "\n")
-    return body
+    return record(done, model, spec.data, grouping, run, metrics, started)
 
 
 def mixture_trained(root: Path, seed: int, mode: str, arm: str) -> dict:
@@ -169,20 +177,8 @@ def mixture_trained(root: Path, seed: int, mode: str, arm: str) -> dict:
         trial.fabric, trial.grouping, build_backbone(trial.backbone.name, random_init=True)
     )
     model.load_state_dict(state["model"])
-    body = {
-        "loss": part_losses(model, trial, trial.grouping, run),
-        "ap": {k.split(".", 1)[1]: v for k, v in metrics.items() if k.startswith("val_ap.")},
-        "val_ap": metrics.get("val_ap"),
-        "below": float(torch.softmax(model.parts["head"].beta[rows[0]], -1)[BELOW]),
-        "wall_s": round(time.monotonic() - started, 1),
-    }
-    done.write_text(json.dumps(body) + "\n")
-    return body
-
-
-def tail(k: int, n: int) -> float:
-    """P(X ≥ k) for X ~ Binomial(n, 1/2)."""
-    return sum(comb(n, i) for i in range(k, n + 1)) / 2**n
+    below = float(torch.softmax(model.parts["head"].beta[rows[0]], -1)[BELOW])  # the arm's β
+    return record(done, model, trial.data, trial.grouping, run, metrics, started, below=below)
 
 
 def main() -> None:
@@ -209,25 +205,10 @@ def main() -> None:
     for seed in args.seeds:
         lean = {}
         for mode in (legs_mode, arms_mode):
-            trial = planted_trial(root / "fabric", seed, mode)
-            spec = load_retrain(
-                args.retrain,
-                (
-                    f"data.root={root / 'data'}",
-                    f"data.synthetic.planted={mode}",
-                    f"seed={seed}",
-                    "precision=fp32",  # as the planted searches (test_planted.SETTINGS)
-                    "memory_format=contiguous",
-                    *plant_sets(mode),
-                ),
-            )
             if args.arms == "mixture":
                 arms = {arm: mixture_trained(root, seed, mode, arm) for arm in ARMS}
             else:
-                arms = {
-                    arm: retrained(spec, g, trial.grouping, root)
-                    for arm, g in genotypes(trial).items()
-                }
+                arms = derived_arms(args.retrain, root, seed, mode)
             gain = {
                 key: {
                     part: (arms["fine"][key][part] - arms["coarse"][key][part])

@@ -239,17 +239,41 @@ def planted_trial(root, seed: int, mode: str, sets: tuple[str, ...] = ()):
     return load_campaign(QUICKSTART, overrides).trial({})
 
 
+def mean_part_losses(model, data, indices, grouping, run, grad: bool = False) -> dict[str, float]:
+    """Each part's mean heatmap loss (``joints_mse`` on its keypoints) over the images
+    ``indices`` of ``data``, in batches of 16, with ``model`` as it is (train or eval mode);
+    with ``grad``, every batch's summed loss is also back-propagated (gradients accumulate in
+    the parameters, β included)."""
+    import torch
+
+    from nfs_orchestrator.loop_utils import epoch_batches
+    from nfs_orchestrator.nn.losses import joints_mse
+
+    index = {p.name: grouping.indices(p) for p in grouping.parts}
+    sums = dict.fromkeys(index, 0.0)
+    steps = 0
+    with torch.set_grad_enabled(grad):
+        for (b,) in epoch_batches(data, indices, 16, 1, run, seed=0):
+            pred = model(b["image"])  # (B, K, h, w)
+            losses = {
+                name: joints_mse(pred[:, idx], b["heatmaps"][:, idx], b["target_weight"][:, idx])
+                for name, idx in index.items()
+            }
+            if grad:
+                sum(losses.values()).backward()
+            for name, loss in losses.items():
+                sums[name] += float(loss.detach())
+            steps += 1
+    return {name: total / steps for name, total in sums.items()}
+
+
 def supernet_readout(trial, run, state: dict):
     """The trained supernet of the search that ran in ``run`` (``state``: its checkpoint), in
     eval mode at its last temperature, and a function that gives each part's mean heatmap loss
     on the α/β split (images the weights never trained on, unaugmented)."""
-    import torch
-
     from nfs_orchestrator.data.dataset import build_dataset
     from nfs_orchestrator.data.split import split_image_disjoint
-    from nfs_orchestrator.loop_utils import epoch_batches
     from nfs_orchestrator.nn.backbones import build_backbone
-    from nfs_orchestrator.nn.losses import joints_mse
     from nfs_orchestrator.nn.supernet import PoseSupernet
     from nfs_orchestrator.search.schedules import temperature
 
@@ -262,28 +286,10 @@ def supernet_readout(trial, run, state: dict):
     model.temperature = temperature(trial.search.temperature, (epochs - 1) / epochs)
     data = build_dataset(trial.data, trial.grouping.schema, "train", train=False)
     _, arch_idx = split_image_disjoint(data, trial.search.split, trial.seed)
-    index = {p.name: trial.grouping.indices(p) for p in trial.grouping.parts}
 
     def part_losses(grad: bool = False) -> dict[str, float]:
-        """Each part's mean loss; with ``grad``, every batch's summed loss is also
-        back-propagated (gradients accumulate in the parameters, β included)."""
-        sums = dict.fromkeys(index, 0.0)
-        steps = 0
-        with torch.set_grad_enabled(grad):
-            for (b,) in epoch_batches(data, arch_idx, 16, 1, run, seed=0):
-                pred = model(b["image"])  # (B, K, h, w)
-                losses = {
-                    name: joints_mse(
-                        pred[:, idx], b["heatmaps"][:, idx], b["target_weight"][:, idx]
-                    )
-                    for name, idx in index.items()
-                }
-                if grad:
-                    sum(losses.values()).backward()
-                for name, loss in losses.items():
-                    sums[name] += float(loss.detach())
-                steps += 1
-        return {name: total / steps for name, total in sums.items()}
+        """Each part's mean loss on the α/β split (``mean_part_losses``)."""
+        return mean_part_losses(model, data, arch_idx, trial.grouping, run, grad)
 
     return model, part_losses
 
