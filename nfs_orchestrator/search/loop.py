@@ -12,7 +12,10 @@ epoch's sample order is a function of the same, so checkpoint → restore → co
 bit-identical to an uninterrupted run. Schedules are pure functions of progress.
 
 Pre-emption at step granularity: after every step the loop asks ``runtime.should_stop_step()``
-(every rank agrees: a SIGTERM or a pre-emption notice reached some rank). When it says so, the
+(every rank agrees: a SIGTERM or a pre-emption notice reached some rank); after an epoch's last
+step it asks once its validation is done, just before the report, so a notice that came during
+the validation pauses there too (a process that is exiting cannot deliver a report; the retry
+resumes after the epoch's last step and redoes its end). When it says so, the
 loop writes a mid-epoch checkpoint (``state.pt`` with an ``interrupted`` entry: the steps done
 in the epoch, its losses so far, which say how many α/β batches were drawn, and every rank's
 torch/numpy/python RNG states) and hands it to ``runtime.interrupt``, then returns. A resume
@@ -198,23 +201,12 @@ def run_search(trial: TrialSpec, runtime: Runtime) -> dict[str, float]:
             train_losses.append(train_loss)
             if arch_loss is not None:
                 arch_losses.append(arch_loss)
-            if runtime.should_stop_step():  # pre-empted: checkpoint this step boundary, return
-                interrupted = {
-                    "step": step_index + 1,  # steps of this epoch done
-                    "rng": runtime.all_gather_object(get_rng_state()),  # [rank] -> states
-                    "train_losses": train_losses,
-                    "arch_losses": arch_losses,
-                }
-                with tempfile.TemporaryDirectory(prefix="posenfs-ckpt-") as tmp:
-                    ckpt_dir = None
-                    if runtime.rank == 0:
-                        ckpt_dir = Path(tmp)
-                        state = checkpoint_state(
-                            model, w_opt, a_opt, epoch, history, trial, frozen_at
-                        )
-                        state["interrupted"] = interrupted
-                        torch.save(state, ckpt_dir / STATE_FILE)
-                    runtime.interrupt(ckpt_dir, epoch, step_index + 1)
+            # the epoch's last step boundary is asked about after the epoch's validation (below)
+            if step_index + 1 < steps and runtime.should_stop_step():  # pre-empted: pause here
+                write_interrupted(
+                    runtime, trial, model, w_opt, a_opt, history, frozen_at,
+                    epoch, step_index + 1, train_losses, arch_losses,
+                )  # fmt: skip
                 return metrics
 
         last = epoch == search.epochs - 1
@@ -237,6 +229,7 @@ def run_search(trial: TrialSpec, runtime: Runtime) -> dict[str, float]:
             else None
         )
         history.append(arch_snapshot(model))
+        frozen = frozen_at  # before this epoch's collapse check: what a pause here keeps
         genotype = with_confidence(genotype, history, model.temperature)  # every rank alike
         metrics.update(arch_metrics(model, genotype))
         collapsed = collapse_check(search, arch_active, metrics["param_free_share"])
@@ -264,6 +257,15 @@ def run_search(trial: TrialSpec, runtime: Runtime) -> dict[str, float]:
             temperature=model.temperature,
             lr=eta,
         )
+        # The epoch's last step boundary: a stop that came during its last step or its
+        # validation pauses here, before the report (a process that is exiting could not deliver
+        # it); the retry resumes after all steps and redoes this epoch's end, bit-equal.
+        if runtime.should_stop_step():
+            write_interrupted(
+                runtime, trial, model, w_opt, a_opt, history[:-1], frozen,
+                epoch, steps, train_losses, arch_losses,
+            )  # fmt: skip
+            return metrics
         with tempfile.TemporaryDirectory(prefix="posenfs-ckpt-") as tmp:
             ckpt_dir = None
             artifacts: dict[str, str | bytes] = {}
@@ -281,6 +283,37 @@ def run_search(trial: TrialSpec, runtime: Runtime) -> dict[str, float]:
         if runtime.should_stop() or (collapsed and search.collapse.action == "stop"):
             break
     return metrics
+
+
+def write_interrupted(
+    runtime: Runtime,
+    trial: TrialSpec,
+    model: PoseSupernet,
+    w_opt: torch.optim.Optimizer,
+    a_opt: torch.optim.Optimizer | None,
+    history: list[dict],
+    frozen_at: int | None,
+    epoch: int,
+    step: int,
+    train_losses: list[float],
+    arch_losses: list[float],
+) -> None:
+    """Writes the mid-epoch checkpoint after ``step`` steps of ``epoch`` (on rank 0) and hands it
+    to ``runtime.interrupt``. Every rank calls it."""
+    interrupted = {
+        "step": step,  # steps of this epoch done
+        "rng": runtime.all_gather_object(get_rng_state()),  # [rank] -> states
+        "train_losses": train_losses,
+        "arch_losses": arch_losses,
+    }
+    with tempfile.TemporaryDirectory(prefix="posenfs-ckpt-") as tmp:
+        ckpt_dir = None
+        if runtime.rank == 0:
+            ckpt_dir = Path(tmp)
+            state = checkpoint_state(model, w_opt, a_opt, epoch, history, trial, frozen_at)
+            state["interrupted"] = interrupted
+            torch.save(state, ckpt_dir / STATE_FILE)
+        runtime.interrupt(ckpt_dir, epoch, step)
 
 
 def checkpoint_state(

@@ -49,6 +49,44 @@ def test_mid_epoch_interrupt_resumes_bit_equal(tmp_path, synthetic_root):
     assert json.loads(straight[-1])["train_loss"] == json.loads(again[-1])["train_loss"]
 
 
+def test_a_notice_after_the_last_step_pauses_before_the_report_and_resumes_bit_equal(
+    tmp_path, synthetic_root
+):
+    """The notice comes once epoch 0's 3 steps are done (while it validates): no epoch-0 report
+    from the exiting process; the checkpoint stands after all 3 steps of epoch 0, and the resume
+    validates and reports epoch 0 as the uninterrupted run did, then runs epoch 1."""
+    trial = tiny_trial(synthetic_root, mode="first_order", epochs=2, sampling="gumbel")
+    run_search(trial, LocalRuntime(tmp_path / "straight", verbose=False))
+
+    class NoticeAfterTheSteps(LocalRuntime):
+        notice = False
+
+        def all_reduce_mean(self, values):  # the loop averages the epoch's losses: steps done
+            self.notice = True
+            return super().all_reduce_mean(values)
+
+        def should_stop_step(self):
+            return super().should_stop_step() or self.notice
+
+    run_search(trial, NoticeAfterTheSteps(tmp_path / "resumed", verbose=False))
+    assert not (tmp_path / "resumed" / "metrics.jsonl").exists()  # nothing reported
+    pointer = json.loads((tmp_path / "resumed" / "checkpoints" / "latest.json").read_text())
+    assert pointer == {"dir": "epoch_0000_step_000003", "epoch": 0, "step": 3}
+    mid = state_of(tmp_path / "resumed")
+    assert mid["history"] == [] and len(mid["interrupted"]["train_losses"]) == 3
+
+    last = run_search(trial, LocalRuntime(tmp_path / "resumed", verbose=False))
+    assert (last["start_epoch"], last["start_step"], last["epoch"]) == (0, 3, 1)
+    a, b = state_of(tmp_path / "straight"), state_of(tmp_path / "resumed")
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    assert a["history"] == b["history"]
+    straight = [json.loads(x) for x in (tmp_path / "straight" / "metrics.jsonl").open()]
+    again = [json.loads(x) for x in (tmp_path / "resumed" / "metrics.jsonl").open()]
+    keep = ("epoch", "train_loss", "arch_loss", "val_ap", "val_loss", "alpha_entropy")
+    assert [{k: r[k] for k in keep} for r in again] == [{k: r[k] for k in keep} for r in straight]
+
+
 def test_epoch_steps_from_a_step_take_the_rest_of_the_same_batches():
     data = [{"i": torch.tensor(i)} for i in range(10)]
     rt = LocalRuntime("/tmp", verbose=False)
