@@ -36,13 +36,13 @@ demo: $(STAMP)
 	     --retrain experiments/retrain_quickstart.yaml --random 1 --seeds 2)
 	@echo "see it all: $(BIN)/posenfs ui --root $(ROOT)  (MLflow UI on http://127.0.0.1:5000)"
 
-# The suite CI runs: every test but those marked slow (minutes of search each; pytest reports
-# them as deselected). `make test-slow` runs those.
+# The suite CI runs: every test but those marked slow (minutes of search each, or a path CI
+# covers through a shorter test; pytest reports them as deselected). `make test-slow` runs those.
 test: $(STAMP)
 	$(call LOOPBACK,RAY_USAGE_STATS_ENABLED=0 $(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow" --durations=25 tests)
 
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider -m slow tests
+	$(call LOOPBACK,RAY_USAGE_STATS_ENABLED=0 $(BIN)/python -m pytest -q -p no:cacheprovider -m slow tests)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not ray and not slow" tests/unit

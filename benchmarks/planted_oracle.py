@@ -22,10 +22,12 @@ so flip > 0 means the data rewards the coarser input more for the ring group: th
 preference the search is asked to find. ``--arms mixture`` replaces the two derived networks by
 what β actually chooses between: the planted trial's supernet (``test_planted.LONGER`` budget,
 64 val images) trained with weights only (``search.mode: none``) at a fixed β, uniform but for
-``below`` at every output-row cell, with softmax weight 0.6 (coarse) or 1/7 (fine). The
-same flips for AP. Each seed's line also gives the val AP of the ring group and of the detail
-group under each arm. Finished runs are read back (same arm, seed and set under ``--root``).
-The hardware comes first, one JSON line last.
+``below`` at every output-row cell, with softmax weight 0.6 (coarse) or 1/7 (fine);
+``--rows all`` sets it so at every cell whose ``below`` is a coarser row (``coarser_cells``: the
+whole fabric, what the whole-fabric β lean of the searches weighs). The same flips for AP.
+Each seed's line also gives the val AP of the ring group and of the detail group under each
+arm. Finished runs are read back (same arm, seed and set under ``--root``). The hardware comes
+first, one JSON line last.
 
     python benchmarks/planted_oracle.py --plant sided --seeds 400 401 402 403 --root /tmp/oracle
 
@@ -141,23 +143,35 @@ def retrained(spec, genotype, grouping, root: Path) -> dict:
     return record(done, model, spec.data, grouping, run, metrics, started)
 
 
-def mixture_trained(root: Path, seed: int, mode: str, arm: str) -> dict:
+def coarser_cells(space) -> list[int]:
+    """Every cell whose ``below`` reads a coarser row, as indices in β's row order."""
+    sites = [s for layer in fabric_sites(space) for s in layer]
+    return [i for i, s in enumerate(sites) if s.sources[BELOW] > s.scale]
+
+
+def mixture_trained(root: Path, seed: int, mode: str, arm: str, where: str = "output") -> dict:
     """Per-part val loss and AP of the planted trial's supernet (``LONGER`` budget, 64 val
     images) trained with weights only (``search.mode: none``) at a fixed β: uniform but for
-    ``below`` at every output-row cell, ``±MIXTURE_LOGIT`` by ``arm``; read back when done.
+    ``below`` at every output-row cell (``where="all"``: every ``coarser_cells`` cell),
+    ``±MIXTURE_LOGIT`` by ``arm``; read back when done.
     The β is set by wrapping ``search.loop.init_arch`` for this one run (no option sets it)."""
     from nfs_orchestrator.nn.backbones import build_backbone
     from nfs_orchestrator.nn.supernet import PoseSupernet
     from nfs_orchestrator.search import loop
 
-    run_dir = root / f"mixture-{arm}-seed{seed}-{mode}"
+    run_dir = (
+        root / f"mixture-{arm}-seed{seed}-{mode}"
+        if where == "output"
+        else (root / f"mixture-{where}-{arm}-seed{seed}-{mode}")
+    )
     done = run_dir / "oracle.json"
     if done.is_file():
         return json.loads(done.read_text())
     started = time.monotonic()
     sets = (*LONGER, "search.mode=none", "data.synthetic.val_images=64")
     trial = planted_trial(root, seed, mode, sets)
-    rows, logit = output_row_cells(trial.fabric), MIXTURE_LOGIT * (1 if arm == "coarse" else -1)
+    rows = output_row_cells(trial.fabric) if where == "output" else coarser_cells(trial.fabric)
+    logit = MIXTURE_LOGIT * (1 if arm == "coarse" else -1)
     original = loop.init_arch
 
     def init_arch(model, search) -> None:
@@ -194,6 +208,12 @@ def main() -> None:
         default="derived",
         help="retrained derived networks, or supernets trained at a fixed output-row β",
     )
+    parser.add_argument(
+        "--rows",
+        choices=["output", "all"],
+        default="output",
+        help="--arms mixture: fix β of the coarser input at the output row, or at every cell",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     root = Path(args.root)
@@ -206,7 +226,7 @@ def main() -> None:
         lean = {}
         for mode in (legs_mode, arms_mode):
             if args.arms == "mixture":
-                arms = {arm: mixture_trained(root, seed, mode, arm) for arm in ARMS}
+                arms = {arm: mixture_trained(root, seed, mode, arm, args.rows) for arm in ARMS}
             else:
                 arms = derived_arms(args.retrain, root, seed, mode)
             gain = {
@@ -244,7 +264,8 @@ def main() -> None:
         summary[key] = {"positive": k, "n": len(values), "p_chance": tail(k, len(values))}
         print(f"{key}-gain flip > 0 in {k} of {len(values)} (P = {tail(k, len(values)):.3f}); "
               f"mean {statistics.fmean(values):+.5f} ± {sd:.5f}")  # fmt: skip
-    print(json.dumps({"hardware": hw.to_dict(), "plant": args.plant, "summary": summary,
+    print(json.dumps({"hardware": hw.to_dict(), "plant": args.plant, "arms": args.arms,
+                      "fixed_rows": args.rows, "summary": summary,
                       "rows": rows}, default=str))  # fmt: skip
 
 

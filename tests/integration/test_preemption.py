@@ -44,6 +44,10 @@ pytestmark = pytest.mark.ray
 EPOCHS = 5
 
 
+# slow: CI covers its path elsewhere: `posenfs cancel` (a SIGTERM to the driver: runs KILLED,
+# nfs.preempted, resumed after their checkpoints) in test_cluster_jobs, `posenfs resume` in
+# test_campaign_kill. Only the exit status 130 is this test's own.
+@pytest.mark.slow
 def test_sigterm_marks_runs_preempted_then_resume(tmp_path, ray_tmpdir):
     spec_path = one_worker_smoke(tmp_path, "preempted", trials=1, epochs=EPOCHS)
     cid = load_campaign(spec_path).campaign_id

@@ -99,6 +99,14 @@ def test_an_undecided_genotype_is_refused_unless_forced(tmp_path):
     assert c.get_model_version("g", forced.version).tags[tracking.TAG_UNDECIDED] == "true"
 
 
+def test_a_consensus_of_one_seed_is_refused(tmp_path):
+    a, _ = genotypes()
+    record, rows = campaign_with_one_trial(tmp_path, [(a, 0.5)])
+    with pytest.raises(PromoteError, match="configuration has no other finished seed"):
+        promote(record, rows, parse_rule("best:val_ap"), model_name="g", consensus=True)
+    assert not tracking.client(record.tracking_uri).search_registered_models()
+
+
 def test_the_rule_defaults_to_the_primary_objective_and_names_real_metrics(tmp_path):
     from nfs_orchestrator.orchestration.promote import campaign_rule
 
