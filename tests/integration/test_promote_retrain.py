@@ -185,4 +185,3 @@ def test_promote_then_retrain(tmp_path, ray_tmpdir, smoke_search):
     assert all(r.info.status == "FINISHED" for r in runs)
     assert all(r.data.tags[tracking.TAG_PARENT] == parent.info.run_id for r in runs)
     assert {r.data.tags[tracking.TAG_CONTROLS] for r in runs} == {body["controls_id"]}
-
