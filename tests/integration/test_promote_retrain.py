@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -27,7 +28,7 @@ from nfs_orchestrator.campaign_spec import load_campaign
 from nfs_orchestrator.model_io import load_model
 from nfs_orchestrator.orchestration import tracking
 from nfs_orchestrator.orchestration.ledger import best_genotype, read_ledger
-from tests.integration.helpers import POSENFS, REPO, local_ray_env, posenfs
+from tests.integration.helpers import POSENFS, REPO, posenfs
 
 pytestmark = pytest.mark.ray
 
@@ -76,7 +77,7 @@ def test_promote_then_retrain(tmp_path, ray_tmpdir, smoke_search):
     first = subprocess.Popen(
         POSENFS + args,
         cwd=tmp_path,
-        env=local_ray_env(ray_tmpdir),
+        env=_env(ray_tmpdir),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -129,7 +130,7 @@ def test_promote_then_retrain(tmp_path, ray_tmpdir, smoke_search):
         capture_output=True,
         text=True,
         cwd=tmp_path,
-        env=local_ray_env(ray_tmpdir),
+        env=_env(ray_tmpdir),
     )
     assert fresh.returncode == 0, fresh.stderr[-2000:]
     # the trained network itself: the retrain's last Ray Train checkpoint
@@ -185,3 +186,9 @@ def test_promote_then_retrain(tmp_path, ray_tmpdir, smoke_search):
     assert all(r.info.status == "FINISHED" for r in runs)
     assert all(r.data.tags[tracking.TAG_PARENT] == parent.info.run_id for r in runs)
     assert {r.data.tags[tracking.TAG_CONTROLS] for r in runs} == {body["controls_id"]}
+
+
+def _env(ray_tmpdir: Path) -> dict[str, str]:
+    env = {**os.environ, "RAY_TMPDIR": str(ray_tmpdir), "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("MLFLOW_RUN_ID", None)
+    return env
