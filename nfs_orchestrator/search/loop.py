@@ -13,7 +13,7 @@ bit-identical to an uninterrupted run. Schedules are pure functions of progress.
 
 Pre-emption at step granularity: after every step the loop asks ``runtime.should_stop_step()``
 (every rank agrees: a SIGTERM or a pre-emption notice reached some rank); after an epoch's last
-step it asks once its validation is done, just before the report, so a notice that came during
+step it asks once its validation is done (before the report), so a notice that came during
 the validation pauses there too (a process that is exiting cannot deliver a report; the retry
 resumes after the epoch's last step and redoes its end). When it says so, the
 loop writes a mid-epoch checkpoint (``state.pt`` with an ``interrupted`` entry: the steps done
@@ -223,13 +223,21 @@ def run_search(trial: TrialSpec, runtime: Runtime) -> dict[str, float]:
                 else {}
             )
             metrics.update(runtime.broadcast_object(val))
+        # The epoch's last step boundary: a stop that came during its last step or its
+        # validation pauses here, before the report (a process that is exiting could not deliver
+        # it); the retry resumes after all steps and redoes this epoch's end, bit-equal.
+        if runtime.should_stop_step():
+            write_interrupted(
+                runtime, trial, model, w_opt, a_opt, history, frozen_at,
+                epoch, steps, train_losses, arch_losses,
+            )  # fmt: skip
+            return metrics
         genotype: Genotype = runtime.broadcast_object(
             model.genotype(trial.data.input_size, trial.backbone.name)
             if runtime.rank == 0
             else None
         )
         history.append(arch_snapshot(model))
-        frozen = frozen_at  # before this epoch's collapse check: what a pause here keeps
         genotype = with_confidence(genotype, history, model.temperature)  # every rank alike
         metrics.update(arch_metrics(model, genotype))
         collapsed = collapse_check(search, arch_active, metrics["param_free_share"])
@@ -257,15 +265,6 @@ def run_search(trial: TrialSpec, runtime: Runtime) -> dict[str, float]:
             temperature=model.temperature,
             lr=eta,
         )
-        # The epoch's last step boundary: a stop that came during its last step or its
-        # validation pauses here, before the report (a process that is exiting could not deliver
-        # it); the retry resumes after all steps and redoes this epoch's end, bit-equal.
-        if runtime.should_stop_step():
-            write_interrupted(
-                runtime, trial, model, w_opt, a_opt, history[:-1], frozen,
-                epoch, steps, train_losses, arch_losses,
-            )  # fmt: skip
-            return metrics
         with tempfile.TemporaryDirectory(prefix="posenfs-ckpt-") as tmp:
             ckpt_dir = None
             artifacts: dict[str, str | bytes] = {}
