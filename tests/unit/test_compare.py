@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 
@@ -115,6 +116,15 @@ def test_comparison_text_json_and_plot(tmp_path):
     assert "(62% of decisions decided), consensus/0123456789ab.json; promote" in lines[-3]
     assert lines[-2].endswith("decided in both seeds: none")
     assert "UNDECIDED (25% of decisions decided)" in lines[-1]
+
+
+def test_plot_of_a_campaign_with_no_finished_trial_has_no_empty_legends(tmp_path):
+    # a trial that failed while still a PENDING row known only by its outer choices (no grouping)
+    failed = {**row("t9", None, None, 5_000_000), "final_json": None, "macs": None}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib warns of a legend with nothing in it
+        path = plot_comparison(compare_rows("c-1", [failed], [AP]), tmp_path / "none.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def part_row(tid, grouping, num_parts, **parts):
