@@ -14,10 +14,25 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
 
 
+def pytest_itemcollected(item):
+    """How `make test` (pytest-xdist, ``--dist loadgroup``) shares the tests out: every Ray
+    integration test in one group, so they run one after another on one worker as they always
+    have (each starts its own Ray; the smoke campaign's session fixture is made once), while
+    the other worker takes the other tests, a file at a time (module fixtures made once). Marked
+    as each test is collected: xdist reads the groups in its own collection_modifyitems."""
+    group = "integration" if item.path.parent.name == "integration" else item.path.stem
+    item.add_marker(pytest.mark.xdist_group(group))
+
+
+# Under pytest-xdist (`make test`: two workers on CI's two cores) each test keeps to one torch
+# thread: two workers of two threads each slowed some tests tenfold.
+THREADS = 1 if os.environ.get("PYTEST_XDIST_WORKER") else 2
+
+
 @pytest.fixture(autouse=True)
 def _seeded():
     torch.manual_seed(0)
-    torch.set_num_threads(2)
+    torch.set_num_threads(THREADS)
 
 
 @pytest.fixture(scope="session")
@@ -57,3 +72,4 @@ def tiny_trial(data_root: Path, mode: str = "first_order", epochs: int = 2, **se
             **search,
         ),
     )
+
