@@ -72,4 +72,3 @@ def tiny_trial(data_root: Path, mode: str = "first_order", epochs: int = 2, **se
             **search,
         ),
     )
-

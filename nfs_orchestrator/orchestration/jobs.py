@@ -57,6 +57,10 @@ RESUBMITTABLE = ("FAILED", "STOPPED")  # a new attempt resumes the campaign
 STOP_WAIT_S = 60  # SIGTERM -> SIGKILL window given to every job (Ray's default: 3 s)
 STOP_MARGIN_S = 30  # cancel waits this long past the window for Ray to record the stop
 RAY_STOP_WAIT_S = 3  # Ray's own window, for jobs that do not set one
+# A head that has just started (or is busy) answers a submission with 500 "No available agent
+# to submit job, please try again later" until its job agent is up: submit retries that long.
+AGENT_WAIT_S = 60
+AGENT_POLL_S = 2
 UPLOAD_EXCLUDES = [".venv", "posenfs-runs", ".git", "**/__pycache__", ".pytest_cache",
                    ".ruff_cache", "*.egg-info"]  # fmt: skip
 JOB_ENV = {
@@ -382,7 +386,9 @@ def submit_campaign(
     job_id = attempt_job_id(cid, attempt)
     previous = attempts[-1] if attempts else None
     try:
-        client.submit_job(
+        _submit_when_agent_ready(
+            client,
+            address,
             entrypoint=command,
             submission_id=job_id,
             runtime_env=env,
@@ -400,6 +406,28 @@ def submit_campaign(
     message = found.message if found else ""
     job = JobInfo(job_id, status, message, command, True, wait, cid)
     return Submission(cid, job, attempt, previous)
+
+
+def _submit_when_agent_ready(
+    client: Any, address: str, sleep: Callable[[float], None] = time.sleep, **job: Any
+) -> None:
+    """``client.submit_job(**job)``, again every ``AGENT_POLL_S`` while the head has no job
+    agent yet, for at most ``AGENT_WAIT_S``; then a one-line ``JobsError``."""
+    started = time.monotonic()
+    while True:
+        try:
+            client.submit_job(**job)
+            return
+        except RuntimeError as e:
+            if "No available agent" not in str(e):
+                raise
+            if time.monotonic() - started >= AGENT_WAIT_S:
+                raise JobsError(
+                    f"{normalize_address(address)}: the Ray head had no job agent to take the "
+                    f"submission for {AGENT_WAIT_S} s ('No available agent to submit job'); is "
+                    "the head still starting? Submit again once `ray status` lists it"
+                ) from None
+        sleep(AGENT_POLL_S)
 
 
 def job_attempts(name: str, address: str, token: str | None = None) -> list[JobInfo]:

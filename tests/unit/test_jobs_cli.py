@@ -40,6 +40,7 @@ def job(job_id: str, status: str, campaign_id: str = "", log: str = "", **env_va
 class FakeDashboard(BaseHTTPRequestHandler):
     jobs: dict[str, dict] = {}
     submitted: list[dict] = []
+    no_agent = 0  # the next this many submissions find no job agent (a head still starting)
 
     def log_message(self, *args: object) -> None:  # quiet
         pass
@@ -81,7 +82,10 @@ class FakeDashboard(BaseHTTPRequestHandler):
         if not self._authorized():
             return
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])) or b"{}")
-        if parts == ["api", "jobs"]:
+        if parts == ["api", "jobs"] and FakeDashboard.no_agent > 0:
+            FakeDashboard.no_agent -= 1
+            self._send(500, "No available agent to submit job, please try again later.")
+        elif parts == ["api", "jobs"]:
             sid = body["submission_id"]
             self.submitted.append(body)
             self.jobs[sid] = {**job(sid, "PENDING"), "runtime_env": body["runtime_env"]}
@@ -96,7 +100,7 @@ class FakeDashboard(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def dashboard() -> Iterator[str]:
-    FakeDashboard.jobs, FakeDashboard.submitted = {}, []
+    FakeDashboard.jobs, FakeDashboard.submitted, FakeDashboard.no_agent = {}, [], 0
     server = ThreadingHTTPServer(("127.0.0.1", 0), FakeDashboard)
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
@@ -260,6 +264,24 @@ def test_submit_reports_running_and_resubmits_stopped(no_token, dashboard, monke
     status = run(["status", cid, "--address", dashboard])
     lines = status.output.strip().splitlines()
     assert lines == [f"job {cid}: STOPPED", f"job {cid}-2: FAILED", f"job {cid}-3: SUCCEEDED"]
+
+
+def test_submit_waits_for_the_heads_job_agent(no_token, dashboard, monkeypatch):
+    monkeypatch.setenv("RAY_AUTH_TOKEN", TOKEN)
+    monkeypatch.setattr(jobs, "AGENT_POLL_S", 0)
+    spec = str(REPO / "experiments" / "smoke.yaml")
+    cid = load_campaign(spec).campaign_id
+    FakeDashboard.no_agent = 2  # a head that has just started
+    first = run(["submit", spec, "--address", dashboard])
+    assert first.exit_code == 0 and f"submitted: job {cid}: PENDING" in first.output, first.output
+    assert FakeDashboard.no_agent == 0 and len(FakeDashboard.submitted) == 1
+
+    monkeypatch.setattr(jobs, "AGENT_WAIT_S", 0)
+    FakeDashboard.jobs[cid]["status"] = "FAILED"
+    FakeDashboard.no_agent = 1_000_000  # no agent ever
+    line = one_line_error(run(["submit", spec, "--address", dashboard]))
+    assert "the Ray head had no job agent to take the submission for 0 s" in line
+    assert len(FakeDashboard.submitted) == 1
 
 
 def test_cancel_stops_the_latest_attempt_and_reports_the_driver(no_token, dashboard, monkeypatch):
