@@ -39,7 +39,7 @@ demo: $(STAMP)
 # The suite CI runs: every test but those marked slow (minutes of search each, or a path CI
 # covers through a shorter test; pytest reports them as deselected). `make test-slow` runs those.
 # Two pytest-xdist workers: one runs the Ray integration tests in turn (they mostly wait on Ray),
-# the other the rest, a file at a time (tests/conftest.py, pytest_collection_modifyitems).
+# the other the rest, a file at a time (tests/conftest.py, pytest_itemcollected).
 test: $(STAMP)
 	$(call LOOPBACK,RAY_USAGE_STATS_ENABLED=0 $(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow" -n 2 --dist loadgroup --durations=25 tests)
 

@@ -408,9 +408,7 @@ def submit_campaign(
     return Submission(cid, job, attempt, previous)
 
 
-def _submit_when_agent_ready(
-    client: Any, address: str, sleep: Callable[[float], None] = time.sleep, **job: Any
-) -> None:
+def _submit_when_agent_ready(client: Any, address: str, **job: Any) -> None:
     """``client.submit_job(**job)``, again every ``AGENT_POLL_S`` while the head has no job
     agent yet, for at most ``AGENT_WAIT_S``; then a one-line ``JobsError``."""
     started = time.monotonic()
@@ -427,7 +425,7 @@ def _submit_when_agent_ready(
                     f"submission for {AGENT_WAIT_S} s ('No available agent to submit job'); is "
                     "the head still starting? Submit again once `ray status` lists it"
                 ) from None
-        sleep(AGENT_POLL_S)
+        time.sleep(AGENT_POLL_S)
 
 
 def job_attempts(name: str, address: str, token: str | None = None) -> list[JobInfo]:
