@@ -233,15 +233,12 @@ def plot_comparison(comparison: Comparison, path: str | Path) -> Path:
     ax_bar.set_xticks(list(xs), names)
     ax_bar.set_ylabel(primary.metric)
     ax_bar.set_title("per part grouping")
-    if entries:
-        ax_bar.legend()
 
     if len(comparison.objectives) > 1:
         x_obj, y_obj = comparison.objectives[1], comparison.objectives[0]
     else:
         x_obj, y_obj = Objective(metric="macs", mode="min"), primary
     pareto_ids = {r["trial_id"] for r in comparison.pareto}
-    drawn = 0
     for grouping in sorted({r["grouping"] for r in comparison.rows}):
         pts = [
             (objective_value(r, x_obj, final=True), objective_value(r, y_obj), r["trial_id"])
@@ -251,7 +248,6 @@ def plot_comparison(comparison: Comparison, path: str | Path) -> Path:
         pts = [p for p in pts if p[0] is not None and p[1] is not None]
         if not pts:
             continue  # no finished trial of this grouping
-        drawn += 1
         ax_scatter.scatter([p[0] for p in pts], [p[1] for p in pts], label=grouping)
         ringed = [p for p in pts if p[2] in pareto_ids]
         ax_scatter.scatter(
@@ -266,8 +262,9 @@ def plot_comparison(comparison: Comparison, path: str | Path) -> Path:
     ax_scatter.set_title(
         "trials (ringed: Pareto set)" if len(comparison.objectives) > 1 else "trials (ringed: best)"
     )
-    if drawn:
-        ax_scatter.legend()
+    for ax in (ax_bar, ax_scatter):
+        if ax.get_legend_handles_labels()[0]:  # a legend of nothing only warns
+            ax.legend()
     fig.suptitle(comparison.campaign_id)
     fig.tight_layout()
     path = Path(path)
