@@ -149,11 +149,13 @@ def coarser_cells(space) -> list[int]:
     return [i for i, s in enumerate(sites) if s.sources[BELOW] > s.scale]
 
 
-def mixture_trained(root: Path, seed: int, mode: str, arm: str, where: str = "output") -> dict:
+def mixture_trained(
+    root: Path, seed: int, mode: str, arm: str, where: str = "output", sets: tuple[str, ...] = ()
+) -> dict:
     """Per-part val loss and AP of the planted trial's supernet (``LONGER`` budget, 64 val
-    images) trained with weights only (``search.mode: none``) at a fixed β: uniform but for
-    ``below`` at every output-row cell (``where="all"``: every ``coarser_cells`` cell),
-    ``±MIXTURE_LOGIT`` by ``arm``; read back when done.
+    images, then ``sets``) trained with weights only (``search.mode: none``) at a fixed β:
+    uniform but for ``below`` at every output-row cell (``where="all"``: every
+    ``coarser_cells`` cell), ``±MIXTURE_LOGIT`` by ``arm``; read back when done.
     The β is set by wrapping ``search.loop.init_arch`` for this one run (no option sets it)."""
     from nfs_orchestrator.nn.backbones import build_backbone
     from nfs_orchestrator.nn.supernet import PoseSupernet
@@ -168,8 +170,9 @@ def mixture_trained(root: Path, seed: int, mode: str, arm: str, where: str = "ou
     if done.is_file():
         return json.loads(done.read_text())
     started = time.monotonic()
-    sets = (*LONGER, "search.mode=none", "data.synthetic.val_images=64")
-    trial = planted_trial(root, seed, mode, sets)
+    trial = planted_trial(
+        root, seed, mode, (*LONGER, "search.mode=none", "data.synthetic.val_images=64", *sets)
+    )
     rows = output_row_cells(trial.fabric) if where == "output" else coarser_cells(trial.fabric)
     logit = MIXTURE_LOGIT * (1 if arm == "coarse" else -1)
     original = loop.init_arch
@@ -214,6 +217,14 @@ def main() -> None:
         default="output",
         help="--arms mixture: fix β of the coarser input at the output row, or at every cell",
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="--arms mixture: a trial override after the budget's (e.g. backbone.name="
+        "tiny_local); finished runs are read back by seed and arm, so use a --root per setting",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     root = Path(args.root)
@@ -226,7 +237,10 @@ def main() -> None:
         lean = {}
         for mode in (legs_mode, arms_mode):
             if args.arms == "mixture":
-                arms = {arm: mixture_trained(root, seed, mode, arm, args.rows) for arm in ARMS}
+                arms = {
+                    arm: mixture_trained(root, seed, mode, arm, args.rows, tuple(args.set))
+                    for arm in ARMS
+                }
             else:
                 arms = derived_arms(args.retrain, root, seed, mode)
             gain = {
@@ -265,7 +279,7 @@ def main() -> None:
         print(f"{key}-gain flip > 0 in {k} of {len(values)} (P = {tail(k, len(values)):.3f}); "
               f"mean {statistics.fmean(values):+.5f} ± {sd:.5f}")  # fmt: skip
     print(json.dumps({"hardware": hw.to_dict(), "plant": args.plant, "arms": args.arms,
-                      "fixed_rows": args.rows, "summary": summary,
+                      "fixed_rows": args.rows, "sets": args.set, "summary": summary,
                       "rows": rows}, default=str))  # fmt: skip
 
 

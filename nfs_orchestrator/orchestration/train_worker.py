@@ -31,18 +31,22 @@ in a thread (Tune's and Train's runner threads), so the search cannot install a 
 (only the main thread may). What reaches the process is Ray's own handler in the main thread: it
 raises ``SystemExit``, the worker's task loop ends and the interpreter exits, running the
 ``atexit`` hooks first (verified with Ray 2.60: a daemon thread keeps running during them). A
-``TrialRuntime`` holds that exit while its search runs, inside Ray's handler (``_hold_ray_exit``,
-before the raylet learns the worker exits) and in an ``atexit`` hook as a fallback: it sets the
-SIGTERM flag and waits (``PREEMPTION_GRACE_S`` at most) until the search has written its
-mid-epoch checkpoint at the next step boundary and ended its MLflow run KILLED with
-``nfs.preempted=true`` (``interrupt``). A
-node pre-emption notice without a signal (Ray 2.60 drains a node that got SIGTERM, or one the
-cloud reclaims) is seen by polling Ray's drain table for this process's node (at most once per
-``DRAIN_POLL_S``; the table Ray Train's own ``get_preemption_info`` reads). With several ranks,
-one all-reduce of the flag per step makes every rank stop at the same step; rank 0 writes the
-checkpoint (every rank holds the same weights; each rank's RNG states are gathered into it).
-Where it goes: ``ActorRuntime``'s ``RunCheckpoints``; for Train workers a ``RunCheckpoints``
-beside Ray Train's (``interrupted_store``), taken on resume when it is newer than Ray's latest.
+``TrialRuntime`` holds that exit while its search runs, inside Ray's handler
+(``_hold_ray_exit``, before the raylet learns the worker exits) and in an ``atexit`` hook as a
+fallback: it sets the SIGTERM flag and waits (``PREEMPTION_GRACE_S`` at most) until the search
+has written its mid-epoch checkpoint at the next step boundary and ended its MLflow run KILLED
+with ``nfs.preempted=true`` (``interrupt``). A one-worker trial in its Tune trial actor reports
+synchronously: between epochs its search waits in ``tune.report`` until Tune calls the actor's
+main thread again, which cannot happen while that thread holds the exit; there the hook ends the
+run itself (the epoch's checkpoint is written before the report) instead of waiting out the
+grace for a step that never comes (``_wait_on_driver``). A node pre-emption notice without a
+signal (Ray 2.60 drains a node that got SIGTERM, or one the cloud reclaims) is seen by polling
+Ray's drain table for this process's node (at most once per ``DRAIN_POLL_S``; the table Ray
+Train's own ``get_preemption_info`` reads). With several ranks, one all-reduce of the flag per
+step makes every rank stop at the same step; rank 0 writes the checkpoint (every rank holds the
+same weights; each rank's RNG states are gathered into it). Where it goes: ``ActorRuntime``'s
+``RunCheckpoints``; for Train workers a ``RunCheckpoints`` beside Ray Train's
+(``interrupted_store``), taken on resume when it is newer than Ray's latest.
 A retry or resume continues at that step (``search.loop``).
 
 This module lives apart from the trial driver (``trial.py``) so that the processes which only
@@ -65,7 +69,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,6 +84,7 @@ from nfs_orchestrator.specs import TrialSpec
 REPORT_FILE = "posenfs_report.json"  # the Ray report of a checkpoint's epoch, kept inside it
 
 PREEMPTION_GRACE_S = 60.0  # the longest a SIGTERM'd process waits for its mid-epoch checkpoint
+EXIT_POLL_S = 0.05  # how often an exiting process looks whether the search can still stop
 DRAIN_POLL_S = 1.0  # how often a search asks Ray whether its node is being drained
 INTERRUPTED_DIR = "posenfs_interrupted"  # mid-epoch checkpoints of a Train run, in its folder
 
@@ -130,6 +135,7 @@ class TrialRuntime(DistributedOps):
         self._objective_values: dict[str, float] = {}
         self.reports = 0  # results published by this process
         self._interrupted = threading.Event()  # the mid-epoch checkpoint is written
+        self._waiting_on_driver = threading.Event()  # in a report that the driver must release
         self._next_drain_poll = 0.0
         self._draining = False
         self._install_sigterm_handler()
@@ -154,14 +160,32 @@ class TrialRuntime(DistributedOps):
     def _on_exit(self) -> None:
         """The process is exiting while the search runs (Ray's SIGTERM handler raised
         SystemExit in the main thread): ask for a stop at the next step boundary and wait for
-        its checkpoint."""
+        its checkpoint. Between epochs, while the search waits in a report for the driver's
+        next call (which cannot reach a process that is exiting), there is no step boundary to
+        wait for: the epoch's checkpoint is written already, so the run is ended here."""
         if self._sigterm.is_set():
             return  # the first hook waited already
         self._sigterm.set()
         print("posenfs: exiting; the search stops at its next step boundary", file=sys.stderr)
         sys.stderr.flush()
-        done = self._interrupted.wait(PREEMPTION_GRACE_S)
+        deadline = time.monotonic() + PREEMPTION_GRACE_S
+        while not (done := self._interrupted.wait(EXIT_POLL_S)):
+            if self._waiting_on_driver.is_set():
+                print("posenfs: pre-empted between epochs", file=sys.stderr, flush=True)
+                self._end_run_preempted()
+                break
+            if time.monotonic() > deadline:
+                break
         print(f"posenfs: exit hook done (checkpoint written: {done})", file=sys.stderr, flush=True)
+
+    def _wait_on_driver(self, report: Callable[[], None]) -> None:
+        """Calls ``report``, one that returns only once the driver calls this process again
+        (Tune's function trials report synchronously), marked for ``_on_exit``."""
+        self._waiting_on_driver.set()
+        try:
+            report()
+        finally:
+            self._waiting_on_driver.clear()
 
     def _node_draining(self) -> bool:
         """Whether Ray drains this process's node (a pre-emption notice), asked at most once per
@@ -325,14 +349,17 @@ class TrialRuntime(DistributedOps):
         self.stop_requested = True
         self._interrupted.set()
 
-    def _end_run_preempted(self, epoch: int, step: int) -> None:
+    def _end_run_preempted(self, epoch: int | None = None, step: int | None = None) -> None:
+        """Ends the MLflow run KILLED, tagged ``nfs.preempted``; ``preempted_step`` (the steps
+        done in ``epoch``) is logged for a stop within an epoch."""
         if not (self.tracking_uri and self.run_id):
             return
         from nfs_orchestrator.orchestration import tracking
 
         try:
             c = tracking.client(self.tracking_uri)
-            c.log_metric(self.run_id, "preempted_step", float(step), step=epoch)
+            if epoch is not None and step is not None:
+                c.log_metric(self.run_id, "preempted_step", float(step), step=epoch)
             tracking.end_run(
                 c, self.run_id, "KILLED", label="preempted", tags={tracking.TAG_PREEMPTED: "true"}
             )

@@ -96,7 +96,7 @@ class ActorRuntime(TrialRuntime):
     def _publish(self, row: dict[str, Any], checkpoint_dir: Path | None, epoch: int) -> None:
         if checkpoint_dir is not None:
             self.checkpoints.save(checkpoint_dir, epoch)
-        tune.report(row)
+        self._wait_on_driver(lambda: tune.report(row))  # until Tune's next call to this actor
 
     def _fetch_latest(self) -> Path | None:
         entry = self.checkpoints.latest()

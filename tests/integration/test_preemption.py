@@ -6,11 +6,12 @@ registered checkpoint, the CLI process (only it) gets SIGTERM. The campaign must
 ID` must then finish the trial from its checkpoint (not from epoch 0) in the same MLflow run.
 
 Mid-epoch: SIGTERM to the process that runs the search (the Tune trial actor of a one-worker
-trial; the Ray Train worker of a trial on a worker group), right after epoch 0's checkpoint. The
-search writes a checkpoint at its next step boundary, in the middle of epoch 1, ends the run
-KILLED with ``nfs.preempted=true`` and ``preempted_step``, and the retry (Tune's, or Train's
-worker-group restart) continues at that very step: its report says ``start_epoch`` 1 and
-``start_step`` = the recorded step, and the trial finishes in the same MLflow run.
+trial; the Ray Train worker of a trial on a worker group) once epoch 0's checkpoint is
+registered and epoch 1's steps run (the process has spent CPU since). The search writes a
+checkpoint at its next step boundary, in the middle of epoch 1, ends the run KILLED with
+``nfs.preempted=true`` and ``preempted_step``, and the retry (Tune's, or Train's worker-group
+restart) continues at that very step: its report says ``start_epoch`` 1 and ``start_step`` =
+the recorded step, and the trial finishes in the same MLflow run.
 
 Run inside a loopback-only network namespace:
     unshare -rn sh -c 'ip link set lo up && .venv/bin/pytest -q \
@@ -97,6 +98,10 @@ def test_sigterm_marks_runs_preempted_then_resume(tmp_path, ray_tmpdir):
 # epoch 1 once in CI (no preempted_step logged). A SIGTERM during epoch 1's validation pauses
 # after its last step (step = STEPS), before the report.
 STEPS = 24
+# CPU seconds the search process spends after the detection before it gets SIGTERM: epoch 1's
+# steps are running. Until Tune calls a trial actor again, its search waits in epoch 0's report
+# (a SIGTERM there ends the run between epochs, test_exit_hold), which the ledger can't show.
+EPOCH_1_CPU_S = 0.3
 # what Ray's process title of the process that runs the search holds
 SEARCH_PROCESS = {"actor": ("ImplicitFunc", "trial_driver"), "train": ("RayTrainWorker",)}
 
@@ -143,6 +148,10 @@ def test_sigterm_to_the_search_process_resumes_mid_epoch(tmp_path, ray_tmpdir, p
             time.sleep(0.1)
         target = search_process(proc.pid, SEARCH_PROCESS[path])
         assert target is not None, [c.cmdline() for c in psutil.Process(proc.pid).children(True)]
+        busy = sum(target.cpu_times()[:2]) + EPOCH_1_CPU_S
+        while sum(target.cpu_times()[:2]) < busy:
+            assert time.monotonic() < deadline, "epoch 1 did not start"
+            time.sleep(0.05)
         target.send_signal(signal.SIGTERM)
         target.wait(timeout=120)  # it exits once its checkpoint is written and its run ended
 
@@ -150,7 +159,7 @@ def test_sigterm_to_the_search_process_resumes_mid_epoch(tmp_path, ray_tmpdir, p
         exp = c.get_experiment_by_name(tracking.experiment_name(cid))
         (run,) = tracking.find_runs(c, exp.experiment_id, {tracking.TAG_KIND: "trial"})
         assert run.info.status == "KILLED" or path == "actor" and run.info.status == "RUNNING"
-        assert run.data.tags.get(tracking.TAG_PREEMPTED) == "true"
+        assert run.data.tags.get(tracking.TAG_PREEMPTED) == "true", log.read_text()[-3000:]
         assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
     finally:
         if proc.poll() is None:
