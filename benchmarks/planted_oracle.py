@@ -112,10 +112,19 @@ def record(
     return body
 
 
-def derived_arms(retrain: str, root: Path, seed: int, mode: str) -> dict[str, dict]:
+def derived_arms(
+    retrain: str,
+    root: Path,
+    seed: int,
+    mode: str,
+    sets: tuple[str, ...] = (),
+    retrain_sets: tuple[str, ...] = (),
+) -> dict[str, dict]:
     """``--arms derived`` for one set: each arm's genotype (``genotypes``) retrained under the
-    ``retrain`` spec on the ``mode`` set, in fp32 as the planted searches (``retrained``)."""
-    trial = planted_trial(root / "fabric", seed, mode)
+    ``retrain`` spec on the ``mode`` set, in fp32 as the planted searches (``retrained``);
+    ``sets`` override both the trial and the retrain spec (keys they share, e.g. backbone),
+    ``retrain_sets`` the retrain spec alone (e.g. epochs)."""
+    trial = planted_trial(root / "fabric", seed, mode, sets)
     spec = load_retrain(
         retrain,
         (
@@ -125,6 +134,8 @@ def derived_arms(retrain: str, root: Path, seed: int, mode: str) -> dict[str, di
             "precision=fp32",  # as the planted searches (test_planted.SETTINGS)
             "memory_format=contiguous",
             *plant_sets(mode),
+            *sets,
+            *retrain_sets,
         ),
     )
     return {arm: retrained(spec, g, trial.grouping, root) for arm, g in genotypes(trial).items()}
@@ -222,8 +233,16 @@ def main() -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="--arms mixture: a trial override after the budget's (e.g. backbone.name="
-        "tiny_local); finished runs are read back by seed and arm, so use a --root per setting",
+        help="a trial override after the budget's (--arms derived: of the retrain spec too; "
+        "e.g. backbone.name=tiny_local); finished runs are read back by seed and arm, so use a "
+        "--root per setting",
+    )
+    parser.add_argument(
+        "--retrain-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="--arms derived: an override of the retrain spec alone (e.g. epochs=24)",
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -242,7 +261,9 @@ def main() -> None:
                     for arm in ARMS
                 }
             else:
-                arms = derived_arms(args.retrain, root, seed, mode)
+                arms = derived_arms(
+                    args.retrain, root, seed, mode, tuple(args.set), tuple(args.retrain_set)
+                )
             gain = {
                 key: {
                     part: (arms["fine"][key][part] - arms["coarse"][key][part])
@@ -279,7 +300,8 @@ def main() -> None:
         print(f"{key}-gain flip > 0 in {k} of {len(values)} (P = {tail(k, len(values)):.3f}); "
               f"mean {statistics.fmean(values):+.5f} ± {sd:.5f}")  # fmt: skip
     print(json.dumps({"hardware": hw.to_dict(), "plant": args.plant, "arms": args.arms,
-                      "fixed_rows": args.rows, "sets": args.set, "summary": summary,
+                      "fixed_rows": args.rows, "sets": args.set,
+                      "retrain_sets": args.retrain_set, "summary": summary,
                       "rows": rows}, default=str))  # fmt: skip
 
 

@@ -483,11 +483,19 @@ class SearchSpec(Spec):
     # beta_mixture). A study setting: it did not make β follow the planted structure
     # (benchmarks/RESULTS.md, "Planted structure: what the data rewards")
     beta_gradient: Literal["mixture", "layout"] = "mixture"
+    # how a cell reads its inputs in training: "mixed" (DARTS: Σ of every input weighted by
+    # softmax(β)) or "gumbel" (GDAS applied to β: one input per cell and step, drawn from
+    # softmax((β + Gumbel) / T), its soft gradient backward; eval reads the argmax input). With
+    # mixed inputs the weights adapt to any β, so β weighs what an input adds on top; with drawn
+    # ones every path must work alone, so β weighs which input a cell can do with. A study
+    # setting (benchmarks/RESULTS.md, "Planted structure: drawn inputs")
+    input_sampling: Literal["mixed", "gumbel"] = "mixed"
 
     LATE_FIELDS: ClassVar[tuple[str, ...]] = (
         "alpha_entropy_weight",
         "weight_mixture",
         "beta_gradient",
+        "input_sampling",
     )
 
     def __post_init__(self) -> None:

@@ -384,10 +384,16 @@ def batched_parts(supernet: PoseSupernet, pyramid: Sequence[Tensor]) -> Tensor:
 
     fabrics: list[SearchFabric] = list(supernet.parts.values())
     temperature = supernet.temperature
-    reason = unsupported_reason(supernet)
+    reason = (
+        "input_sampling 'gumbel' has no batched form"
+        if supernet.sample_inputs
+        else unsupported_reason(supernet)
+    )
     if reason is not None:
         warnings.warn(f"per-part path: the parts cannot be batched: {reason}", stacklevel=2)
-        maps = [f(pyramid, temperature, supernet.layout_beta) for f in fabrics]
+        maps = [
+            f(pyramid, temperature, supernet.layout_beta, supernet.sample_inputs) for f in fabrics
+        ]
         return merge_parts(maps, supernet.grouping, supernet.channel_index())
 
     run = _Batch(len(fabrics))

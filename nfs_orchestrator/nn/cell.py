@@ -132,6 +132,18 @@ class MixedOp(nn.Module):
         return hard[index] * self.ops[name](x)
 
 
+def input_weights(beta: torch.Tensor, temperature: float, draw: bool, argmax: bool) -> torch.Tensor:
+    """The weights of a cell's inputs, (3,) from β (3,): ``3 · softmax(β / T)`` (uniform β reads
+    every input at 1); with ``draw`` (``search.input_sampling: gumbel`` in training) the one-hot
+    of one input drawn from softmax((β + Gumbel) / T), its soft gradient backward (GDAS); with
+    ``argmax`` alone (the same setting in eval) the one-hot of β's argmax, no randomness."""
+    if draw:
+        return F.gumbel_softmax(beta, tau=temperature, hard=True)
+    if argmax:
+        return F.one_hot(beta.detach().argmax(), beta.shape[-1]).to(beta.dtype)
+    return 3 * F.softmax(beta / temperature, dim=-1)
+
+
 def beta_mixture(xs: Sequence[torch.Tensor], w: torch.Tensor, layout_beta: bool) -> torch.Tensor:
     """Σ_k w_k · x_k, w (3,). With ``layout_beta`` (``search.beta_gradient: layout``) the value
     and every gradient but β's are the same; β's gradient reads only each input's layout: its
@@ -181,10 +193,11 @@ class SearchCell(nn.Module):
         beta: torch.Tensor,
         temperature: float,
         layout_beta: bool = False,
+        sample_inputs: bool = False,
     ) -> torch.Tensor:
         # (parallel, above, below), each (B, C, H_i, W_i)
         xs = [r(x) for r, x in zip(self.resample, inputs)]
-        w = 3 * F.softmax(beta / temperature, dim=-1)  # (3,)
+        w = input_weights(beta, temperature, sample_inputs and self.training, sample_inputs)
         states = [F.relu(beta_mixture(xs, w, layout_beta))]
         e = 0
         for _ in range(self.hidden_nodes):

@@ -132,7 +132,11 @@ class SearchFabric(nn.Module):
         return self.alpha if self.alpha.dim() == 2 else self.alpha[index]
 
     def forward(
-        self, pyramid: Sequence[torch.Tensor], temperature: float = 1.0, layout_beta: bool = False
+        self,
+        pyramid: Sequence[torch.Tensor],
+        temperature: float = 1.0,
+        layout_beta: bool = False,
+        sample_inputs: bool = False,
     ) -> torch.Tensor:
         prev = self.adapters(pyramid)  # level → (B, C_l, h_l, w_l), the levels the cells read
         layer: list[torch.Tensor] = []
@@ -143,7 +147,12 @@ class SearchFabric(nn.Module):
             inputs = [prev[src] for src in site.sources]
             layer.append(
                 self.cells[site.key](
-                    inputs, self.cell_alpha(index), self.beta[index], temperature, layout_beta
+                    inputs,
+                    self.cell_alpha(index),
+                    self.beta[index],
+                    temperature,
+                    layout_beta,
+                    sample_inputs,
                 )
             )
         return self.head(layer[0])  # (B, K_p, H/4, W/4)

@@ -88,6 +88,7 @@ class PoseSupernet(nn.Module):
             )
         self.temperature = 1.0  # softmax temperature of α/β, set by the search loop's schedule
         self.layout_beta = False  # search.beta_gradient == "layout" (nn.cell.beta_mixture)
+        self.sample_inputs = False  # search.input_sampling == "gumbel" (nn.cell.input_weights)
         # Compute the P part fabrics together (nn.batched): equal results; fewer, larger kernels.
         # Off by default: on CPU it measured slower (benchmarks/RESULTS.md); meant for GPUs.
         self.batched = False
@@ -103,7 +104,7 @@ class PoseSupernet(nn.Module):
             out = batched_parts(self, pyramid)  # the same maps as the per-part lines below
         else:
             maps = [
-                fabric(pyramid, self.temperature, self.layout_beta)
+                fabric(pyramid, self.temperature, self.layout_beta, self.sample_inputs)
                 for fabric in self.parts.values()
             ]
             out = merge_parts(maps, self.grouping, self.channel_index())

@@ -90,6 +90,7 @@ def run_search(trial: TrialSpec, runtime: Runtime) -> dict[str, float]:
         trial.fabric, trial.grouping, backbone, search.partial_channels, search.sampling
     ).to(device)
     model.layout_beta = search.beta_gradient == "layout"
+    model.sample_inputs = search.input_sampling == "gumbel"
     init_arch(model, search)
     runtime.broadcast_parameters(model)
     # after the broadcast (collectives want dense NCHW tensors), before the optimizers

@@ -250,3 +250,24 @@ def test_the_search_mixes_beta_by_its_beta_gradient(tmp_path, synthetic_root, mo
     )
     run_search(trial, LocalRuntime(tmp_path / "layout", verbose=False))
     assert seen == {True}
+
+
+def test_the_search_draws_inputs_by_its_input_sampling(tmp_path, synthetic_root, monkeypatch):
+    """``search.input_sampling: gumbel`` reaches every cell: training steps draw (weight and
+    α/β steps alike), validation reads the argmax input; the default mixes every input."""
+    from nfs_orchestrator.nn import cell
+
+    seen = set()
+    weights = cell.input_weights
+    monkeypatch.setattr(
+        cell,
+        "input_weights",
+        lambda beta, t, draw, argmax: (seen.add((draw, argmax)), weights(beta, t, draw, argmax))[1],
+    )
+    for sampling in ("mixed", "gumbel"):
+        trial = tiny_trial(
+            synthetic_root, epochs=1, arch_start_epoch=0, steps=1, input_sampling=sampling
+        )
+        run_search(trial, LocalRuntime(tmp_path / sampling, verbose=False))
+        assert seen == ({(False, False)} if sampling == "mixed" else {(True, True), (False, True)})
+        seen.clear()

@@ -243,3 +243,14 @@ def test_beta_gradient_keeps_old_ids_and_refuses_unknown_values():
     assert layout.trial({}).search.beta_gradient == "layout"
     with pytest.raises(SpecError, match="beta_gradient"):
         load_campaign(smoke, ("search.beta_gradient=mean",))
+
+
+def test_input_sampling_keeps_old_ids_and_refuses_unknown_values():
+    smoke = spaces_root().parent / "experiments" / "smoke.yaml"
+    base = load_campaign(smoke)
+    drawn = load_campaign(smoke, ("search.input_sampling=gumbel",))
+    assert base.campaign_id == "smoke-301f301b" != drawn.campaign_id
+    assert "input_sampling" not in base.search.identity()
+    assert drawn.trial({}).search.input_sampling == "gumbel"
+    with pytest.raises(SpecError, match="input_sampling"):
+        load_campaign(smoke, ("search.input_sampling=hard",))

@@ -138,3 +138,40 @@ def test_layout_beta_keeps_the_supernets_maps_and_weight_gradients(batched):
     model(x).square().mean().backward()
     other = torch.cat([f.beta.grad.flatten() for f in model.parts.values()])
     torch.testing.assert_close(other, seen[True][1])
+
+
+def test_drawn_inputs_read_one_input_per_cell_and_pass_beta_a_gradient():
+    """``search.input_sampling: gumbel`` (nn.cell.input_weights): in training each cell reads
+    exactly one input at weight 1 (the others at 0), drawn by β, and β still gets a gradient
+    (the draw's soft one, GDAS); in eval the argmax input, the same every call."""
+    from nfs_orchestrator.nn.cell import input_weights
+
+    torch.manual_seed(0)
+    beta = torch.tensor([0.0, -1.0, 2.0], requires_grad=True)
+    draws = torch.stack([input_weights(beta, 1.0, draw=True, argmax=True) for _ in range(400)])
+    assert set(draws.sum(dim=1).tolist()) == {1.0} and set(draws.flatten().tolist()) == {0.0, 1.0}
+    share = draws.detach().mean(dim=0)  # ≈ softmax(β): 0.11, 0.04, 0.84
+    assert float(share[2]) > 0.7 and float(share[0]) > float(share[1]) > 0.0
+    (
+        input_weights(beta, 1.0, draw=True, argmax=True) * torch.tensor([1.0, 2.0, 3.0])
+    ).sum().backward()
+    assert beta.grad is not None and float(beta.grad.abs().sum()) > 0
+    eval_w = input_weights(beta, 1.0, draw=False, argmax=True)
+    assert eval_w.tolist() == [0.0, 0.0, 1.0]
+    torch.testing.assert_close(
+        input_weights(beta.detach(), 1.0, draw=False, argmax=False), 3 * torch.softmax(beta, -1)
+    )
+
+    model = PoseSupernet(
+        load_fabric("tiny"), load_grouping("coco-p3"), build_backbone("tiny", random_init=True)
+    )
+    model.sample_inputs, model.batched = True, True  # no batched form: the per-part path
+    x = torch.randn(2, 3, 64, 64)
+    with pytest.warns(UserWarning, match="input_sampling"):
+        model(x).square().mean().backward()
+    assert all(
+        f.beta.grad is not None and f.beta.grad.abs().sum() > 0 for f in model.parts.values()
+    )
+    model.eval()
+    with torch.no_grad(), pytest.warns(UserWarning):
+        torch.testing.assert_close(model(x), model(x))  # the argmax inputs: no draw
