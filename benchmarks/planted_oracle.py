@@ -30,6 +30,7 @@ arm. Finished runs are read back (same arm, seed and set under ``--root``). The 
 first, one JSON line last.
 
     python benchmarks/planted_oracle.py --plant sided --seeds 400 401 402 403 --root /tmp/oracle
+    python benchmarks/planted_oracle.py --plant coloured --redraw LOG [LOG ...] --plot oracle.png
 
 Measured (benchmarks/RESULTS.md, "Planted structure: what the data rewards"): on the test's
 fabric the derived fine arm is a dead network (AP ≤ 0.013 for every part on every plant and on
@@ -209,10 +210,84 @@ def mixture_trained(
     return record(done, model, trial.data, trial.grouping, run, metrics, started, below=below)
 
 
+def by_group(rows: list[dict], legs_mode: str, arms_mode: str, key: str) -> dict:
+    """Per arm and group (rings, detail): each seed's ``key`` (loss or ap) of that group, the
+    mean over the plant and its swap (the legs carry the rings in ``legs_mode``)."""
+    sides = ((legs_mode, "lower_limb", "upper_limb"), (arms_mode, "upper_limb", "lower_limb"))
+    return {
+        arm: {
+            group: [
+                statistics.fmean(
+                    r["lean"][mode]["arms"][arm][key][rings if group == "rings" else detail]
+                    for mode, rings, detail in sides
+                )
+                for r in rows
+            ]
+            for group in ("rings", "detail")
+        }
+        for arm in ARMS
+    }
+
+
+def summarise(rows: list[dict]) -> dict:
+    """Prints, and returns, each flip's count > 0, its sign-test P and mean ± sd."""
+    summary = {}
+    for key in ("loss", "ap"):
+        values = [r["flip"][key] for r in rows]
+        k = sum(v > 0 for v in values)
+        sd = statistics.stdev(values) if len(values) > 1 else float("nan")
+        summary[key] = {"positive": k, "n": len(values), "p_chance": tail(k, len(values))}
+        print(f"{key}-gain flip > 0 in {k} of {len(values)} (P = {tail(k, len(values)):.3f}); "
+              f"mean {statistics.fmean(values):+.5f} ± {sd:.5f}")  # fmt: skip
+    return summary
+
+
+def draw(rows: list[dict], plant: str, title: str, path: Path) -> None:
+    """The two flips per seed (> 0: the coarser input pays the ring group more), then each
+    group's val AP and heatmap loss with and without the coarser input (mean ± sd, seeds as
+    points): what the accuracy rewards beside what the loss rewards."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    legs_mode, arms_mode = PLANTS[plant]
+    n = len(rows)
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.8))
+    for ax, key in zip(axes, ("ap", "loss")):
+        values = [r["flip"][key] for r in rows]
+        k = sum(v > 0 for v in values)
+        colors = ["#2ca02c" if v > 0 else "#d62728" for v in values]
+        ax.scatter([r["seed"] for r in rows], values, c=colors, s=14)
+        ax.axhline(0, color="#555555", lw=0.8)
+        ax.set_title(f"{key}-gain flip: > 0 in {k} of {n} (chance P(≥{k}) = {tail(k, n):.3g})",
+                     fontsize=9)  # fmt: skip
+        ax.set_xlabel("seed")
+    axes[0].set_ylabel("rings' gain − detail's (> 0: rings gain more)")
+    for ax, key, label in zip(axes[2:], ("ap", "loss"), ("val AP", "val heatmap loss")):
+        groups = by_group(rows, legs_mode, arms_mode, key)
+        for g, group in enumerate(("rings", "detail")):
+            for a, arm in enumerate(ARMS):
+                x = 3 * g + a
+                values = groups[arm][group]
+                mean, sd = statistics.fmean(values), statistics.pstdev(values)
+                ax.bar(x, mean, yerr=sd, color="#9ecae1" if arm == "coarse" else "#fdae6b")
+                ax.scatter([x] * len(values), values, s=6, color="#333333", zorder=3)
+                ax.text(x, 0, f"{group}\n{'with' if arm == 'coarse' else 'without'}",
+                        ha="center", va="bottom", fontsize=8)  # fmt: skip
+        ax.set_xticks([])
+        ax.set_ylabel(label)
+        ax.set_title(f"{label} with / without the coarser input", fontsize=9)
+    fig.suptitle(f"planted oracle, {plant} plant, {title}, {n} seeds")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--root", required=True)
+    parser.add_argument("--root", default=None, help="work folder (needed unless --redraw)")
     parser.add_argument("--plant", choices=list(PLANTS), default="sided")
     parser.add_argument("--retrain", default=str(REPO / "experiments" / "retrain_quickstart.yaml"))
     parser.add_argument("--threads", type=int, default=1)
@@ -244,7 +319,29 @@ def main() -> None:
         metavar="KEY=VALUE",
         help="--arms derived: an override of the retrain spec alone (e.g. epochs=24)",
     )
+    parser.add_argument("--plot", default=None, metavar="PNG", help="draw the flips and gains")
+    parser.add_argument(
+        "--redraw",
+        nargs="+",
+        default=None,
+        metavar="LOG",
+        help="train nothing: merge the rows of earlier outputs of this benchmark (their last "
+        "JSON line), print the flips, draw --plot",
+    )
     args = parser.parse_args()
+    if args.redraw:  # the settings come from the logs (those of the first)
+        outputs = [json.loads(Path(log).read_text().splitlines()[-1]) for log in args.redraw]
+        rows = sorted((row for out in outputs for row in out["rows"]), key=lambda r: r["seed"])
+        summarise(rows)
+        if args.plot:
+            first = outputs[0]
+            sets = [*first.get("sets", []), *first.get("retrain_sets", [])]
+            title = f"{first['arms']} arms, {' '.join(sets) or 'as shipped'}"
+            draw(rows, first["plant"], title, Path(args.plot))
+        return
+    title = f"{args.arms} arms, {' '.join([*args.set, *args.retrain_set]) or 'as shipped'}"
+    if args.root is None:
+        parser.error("--root is needed unless --redraw")
     torch.set_num_threads(args.threads)
     root = Path(args.root)
     hw = detect("cpu")
@@ -291,14 +388,9 @@ def main() -> None:
               f"{by_mark['coarse']['detail']:.3f}, fine {by_mark['fine']['rings']:.3f} / "
               f"{by_mark['fine']['detail']:.3f}; loss-gain flip {flip['loss']:+.5f}, AP-gain "
               f"flip {flip['ap']:+.4f}", flush=True)  # fmt: skip
-    summary = {}
-    for key in ("loss", "ap"):
-        values = [r["flip"][key] for r in rows]
-        k = sum(v > 0 for v in values)
-        sd = statistics.stdev(values) if len(values) > 1 else float("nan")
-        summary[key] = {"positive": k, "n": len(values), "p_chance": tail(k, len(values))}
-        print(f"{key}-gain flip > 0 in {k} of {len(values)} (P = {tail(k, len(values)):.3f}); "
-              f"mean {statistics.fmean(values):+.5f} ± {sd:.5f}")  # fmt: skip
+    summary = summarise(rows)
+    if args.plot:
+        draw(rows, args.plant, title, Path(args.plot))
     print(json.dumps({"hardware": hw.to_dict(), "plant": args.plant, "arms": args.arms,
                       "fixed_rows": args.rows, "sets": args.set,
                       "retrain_sets": args.retrain_set, "summary": summary,
