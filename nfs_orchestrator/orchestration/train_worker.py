@@ -171,9 +171,10 @@ class TrialRuntime(DistributedOps):
         deadline = time.monotonic() + PREEMPTION_GRACE_S
         while not (done := self._interrupted.wait(EXIT_POLL_S)):
             if self._waiting_on_driver.is_set():
-                print("posenfs: pre-empted between epochs", file=sys.stderr, flush=True)
                 self._end_run_preempted()
-                break
+                print("posenfs: pre-empted between epochs (the epoch's checkpoint stands)",
+                      file=sys.stderr, flush=True)  # fmt: skip
+                return
             if time.monotonic() > deadline:
                 break
         print(f"posenfs: exit hook done (checkpoint written: {done})", file=sys.stderr, flush=True)
