@@ -234,23 +234,16 @@ def test_val_detections_reads_the_file_system(tmp_path):
     assert replace(spec, val_boxes="gt").val_detections() is None
 
 
-def test_beta_gradient_keeps_old_ids_and_refuses_unknown_values():
+@pytest.mark.parametrize(
+    "field, value, unknown",
+    [("beta_gradient", "layout", "mean"), ("input_sampling", "gumbel", "hard")],
+)
+def test_a_study_setting_keeps_old_ids_and_refuses_unknown_values(field, value, unknown):
     smoke = spaces_root().parent / "experiments" / "smoke.yaml"
     base = load_campaign(smoke)
-    layout = load_campaign(smoke, ("search.beta_gradient=layout",))
-    assert base.campaign_id == "smoke-301f301b" != layout.campaign_id
-    assert "beta_gradient" not in base.search.identity()
-    assert layout.trial({}).search.beta_gradient == "layout"
-    with pytest.raises(SpecError, match="beta_gradient"):
-        load_campaign(smoke, ("search.beta_gradient=mean",))
-
-
-def test_input_sampling_keeps_old_ids_and_refuses_unknown_values():
-    smoke = spaces_root().parent / "experiments" / "smoke.yaml"
-    base = load_campaign(smoke)
-    drawn = load_campaign(smoke, ("search.input_sampling=gumbel",))
-    assert base.campaign_id == "smoke-301f301b" != drawn.campaign_id
-    assert "input_sampling" not in base.search.identity()
-    assert drawn.trial({}).search.input_sampling == "gumbel"
-    with pytest.raises(SpecError, match="input_sampling"):
-        load_campaign(smoke, ("search.input_sampling=hard",))
+    study = load_campaign(smoke, (f"search.{field}={value}",))
+    assert base.campaign_id == "smoke-301f301b" != study.campaign_id
+    assert field not in base.search.identity()
+    assert getattr(study.trial({}).search, field) == value
+    with pytest.raises(SpecError, match=field):
+        load_campaign(smoke, (f"search.{field}={unknown}",))
