@@ -488,7 +488,8 @@ class SearchSpec(Spec):
     # softmax((β + Gumbel) / T), its soft gradient backward; eval reads the argmax input). With
     # mixed inputs the weights adapt to any β, so β weighs what an input adds on top; with drawn
     # ones every path must work alone, so β weighs which input a cell can do with. A study
-    # setting (benchmarks/RESULTS.md, "Planted structure: drawn inputs")
+    # setting (benchmarks/RESULTS.md, "Planted structure: pools instead of depth, hard cuts,
+    # and drawn inputs")
     input_sampling: Literal["mixed", "gumbel"] = "mixed"
 
     LATE_FIELDS: ClassVar[tuple[str, ...]] = (
