@@ -50,7 +50,13 @@ import time
 from pathlib import Path
 
 import torch
-from planted_signal import REPO, tail  # also puts the repository on sys.path
+from planted_signal import (  # also puts the repository on sys.path
+    REPO,
+    flip_panel,
+    last_outputs,
+    seed_rows,
+    tail,
+)
 
 from nfs_orchestrator.data.dataset import build_dataset
 from nfs_orchestrator.genotype import derive_genotype
@@ -252,17 +258,9 @@ def draw(rows: list[dict], plant: str, title: str, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     legs_mode, arms_mode = PLANTS[plant]
-    n = len(rows)
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.8))
     for ax, key in zip(axes, ("ap", "loss")):
-        values = [r["flip"][key] for r in rows]
-        k = sum(v > 0 for v in values)
-        colors = ["#2ca02c" if v > 0 else "#d62728" for v in values]
-        ax.scatter([r["seed"] for r in rows], values, c=colors, s=14)
-        ax.axhline(0, color="#555555", lw=0.8)
-        ax.set_title(f"{key}-gain flip: > 0 in {k} of {n} (chance P(≥{k}) = {tail(k, n):.3g})",
-                     fontsize=9)  # fmt: skip
-        ax.set_xlabel("seed")
+        flip_panel(ax, rows, [r["flip"][key] for r in rows], f"{key}-gain flip")
     axes[0].set_ylabel("rings' gain − detail's (> 0: rings gain more)")
     for ax, key, label in zip(axes[2:], ("ap", "loss"), ("val AP", "val heatmap loss")):
         groups = by_group(rows, legs_mode, arms_mode, key)
@@ -278,7 +276,7 @@ def draw(rows: list[dict], plant: str, title: str, path: Path) -> None:
         ax.set_xticks([])
         ax.set_ylabel(label)
         ax.set_title(f"{label} with / without the coarser input", fontsize=9)
-    fig.suptitle(f"planted oracle, {plant} plant, {title}, {n} seeds")
+    fig.suptitle(f"planted oracle, {plant} plant, {title}, {len(rows)} seeds")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -330,8 +328,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.redraw:  # the settings come from the logs (those of the first)
-        outputs = [json.loads(Path(log).read_text().splitlines()[-1]) for log in args.redraw]
-        rows = sorted((row for out in outputs for row in out["rows"]), key=lambda r: r["seed"])
+        outputs = last_outputs(args.redraw)
+        rows = seed_rows(outputs)
         summarise(rows)
         if args.plot:
             first = outputs[0]

@@ -76,6 +76,27 @@ def tail(k: int, n: int) -> float:
     return sum(comb(n, i) for i in range(k, n + 1)) / 2**n
 
 
+def last_outputs(logs: list[str]) -> list[dict]:
+    """The last JSON line of each earlier output of a planted benchmark (``--redraw``)."""
+    return [json.loads(Path(log).read_text().splitlines()[-1]) for log in logs]
+
+
+def seed_rows(outputs: list[dict]) -> list[dict]:
+    """Every output's per-seed rows, merged, by seed."""
+    return sorted((row for out in outputs for row in out["rows"]), key=lambda r: r["seed"])
+
+
+def flip_panel(ax, rows: list[dict], values: list[float], name: str) -> None:
+    """One flip per seed as a point (green > 0, red otherwise), with its count > 0 and the
+    sign test's chance P in the title."""
+    n, k = len(values), sum(v > 0 for v in values)
+    colors = ["#2ca02c" if v > 0 else "#d62728" for v in values]
+    ax.scatter([r["seed"] for r in rows], values, c=colors, s=14)
+    ax.axhline(0, color="#555555", lw=0.8)
+    ax.set_title(f"{name}\n> 0 in {k} of {n} (chance P(≥{k}) = {tail(k, n):.3g})", fontsize=9)
+    ax.set_xlabel("seed")
+
+
 def _limbs(run: dict) -> str:
     ap = run["part_ap"]
     return f"{ap.get('lower_limb', float('nan')):.3f}/{ap.get('upper_limb', float('nan')):.3f}"
@@ -125,13 +146,7 @@ def draw(rows: list[dict], modes: tuple[str, str], plant: str, path: Path) -> No
     flips = [(key, name) for key, _, name in FLIPS if key in rows[0]]  # older outputs lack some
     fig, axes = plt.subplots(1, len(flips) + 1, figsize=(4.2 * (len(flips) + 1), 3.8))
     for ax, (key, name) in zip(axes, flips):
-        values = [r[key] for r in rows]
-        k = sum(v > 0 for v in values)
-        colors = ["#2ca02c" if v > 0 else "#d62728" for v in values]
-        ax.scatter([r["seed"] for r in rows], values, c=colors, s=14)
-        ax.axhline(0, color="#555555", lw=0.8)
-        ax.set_title(f"{name}\n> 0 in {k} of {n} (chance P(≥{k}) = {tail(k, n):.3g})", fontsize=9)
-        ax.set_xlabel("seed")
+        flip_panel(ax, rows, [r[key] for r in rows], name)
     axes[0].set_ylabel("plant − swap (> 0: the intended way)")
     ax = axes[-1]
     for g, (group, marks) in enumerate(part_ap_by_mark(rows, modes).items()):
@@ -171,12 +186,7 @@ def main() -> None:
     args = parser.parse_args()
     modes = PLANTS[args.plant]
     if args.redraw:
-        last_lines = [Path(log).read_text().splitlines()[-1] for log in args.redraw]
-        rows = sorted(
-            (row for line in last_lines for row in json.loads(line)["rows"]),
-            key=lambda r: r["seed"],
-        )
-        report(rows, modes, args.plot, args.plant)
+        report(seed_rows(last_outputs(args.redraw)), modes, args.plot, args.plant)
         return
     torch.set_num_threads(args.threads)
     hw = detect("cpu")
