@@ -18,7 +18,13 @@ softmax(β) of ``below`` over the row-0 cells); the weights' reliance on context
 input; a readout of the trained supernet, not of β), once by cutting that input and once by
 keeping only its per-channel mean (its layout removed: less of the break a cut causes in every
 part); and the β gradient at those cells on the trained supernet (``beta_pull``: how the DARTS
-objective still pulls them toward their coarser input). With ``--removal`` it also derives
+objective still pulls them toward their coarser input); and what the coarser input pays each
+part when every row-0 cell reads it alone rather than its own row alone (``forced_output_row``,
+val AP and loss: two candidate networks on the shared weights, meant for supernets trained on
+drawn single inputs). The derived genotypes' flips come in two forms: ``genotype_lean`` (mean
+row offset of the kept inputs) and ``genotype_field`` (the coarsest row the derived network
+reads: on single-input paths, which come back to row 0, the lean is 0 and the field is what
+differs; the statistic of ``search.selection: one_shot``). With ``--removal`` it also derives
 each run's genotype by input removal (``test_planted.removal_genotype``: per cell the input
 whose removal costs its part most) and prints that genotype's flip beside β's.
 
@@ -51,12 +57,21 @@ sys.path.insert(0, str(REPO))
 
 from nfs_orchestrator.genotype import Genotype, derive_genotype, read_genotype  # noqa: E402
 from nfs_orchestrator.hardware import detect  # noqa: E402
-from tests.unit.test_planted import PLANTS, SETTINGS, genotype_lean, planted_run  # noqa: E402
+from tests.unit.test_planted import (  # noqa: E402
+    PLANTS,
+    SETTINGS,
+    genotype_field,
+    genotype_lean,
+    planted_run,
+)
 
 
-def genotype_chance(like: Genotype, draws: int = 4000) -> tuple[float, float]:
-    """P(flip > 0) and P(flip = 0) of the genotype lean when both searches return a uniformly
-    random genotype (β drawn i.i.d., so every cell's kept input is uniform; α is one op)."""
+def genotype_chance(
+    like: Genotype, lean_of=genotype_lean, draws: int = 4000
+) -> tuple[float, float]:
+    """P(flip > 0) and P(flip = 0) of a genotype lean (``lean_of``) when both searches return
+    a uniformly random genotype (β drawn i.i.d., so every cell's kept input is uniform; α is
+    one op)."""
     g = torch.Generator().manual_seed(0)
     n_cells = len(like.arch_weights[like.grouping.parts[0].name]["beta"])
 
@@ -65,7 +80,7 @@ def genotype_chance(like: Genotype, draws: int = 4000) -> tuple[float, float]:
             p.name: (torch.zeros(1, len(like.space.ops)), torch.randn(n_cells, 3, generator=g))
             for p in like.grouping.parts
         }
-        return genotype_lean(derive_genotype(like.space, like.grouping, arch))
+        return lean_of(derive_genotype(like.space, like.grouping, arch))
 
     flips = [lean() - lean() for _ in range(draws)]
     return sum(f > 0 for f in flips) / draws, sum(f == 0 for f in flips) / draws
@@ -114,6 +129,8 @@ FLIPS = (  # per-seed statistic, the planted_run lean it is the flip of, its pri
     ("reliance_flip", "reliance_lean", "reliance flip (weights)"),
     ("layout_reliance_flip", "layout_reliance_lean", "layout-reliance flip (weights)"),
     ("beta_pull_flip", "beta_pull_lean", "β-gradient flip (end of search)"),
+    ("forced_ap_flip", "forced_ap_lean", "forced output row, AP-gain flip (weights)"),
+    ("forced_loss_flip", "forced_loss_lean", "forced output row, loss-gain flip (weights)"),
 )
 
 
@@ -230,10 +247,14 @@ def main() -> None:
                "rows": rows}  # fmt: skip
     for mode in modes:
         print(f"lean on {mode}: {spread([r[mode]['lean'] for r in rows])}")
-    above, tie = genotype_chance(like)
-    for key, name in (("genotype_lean", "genotype"), ("removal_genotype_lean", "removal genotype")):
-        if rows[0][modes[0]][key] is None:
+    for key, name, lean_of in (
+        ("genotype_lean", "genotype", genotype_lean),
+        ("genotype_field_lean", "genotype field", genotype_field),
+        ("removal_genotype_lean", "removal genotype", genotype_lean),
+    ):
+        if rows[0][modes[0]].get(key) is None:  # not asked for, or an output from before it
             continue
+        above, tie = genotype_chance(like, lean_of)
         # leans are means of integer row offsets: round away the float residue of k/3 − k/3
         flips = [round(r[modes[0]][key] - r[modes[1]][key], 9) for r in rows]
         k_g, ties, k_neg = (

@@ -491,12 +491,22 @@ class SearchSpec(Spec):
     # setting (benchmarks/RESULTS.md, "Planted structure: pools instead of depth, hard cuts,
     # and drawn inputs")
     input_sampling: Literal["mixed", "gumbel"] = "mixed"
+    # where the inputs of the derived genotype come from: "beta" (DARTS: β's argmax, or the
+    # space's derivation rule) or "one_shot" (after the last epoch, random search with weight
+    # sharing: ``one_shot_candidates`` single-input paths drawn uniformly, each part keeps the
+    # one whose part scores best on the validation split; search/one_shot.py). Needs drawn
+    # inputs, under which the weights trained as single paths; with mode "none" they were drawn
+    # uniformly (a single-path one-shot model). benchmarks/RESULTS.md, "One-shot selection"
+    selection: Literal["beta", "one_shot"] = "beta"
+    one_shot_candidates: int = 32
 
     LATE_FIELDS: ClassVar[tuple[str, ...]] = (
         "alpha_entropy_weight",
         "weight_mixture",
         "beta_gradient",
         "input_sampling",
+        "selection",
+        "one_shot_candidates",
     )
 
     def __post_init__(self) -> None:
@@ -516,6 +526,13 @@ class SearchSpec(Spec):
             raise SpecError(f"alpha_entropy_weight: {self.alpha_entropy_weight} must be ≥ 0")
         if self.alpha_entropy_weight and not self.search_alpha:
             raise SpecError("alpha_entropy_weight: needs search_alpha (α is frozen)")
+        if self.one_shot_candidates < 1:
+            raise SpecError(f"one_shot_candidates: {self.one_shot_candidates} must be ≥ 1")
+        if self.selection == "one_shot" and self.input_sampling != "gumbel":
+            raise SpecError(
+                "selection: one_shot needs input_sampling: gumbel (weights trained as single "
+                f"paths), not {self.input_sampling}"
+            )
         if self.weight_mixture == "uniform" and self.mode != "first_order":
             raise SpecError(f"weight_mixture: uniform needs mode first_order, not {self.mode}")
 

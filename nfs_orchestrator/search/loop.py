@@ -63,6 +63,7 @@ from nfs_orchestrator.part_metrics import genotype_part_metrics
 from nfs_orchestrator.runtime import Runtime
 from nfs_orchestrator.search import bilevel
 from nfs_orchestrator.search.diagnostics import ArchMeter
+from nfs_orchestrator.search.one_shot import select_inputs
 from nfs_orchestrator.search.schedules import alpha_pull, lr_factor, temperature
 from nfs_orchestrator.specs import PARAMETER_FREE_OPS, SearchSpec, TrialSpec
 
@@ -224,6 +225,8 @@ def run_search(trial: TrialSpec, runtime: Runtime) -> dict[str, float]:
                 else {}
             )
             metrics.update(runtime.broadcast_object(val))
+        if last and search.selection == "one_shot":  # inputs by evaluation, not β (one_shot.py)
+            metrics.update(select_by_evaluation(model, val_set, trial, device, execution, runtime))
         # The epoch's last step boundary: a stop that came during its last step or its
         # validation pauses here, before the report (a process that is exiting could not deliver
         # it); the retry resumes after all steps and redoes this epoch's end, bit-equal.
@@ -283,6 +286,32 @@ def run_search(trial: TrialSpec, runtime: Runtime) -> dict[str, float]:
         if runtime.should_stop() or (collapsed and search.collapse.action == "stop"):
             break
     return metrics
+
+
+def select_by_evaluation(model, val_set, trial: TrialSpec, device, execution, runtime) -> dict:
+    """``search.selection: one_shot``: rank 0 picks each part's single-input path by random
+    search with weight sharing (``one_shot.select_inputs``); every rank writes it into β;
+    the selected network is validated again. Returns the selection's and that validation's
+    metrics."""
+    search, schema = trial.search, trial.grouping.schema
+    picked = None
+    if runtime.rank == 0:
+        _say(f"trial {trial.name}: one-shot selection of {search.one_shot_candidates} candidates")
+        chosen, scores = select_inputs(
+            model, val_set, trial.data, schema, device, search.one_shot_candidates,
+            trial.seed, execution, say=lambda line: _say(f"trial {trial.name}: {line}"),
+        )  # fmt: skip
+        picked = ({name: beta.tolist() for name, beta in chosen.items()}, scores)
+    chosen, scores = runtime.broadcast_object(picked)
+    with torch.no_grad():
+        for name, fabric in model.parts.items():
+            fabric.beta.copy_(torch.tensor(chosen[name]).to(fabric.beta))
+    val = (
+        validate(model, val_set, trial.data, schema, device, search.loader_workers, execution)
+        if runtime.rank == 0
+        else {}
+    )
+    return {**scores, **runtime.broadcast_object(val)}
 
 
 def write_interrupted(

@@ -190,6 +190,24 @@ def genotype_lean(genotype: Genotype) -> float:
     return mean["lower_limb"] - mean["upper_limb"]
 
 
+def genotype_field(genotype: Genotype) -> float:
+    """How far the derived network sees, per part: the coarsest row (0 = stride 4) that any
+    input of its kept cells reads, the backbone's pyramid included; lower_limb's minus
+    upper_limb's. On a network of single-input cells, the coarsest row its one path to the
+    heatmap passes through (``genotype_lean``, a mean offset, is 0 on every path that leaves
+    row 0 and comes back)."""
+    site = {(s.scale, s.depth): s for layer in fabric_sites(genotype.space) for s in layer}
+    field = {
+        part.name: max(
+            site[cell.scale, cell.depth].sources[SLOTS.index(slot)]
+            for cell in part.cells
+            for slot in cell.inputs
+        )
+        for part in genotype.parts
+    }
+    return field["lower_limb"] - field["upper_limb"]
+
+
 BELOW = SLOTS.index("below")
 
 
@@ -282,6 +300,7 @@ def supernet_readout(trial, run, state: dict):
     )
     model.load_state_dict(state["model"])
     model.eval()
+    model.sample_inputs = trial.search.input_sampling == "gumbel"  # as the search's eval reads it
     epochs = trial.search.epochs
     model.temperature = temperature(trial.search.temperature, (epochs - 1) / epochs)
     data = build_dataset(trial.data, trial.grouping.schema, "train", train=False)
@@ -321,12 +340,43 @@ def context_reliance(trial, run, state: dict, ablation: str = "cut") -> dict[str
     return {name: ablated[name] - plain[name] for name in plain}
 
 
+def forced_output_row(trial, run, state: dict) -> dict[str, dict[str, dict[str, float]]]:
+    """Per part, its val AP and mean val heatmap loss when every ``output_row_cells`` cell of
+    its fabric reads one input only, its own row (``parallel``) or the coarser one (``below``),
+    every other cell as the supernet reads it in eval: {part: {slot: {"ap", "loss"}}}. For a
+    supernet trained on drawn single inputs (``search.input_sampling: gumbel``; with
+    ``search.mode: none`` every path drawn uniformly, a single-path one-shot model, Guo et al.
+    2019), whose weights trained under exactly such cells: two candidate networks evaluated on
+    the shared weights, as a one-shot search ranks candidates."""
+    import torch
+
+    from nfs_orchestrator.data.dataset import build_dataset
+    from nfs_orchestrator.loop_utils import validate
+
+    model, _ = supernet_readout(trial, run, state)
+    schema = trial.grouping.schema
+    data = build_dataset(trial.data, schema, "val", train=False)
+    rows = output_row_cells(trial.fabric)
+    out: dict[str, dict[str, dict[str, float]]] = {p.name: {} for p in trial.grouping.parts}
+    for slot in ("parallel", "below"):
+        with torch.no_grad():
+            for fabric in model.parts.values():
+                fabric.beta[rows] = float("-inf")
+                fabric.beta[rows, SLOTS.index(slot)] = 0.0
+        metrics = validate(model, data, trial.data, schema, torch.device("cpu"))
+        losses = mean_part_losses(model, data, list(range(len(data))), trial.grouping, run)
+        for name in out:
+            out[name][slot] = {"ap": metrics[f"val_ap.{name}"], "loss": losses[name]}
+    return out
+
+
 def beta_pull(trial, run, state: dict) -> dict[str, float]:
     """Per part, −∂(its α/β-split loss)/∂β of ``below``, mean over ``output_row_cells``, on the
     trained supernet (``supernet_readout``: eval-mode BatchNorm, where the search's α/β steps
     ran in train mode; gradients summed over the split's batches): how the DARTS objective
     still pulls those cells at the end of the search, > 0 toward their coarser input."""
     model, part_losses = supernet_readout(trial, run, state)
+    model.sample_inputs = False  # the mixture's gradient (an argmax input has none)
     part_losses(grad=True)
     rows = output_row_cells(trial.fabric)
     return {name: float(-f.beta.grad[rows, BELOW].mean()) for name, f in model.parts.items()}
@@ -366,6 +416,13 @@ def removal_genotype(trial, run, state: dict) -> Genotype:
     return derive_genotype(trial.fabric, trial.grouping, arch, backbone=trial.backbone.name)
 
 
+def gain(forced: dict, key: str, part: str) -> float:
+    """What the coarser input pays ``part`` in a ``forced_output_row`` readout: its val AP
+    gain (``key`` "ap") or val loss fall ("loss") from ``parallel`` to ``below``."""
+    below, parallel = forced[part]["below"][key], forced[part]["parallel"][key]
+    return below - parallel if key == "ap" else parallel - below
+
+
 def planted_run(
     root, seed: int, mode: str, sets: tuple[str, ...] = (), removal: bool = False
 ) -> dict:
@@ -374,7 +431,9 @@ def planted_run(
     coarser rows the legs' cells read than the arms' (``confidence.coarseness``; 0 under
     uniform β, as the parts share one geometry); the legs' reliance on context over the arms'
     (``context_reliance``, by a cut and, as ``layout_reliance_lean``, by removing the coarser
-    input's layout only) and the same lean of ``beta_pull``; with ``removal``, the lean of the
+    input's layout only) and the same lean of ``beta_pull``; the lean of what the coarser
+    output-row input pays in val AP and loss (``forced_output_row``, ``gain``); the derived
+    genotype's ``genotype_lean`` and ``genotype_field``; with ``removal``, the lean of the
     ``removal_genotype`` too."""
     import torch
 
@@ -393,6 +452,7 @@ def planted_run(
     reliance = context_reliance(trial, run, state)
     layout = context_reliance(trial, run, state, ablation="mean")
     pull = beta_pull(trial, run, state)
+    forced = forced_output_row(trial, run, state)
     removed = removal_genotype(trial, run, state) if removal else None
     return {
         "lean": c["lower_limb"] - c["upper_limb"],
@@ -403,7 +463,11 @@ def planted_run(
         "layout_reliance_lean": layout["lower_limb"] - layout["upper_limb"],
         "layout_reliance": layout,
         "beta_pull_lean": pull["lower_limb"] - pull["upper_limb"],
+        "forced_ap_lean": gain(forced, "ap", "lower_limb") - gain(forced, "ap", "upper_limb"),
+        "forced_loss_lean": gain(forced, "loss", "lower_limb") - gain(forced, "loss", "upper_limb"),
+        "forced": forced,
         "genotype_lean": genotype_lean(genotype),
+        "genotype_field_lean": genotype_field(genotype),
         "removal_genotype_lean": None if removed is None else genotype_lean(removed),
         "coarseness": c,
         "arch": last,  # softmax(α), softmax(β) per part
@@ -610,3 +674,51 @@ def test_the_trained_supernet_relies_on_the_coarser_layout_for_the_ring_group(la
     carries the ticked discs (detail). ≥ 17 of 24 flips > 0 (P = 0.032 if the weights ignored
     the plant)."""
     assert sum(f > 0 for f in layout_flips) >= 17, layout_flips
+
+
+# Pre-registered 2026-12-02 (benchmarks/RESULTS.md, "One-shot selection on the σ = 1 plant"),
+# before these seeds first ran: a single-path one-shot search (weights trained on uniformly
+# drawn single inputs, search.mode none) whose inputs are selected by random search with weight
+# sharing (search.selection: one_shot, search/one_shot.py), on the plant that passes the
+# hard-cut oracle (coloured, tiny_local backbone, σ = 1).
+ONE_SHOT = (
+    "backbone.name=tiny_local",
+    "data.sigma=1",
+    "data.synthetic.train_images=384",
+    "data.synthetic.val_images=64",
+    "search.epochs=40",
+    "search.val_every=40",
+    "search.mode=none",
+    "search.input_sampling=gumbel",
+    "search.selection=one_shot",
+    "search.one_shot_candidates=32",
+)
+ONE_SHOT_SEEDS = tuple(range(820, 832))
+
+
+@pytest.fixture(scope="module")
+def one_shot_field_flips(tmp_path_factory) -> list[float]:
+    """Per seed, the derived genotypes' field lean (``genotype_field``) on the coloured plant
+    minus on its swap (24 searches, ≈ 2 min each on an idle core with one thread)."""
+    import torch
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("planted-one-shot")
+    flips = []
+    for seed in ONE_SHOT_SEEDS:
+        legs, arms = (
+            planted_run(root, seed, mode, ONE_SHOT)["genotype_field_lean"]
+            for mode in PLANTS["coloured"]
+        )
+        flips.append(legs - arms)
+    return flips
+
+
+@pytest.mark.slow
+def test_a_one_shot_search_gives_the_ring_group_the_wider_field(one_shot_field_flips):
+    """The planted preference in the derived genotypes: the network a one-shot search keeps
+    for a limb group reads a coarser row (sees further) when the group carries the rings
+    (context) than when it carries the coloured marks (detail), relative to the other limb
+    group. ≥ 10 of 12 flips > 0, ties counting against (P ≤ 0.019 if the search ignored the
+    plant, whose flips are then sign-symmetric)."""
+    assert sum(f > 0 for f in one_shot_field_flips) >= 10, one_shot_field_flips
