@@ -297,9 +297,15 @@ def select_by_evaluation(model, val_set, trial: TrialSpec, device, execution, ru
     picked = None
     if runtime.rank == 0:
         _say(f"trial {trial.name}: one-shot selection of {search.one_shot_candidates} candidates")
+        metric = "val_pckh" if trial.data.dataset == "mpii" else "val_ap"
+
+        def score(m) -> dict[str, float]:  # each part's metric on its own keypoints
+            val = validate(m, val_set, trial.data, schema, device, search.loader_workers, execution)
+            return {name: val[f"{metric}.{name}"] for name in m.parts}
+
         chosen, scores = select_inputs(
-            model, val_set, trial.data, schema, device, search.one_shot_candidates,
-            trial.seed, execution, say=lambda line: _say(f"trial {trial.name}: {line}"),
+            model, score, search.one_shot_candidates, trial.seed,
+            say=lambda line: _say(f"trial {trial.name}: {line}"),
         )  # fmt: skip
         picked = ({name: beta.tolist() for name, beta in chosen.items()}, scores)
     chosen, scores = runtime.broadcast_object(picked)

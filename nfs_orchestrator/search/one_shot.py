@@ -11,7 +11,7 @@ evaluating them on those weights (Li & Talwalkar 2019, random search with weight
 
 - it draws ``search.one_shot_candidates`` input assignments, one input per cell of every part,
   each uniform over the cell's three slots (seeded by the trial's seed: deterministic);
-- runs each on the validation split with eval-mode weights (``loop_utils.validate``);
+- runs each on the validation split with eval-mode weights (the search loop validates it);
 - keeps, per part, the candidate whose part scores best by the dataset's metric on that part's
   keypoints (COCO OKS AP / MPII PCKh, ``part_metrics``); ties go to the earlier candidate.
 
@@ -27,10 +27,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 
 import torch
-
-from nfs_orchestrator.loop_utils import validate
 
 ONE_HOT = 30.0  # β of a kept slot minus β of the others: softmax weight e^-30 elsewhere
 
@@ -44,24 +43,21 @@ def one_hot_beta(slots: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 def select_inputs(
     model,
-    val_set,
-    data,
-    schema,
-    device,
+    score: Callable[[object], dict[str, float]],
     candidates: int,
     seed: int,
-    execution=None,
-    say=None,
+    say: Callable[[str], None] | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """Random search with weight sharing over single-input paths (module docstring).
 
-    Returns each part's chosen β (cells, 3) and the metrics ``one_shot_score.<part>`` (the
-    kept candidate's score) and ``one_shot_gap.<part>`` (its lead over the runner-up, 0 with
-    one candidate). ``model`` must read one input per cell in eval (``sample_inputs``); its
-    β are left as they were. ``say``: a function that takes a progress line (with ETA)."""
+    ``score(model)`` evaluates the supernet as its β stand and returns each part's score
+    (higher is better; the search loop's: that part's val AP or PCKh). Returns each part's
+    chosen β (cells, 3) and the metrics ``one_shot_score.<part>`` (the kept candidate's score)
+    and ``one_shot_gap.<part>`` (its lead over the runner-up; 0 with one candidate). ``model``
+    must read one input per cell in eval (``sample_inputs``); its β are left as they were.
+    ``say`` takes progress lines (with an ETA)."""
     if not model.sample_inputs:
         raise ValueError("select_inputs: the supernet reads mixtures (input_sampling: mixed)")
-    metric = "val_pckh" if data.dataset == "mpii" else "val_ap"
     saved = {name: f.beta.detach().clone() for name, f in model.parts.items()}
     g = torch.Generator().manual_seed(seed)
     scores: dict[str, list[float]] = {name: [] for name in model.parts}
@@ -74,9 +70,9 @@ def select_inputs(
                     slots = torch.randint(3, (fabric.beta.shape[0],), generator=g)  # (cells,)
                     drawn[name].append(slots)
                     fabric.beta.copy_(one_hot_beta(slots, fabric.beta))
-            out = validate(model, val_set, data, schema, device, execution=execution)
+            scored = score(model)
             for name in model.parts:
-                value = out[f"{metric}.{name}"]
+                value = float(scored[name])
                 scores[name].append(value if math.isfinite(value) else -math.inf)
             if say is not None and (k + 1) % max(1, candidates // 4) == 0 and k + 1 < candidates:
                 left = (time.monotonic() - started) / (k + 1) * (candidates - k - 1)
@@ -87,10 +83,9 @@ def select_inputs(
                 fabric.beta.copy_(saved[name])
     chosen, metrics = {}, {}
     for name, fabric in model.parts.items():
-        ranked = sorted(range(candidates), key=lambda i: (-scores[name][i], i))
-        best = ranked[0]
+        ranked = sorted(range(candidates), key=lambda i: (-scores[name][i], i))  # ties: earlier
+        best, runner_up = ranked[0], ranked[min(1, candidates - 1)]
         chosen[name] = one_hot_beta(drawn[name][best], fabric.beta.detach())
         metrics[f"one_shot_score.{name}"] = scores[name][best]
-        runner_up = scores[name][ranked[1]] if candidates > 1 else scores[name][best]
-        metrics[f"one_shot_gap.{name}"] = scores[name][best] - runner_up
+        metrics[f"one_shot_gap.{name}"] = scores[name][best] - scores[name][runner_up]
     return chosen, metrics

@@ -247,3 +247,20 @@ def test_a_study_setting_keeps_old_ids_and_refuses_unknown_values(field, value, 
     assert getattr(study.trial({}).search, field) == value
     with pytest.raises(SpecError, match=field):
         load_campaign(smoke, (f"search.{field}={unknown}",))
+
+
+def test_one_shot_selection_keeps_old_ids_and_needs_drawn_inputs_and_a_candidate():
+    smoke = spaces_root().parent / "experiments" / "smoke.yaml"
+    base = load_campaign(smoke)
+    drawn = ("search.input_sampling=gumbel",)
+    study = load_campaign(smoke, (*drawn, "search.selection=one_shot"))
+    assert base.campaign_id == "smoke-301f301b"
+    assert not {"selection", "one_shot_candidates"} & set(base.search.identity())
+    assert study.campaign_id != load_campaign(smoke, drawn).campaign_id
+    assert study.trial({}).search.selection == "one_shot"
+    with pytest.raises(SpecError, match="selection: one_shot needs input_sampling: gumbel"):
+        load_campaign(smoke, ("search.selection=one_shot",))
+    with pytest.raises(SpecError, match="one_shot_candidates: 0 must be ≥ 1"):
+        load_campaign(smoke, (*drawn, "search.selection=one_shot", "search.one_shot_candidates=0"))
+    with pytest.raises(SpecError, match="selection"):
+        load_campaign(smoke, ("search.selection=best",))
