@@ -57,21 +57,12 @@ sys.path.insert(0, str(REPO))
 
 from nfs_orchestrator.genotype import Genotype, derive_genotype, read_genotype  # noqa: E402
 from nfs_orchestrator.hardware import detect  # noqa: E402
-from tests.unit.test_planted import (  # noqa: E402
-    PLANTS,
-    SETTINGS,
-    genotype_field,
-    genotype_lean,
-    planted_run,
-)
+from tests.unit.test_planted import PLANTS, SETTINGS, genotype_lean, planted_run  # noqa: E402
 
 
-def genotype_chance(
-    like: Genotype, lean_of=genotype_lean, draws: int = 4000
-) -> tuple[float, float]:
-    """P(flip > 0) and P(flip = 0) of a genotype lean (``lean_of``) when both searches return
-    a uniformly random genotype (β drawn i.i.d., so every cell's kept input is uniform; α is
-    one op)."""
+def genotype_chance(like: Genotype, draws: int = 4000) -> tuple[float, float]:
+    """P(flip > 0) and P(flip = 0) of the genotype lean when both searches return a uniformly
+    random genotype (β drawn i.i.d., so every cell's kept input is uniform; α is one op)."""
     g = torch.Generator().manual_seed(0)
     n_cells = len(like.arch_weights[like.grouping.parts[0].name]["beta"])
 
@@ -80,7 +71,7 @@ def genotype_chance(
             p.name: (torch.zeros(1, len(like.space.ops)), torch.randn(n_cells, 3, generator=g))
             for p in like.grouping.parts
         }
-        return lean_of(derive_genotype(like.space, like.grouping, arch))
+        return genotype_lean(derive_genotype(like.space, like.grouping, arch))
 
     flips = [lean() - lean() for _ in range(draws)]
     return sum(f > 0 for f in flips) / draws, sum(f == 0 for f in flips) / draws
@@ -131,7 +122,18 @@ FLIPS = (  # per-seed statistic, the planted_run lean it is the flip of, its pri
     ("beta_pull_flip", "beta_pull_lean", "β-gradient flip (end of search)"),
     ("forced_ap_flip", "forced_ap_lean", "forced output row, AP-gain flip (weights)"),
     ("forced_loss_flip", "forced_loss_lean", "forced output row, loss-gain flip (weights)"),
+    ("genotype_field_flip", "genotype_field_lean", "genotype field flip (derived networks)"),
 )
+
+
+def with_flips(rows: list[dict], modes: tuple[str, str]) -> list[dict]:
+    """``rows`` with each ``FLIPS`` statistic whose lean both runs of a seed carry (an output
+    from before a statistic carries neither)."""
+    for row in rows:
+        for key, lean, _ in FLIPS:
+            if lean in row[modes[0]] and lean in row[modes[1]]:
+                row[key] = row[modes[0]][lean] - row[modes[1]][lean]
+    return rows
 
 
 def part_ap_by_mark(rows: list[dict], modes: tuple[str, str]) -> dict[str, dict[str, list]]:
@@ -203,7 +205,8 @@ def main() -> None:
     args = parser.parse_args()
     modes = PLANTS[args.plant]
     if args.redraw:
-        report(seed_rows(last_outputs(args.redraw)), modes, args.plot, args.plant)
+        rows = with_flips(seed_rows(last_outputs(args.redraw)), modes)
+        report(rows, modes, args.plot, args.plant)
         return
     torch.set_num_threads(args.threads)
     hw = detect("cpu")
@@ -219,8 +222,7 @@ def main() -> None:
                 started = time.monotonic()
                 row[mode] = planted_run(root, seed, mode, tuple(args.sets), args.removal)
                 row[mode]["wall_s"] = round(time.monotonic() - started, 1)
-            for key, lean, _ in FLIPS:
-                row[key] = row[modes[0]][lean] - row[modes[1]][lean]
+            with_flips([row], modes)
             by_epoch = [
                 a - b
                 for a, b in zip(
@@ -247,14 +249,10 @@ def main() -> None:
                "rows": rows}  # fmt: skip
     for mode in modes:
         print(f"lean on {mode}: {spread([r[mode]['lean'] for r in rows])}")
-    for key, name, lean_of in (
-        ("genotype_lean", "genotype", genotype_lean),
-        ("genotype_field_lean", "genotype field", genotype_field),
-        ("removal_genotype_lean", "removal genotype", genotype_lean),
-    ):
-        if rows[0][modes[0]].get(key) is None:  # not asked for, or an output from before it
+    above, tie = genotype_chance(like)
+    for key, name in (("genotype_lean", "genotype"), ("removal_genotype_lean", "removal genotype")):
+        if rows[0][modes[0]][key] is None:
             continue
-        above, tie = genotype_chance(like, lean_of)
         # leans are means of integer row offsets: round away the float residue of k/3 − k/3
         flips = [round(r[modes[0]][key] - r[modes[1]][key], 9) for r in rows]
         k_g, ties, k_neg = (
@@ -281,9 +279,11 @@ def report(rows: list[dict], modes: tuple[str, str], plot: str | None, plant: st
         if key not in rows[0]:  # an output of this benchmark from before the statistic
             continue
         values = [r[key] for r in rows]
-        k = sum(v > 0 for v in values)
-        counts[key] = {"positive": k, "n": n, "p_chance": tail(k, n)}
-        print(f"{name}: {spread(values)}; > 0 in {k} of {n} (chance P(≥{k}) = {tail(k, n):.4f})")
+        k, ties = sum(v > 0 for v in values), sum(v == 0 for v in values)
+        counts[key] = {"positive": k, "ties": ties, "n": n, "p_chance": tail(k, n)}
+        tied = f", = 0 in {ties} (counted as not > 0)" if ties else ""
+        print(f"{name}: {spread(values)}; > 0 in {k} of {n}{tied} "
+              f"(chance P(≥{k}) = {tail(k, n):.4f})")  # fmt: skip
     if all(r[m]["part_ap"] for r in rows for m in modes):  # a reused finished run has none
         for group, marks in part_ap_by_mark(rows, modes).items():
             print(f"val AP of the {group}: " + ", ".join(

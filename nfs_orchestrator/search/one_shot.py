@@ -16,7 +16,10 @@ evaluating them on those weights (Li & Talwalkar 2019, random search with weight
   keypoints (COCO OKS AP / MPII PCKh, ``part_metrics``); ties go to the earlier candidate.
 
 The parts' fabrics are independent, so one validation pass scores candidate k of every part at
-once: K passes search K paths per part. The kept assignment is written into β as its one-hot
+once: K passes search K paths per part. (Not quite independently: a part's AP also reads the
+other parts' heatmaps through each instance's score, the mean of its keypoint confidences
+(``data.inference.rescore``), so the kept network's per-part AP differs a little from the score
+it was kept by.) The kept assignment is written into β as its one-hot
 (``ONE_HOT`` apart), so the genotype, its confidence and everything downstream derive it as any
 β; those margins then say "decided", and the evidence is the score gap to the runner-up
 (``one_shot_gap.<part>``). Only inputs are selected; α (the ops) keeps the space's rule. No
