@@ -163,11 +163,17 @@ def draw(rows: list[dict], modes: tuple[str, str], plant: str, path: Path) -> No
 
     n = len(rows)
     flips = [(key, name) for key, _, name in FLIPS if key in rows[0]]  # older outputs lack some
-    fig, axes = plt.subplots(1, len(flips) + 1, figsize=(4.2 * (len(flips) + 1), 3.8))
+    cols = min(5, len(flips) + 1)  # a grid of at most five panels a row
+    lines = -(-(len(flips) + 1) // cols)
+    fig, grid = plt.subplots(lines, cols, figsize=(4.2 * cols, 3.8 * lines), squeeze=False)
+    axes = list(grid.flat)
+    for ax in axes[len(flips) + 1 :]:
+        ax.set_visible(False)
     for ax, (key, name) in zip(axes, flips):
         flip_panel(ax, rows, [r[key] for r in rows], name)
-    axes[0].set_ylabel("plant − swap (> 0: the intended way)")
-    ax = axes[-1]
+    for line in grid:
+        line[0].set_ylabel("plant − swap (> 0: the intended way)")
+    ax = axes[len(flips)]
     for g, (group, marks) in enumerate(part_ap_by_mark(rows, modes).items()):
         for m, (mark, values) in enumerate(marks.items()):
             x = 3 * g + m
