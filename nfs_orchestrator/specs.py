@@ -496,7 +496,9 @@ class SearchSpec(Spec):
     # sharing: ``one_shot_candidates`` single-input paths drawn uniformly, each part keeps the
     # one whose part scores best on the validation split; search/one_shot.py). Needs drawn
     # inputs, under which the weights trained as single paths; with mode "none" they were drawn
-    # uniformly (a single-path one-shot model). benchmarks/RESULTS.md, "One-shot selection"
+    # uniformly (a single-path one-shot model). Inputs only: the ops stay α's (frozen at 0 in
+    # mode "none", where the derivation rule's tie-break picks them: use it with one op per
+    # edge, or a mode that learns α). benchmarks/RESULTS.md, "One-shot selection"
     selection: Literal["beta", "one_shot"] = "beta"
     one_shot_candidates: int = 32
 

@@ -22,8 +22,9 @@ other parts' heatmaps through each instance's score, the mean of its keypoint co
 it was kept by.) The kept assignment is written into β as its one-hot
 (``ONE_HOT`` apart), so the genotype, its confidence and everything downstream derive it as any
 β; those margins then say "decided", and the evidence is the score gap to the runner-up
-(``one_shot_gap.<part>``). Only inputs are selected; α (the ops) keeps the space's rule. No
-ray/optuna/mlflow.
+(``one_shot_gap.<part>``). Only inputs are selected; the ops keep α and the space's rule (with
+``search.mode: none`` α stays 0 and the rule's tie-break picks them: meant for a space with one
+op per edge, as the planted test's, or a mode that learns α). No ray/optuna/mlflow.
 """
 
 from __future__ import annotations
