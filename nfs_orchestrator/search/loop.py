@@ -216,7 +216,10 @@ def run_search(trial: TrialSpec, runtime: Runtime) -> dict[str, float]:
         if arch_losses:  # every rank takes the same steps, so every rank has the same keys
             losses["arch_loss"] = mean(arch_losses)
         metrics = runtime.all_reduce_mean(losses)
-        if (epoch + 1) % search.val_every == 0 or last:
+        if last and search.selection == "one_shot":  # inputs by evaluation, not β (one_shot.py)
+            # its validation of the kept network is the epoch's
+            metrics.update(select_by_evaluation(model, val_set, trial, device, execution, runtime))
+        elif (epoch + 1) % search.val_every == 0 or last:
             val = (
                 validate(
                     model, val_set, trial.data, schema, device, search.loader_workers, execution
@@ -225,8 +228,6 @@ def run_search(trial: TrialSpec, runtime: Runtime) -> dict[str, float]:
                 else {}
             )
             metrics.update(runtime.broadcast_object(val))
-        if last and search.selection == "one_shot":  # inputs by evaluation, not β (one_shot.py)
-            metrics.update(select_by_evaluation(model, val_set, trial, device, execution, runtime))
         # The epoch's last step boundary: a stop that came during its last step or its
         # validation pauses here, before the report (a process that is exiting could not deliver
         # it); the retry resumes after all steps and redoes this epoch's end, bit-equal.
